@@ -1,0 +1,34 @@
+"""ament_python package: installs the on-board package plus launch/, config/ and models/ into
+share/lpcv_segmentation, and the node's console script into lib/lpcv_segmentation."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "lpcv_segmentation"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=[PACKAGE, PACKAGE + ".*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
+        ("share/" + PACKAGE, ["package.xml"]),
+        ("share/" + PACKAGE + "/launch", glob("launch/*.py")),
+        ("share/" + PACKAGE + "/config", glob("config/*.yaml") + glob("config/*.xml")),
+        ("share/" + PACKAGE + "/models", glob("models/*.onnx") + glob("models/*.json")
+         + glob("models/*.md")),
+    ],
+    install_requires=["setuptools", "numpy", "opencv-python-headless", "pyyaml", "onnxruntime"],
+    zip_safe=True,
+    maintainer="lpcv_segmentation maintainers",
+    maintainer_email="lpcv-segmentation@example.org",
+    description="On-board semantic segmentation of UAV disaster scenes (LPCV 2023 classes).",
+    license="Apache-2.0",
+    python_requires=">=3.8",
+    entry_points={
+        "console_scripts": [
+            "segmentation_node = lpcv_segmentation.node:main",
+            "bag_eval = lpcv_segmentation.bag_eval:main",
+        ],
+    },
+)

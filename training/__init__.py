@@ -1,0 +1,1 @@
+"""Offline pipeline: data, synthetic scenes, training, distillation, pruning, export."""
