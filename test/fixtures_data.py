@@ -1,0 +1,1 @@
+"""Fixtures: a small synthetic dataset written by training.synth (session-scoped)."""

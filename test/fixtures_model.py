@@ -1,0 +1,1 @@
+"""Fixtures: a tiny trained-shape checkpoint and its ONNX export (session-scoped)."""
