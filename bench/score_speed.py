@@ -1,0 +1,62 @@
+"""Time ``python -m training score`` on N synthetic prediction/label PNG pairs.
+
+Writes N 512x512 pairs to a temporary directory (blocky label maps like real annotations,
+predictions that disagree on a fraction of blocks), runs the score command once in a fresh
+process and prints its wall time. Usage:
+
+  .venv/bin/python bench/score_speed.py --images 1000 --workers 2
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import cv2
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def blocky_labels(rng: np.random.Generator, size: int, num_classes: int = 14) -> np.ndarray:
+    """A label map made of 32x32-pixel regions of random classes."""
+    coarse = rng.integers(0, num_classes, (size // 32, size // 32), dtype=np.uint8)
+    return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+def write_pairs(root: str, images: int, size: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for sub in ("pred", "gt"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    for i in range(images):
+        gt = blocky_labels(rng, size)
+        pred = np.where(rng.random(gt.shape) < 0.9, gt, blocky_labels(rng, size)).astype(np.uint8)
+        name = "img_%04d.png" % i
+        cv2.imwrite(os.path.join(root, "gt", name), gt)
+        cv2.imwrite(os.path.join(root, "pred", name), pred)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as root:
+        write_pairs(root, args.images, args.size)
+        cmd = [sys.executable, "-m", "training", "score", "--pred", os.path.join(root, "pred"),
+               "--gt", os.path.join(root, "gt"), "--json", os.path.join(root, "score.json"),
+               "--workers", str(args.workers)]
+        start = time.perf_counter()
+        subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - start
+    print("score: %d pairs of %dx%d in %.1f s (%.1f ms/pair, %d workers, process start included)"
+          % (args.images, args.size, args.size, seconds, 1000.0 * seconds / args.images,
+             args.workers))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
