@@ -1,0 +1,98 @@
+"""Label map -> per-class disaster detections: the connected regions of each detection class.
+
+Pure functions over numpy arrays; the result is a JSON-ready dict (the /seg/detections
+schema, documented in docs/node.md):
+
+    {"stamp": {"sec", "nanosec"}, "frame_id", "width", "height",
+     "detections": [{"class_id", "class_name", "bbox": [x, y, w, h], "centroid": [x, y],
+                     "area_px", "area_fraction", "mean_confidence"}, ...],
+     "coverage": {class_name: fraction of the image, for every class}}
+"""
+from typing import Dict, List, Mapping, Optional, Sequence, Union
+
+import cv2
+import numpy as np
+
+from .classes import CLASS_NAMES, NUM_CLASSES
+
+# 8-connectivity: a diagonal chain of pixels (a thin crack, a road seen at an angle) is one region.
+CONNECTIVITY = 8
+
+MinArea = Union[int, Mapping[int, int]]
+
+
+def _min_area_for(min_area_px: MinArea, class_id: int) -> int:
+    if isinstance(min_area_px, Mapping):
+        return int(min_area_px.get(class_id, 1))
+    return int(min_area_px)
+
+
+def find_regions(labels: np.ndarray, class_ids: Sequence[int], min_area_px: MinArea = 1,
+                 confidence: Optional[np.ndarray] = None) -> List[Dict[str, object]]:
+    """Connected regions of each class in ``class_ids`` whose area is at least ``min_area_px``.
+
+    labels: (H, W) uint8 class indices; confidence: optional (H, W) float per-pixel confidence
+    of the predicted class, averaged over each region (``None`` in the output without it).
+    min_area_px: one minimum for all classes, or {class_id: minimum}.
+    Regions come sorted by class id, then by decreasing area.
+    """
+    if labels.ndim != 2:
+        raise ValueError("labels must be (H, W), got shape %s" % (labels.shape,))
+    if confidence is not None and confidence.shape != labels.shape:
+        raise ValueError("confidence %s and labels %s differ in shape"
+                         % (confidence.shape, labels.shape))
+    image_area = float(labels.size)
+    present = set(np.unique(labels).tolist())
+    regions: List[Dict[str, object]] = []
+    for class_id in sorted(set(int(c) for c in class_ids)):
+        if class_id not in present:
+            continue
+        mask = (labels == class_id).astype(np.uint8)
+        count, components, stats, centroids = cv2.connectedComponentsWithStats(
+            mask, connectivity=CONNECTIVITY)
+        confidence_sums = None
+        if confidence is not None:
+            confidence_sums = np.bincount(components.ravel(), weights=confidence.ravel(),
+                                          minlength=count)
+        min_area = _min_area_for(min_area_px, class_id)
+        found = []
+        for component in range(1, count):  # component 0 is everything else
+            x, y, w, h, area = (int(v) for v in stats[component])
+            if area < min_area:
+                continue
+            mean_confidence = None
+            if confidence_sums is not None:
+                mean_confidence = round(float(confidence_sums[component]) / area, 4)
+            found.append({
+                "class_id": class_id,
+                "class_name": CLASS_NAMES[class_id],
+                "bbox": [x, y, w, h],
+                "centroid": [round(float(centroids[component][0]), 2),
+                             round(float(centroids[component][1]), 2)],
+                "area_px": area,
+                "area_fraction": round(area / image_area, 6),
+                "mean_confidence": mean_confidence,
+            })
+        found.sort(key=lambda region: -region["area_px"])
+        regions.extend(found)
+    return regions
+
+
+def class_coverage(labels: np.ndarray) -> Dict[str, float]:
+    """Fraction of the image each class covers, for every class (0.0 when absent)."""
+    counts = np.bincount(labels.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
+    return {name: round(float(n) / labels.size, 6) for name, n in zip(CLASS_NAMES, counts)}
+
+
+def detection_report(labels: np.ndarray, stamp_sec: int, stamp_nanosec: int, frame_id: str,
+                     class_ids: Sequence[int], min_area_px: MinArea = 1,
+                     confidence: Optional[np.ndarray] = None) -> Dict[str, object]:
+    """The whole /seg/detections payload for one frame (labels at the input image's size)."""
+    return {
+        "stamp": {"sec": int(stamp_sec), "nanosec": int(stamp_nanosec)},
+        "frame_id": frame_id,
+        "width": int(labels.shape[1]),
+        "height": int(labels.shape[0]),
+        "detections": find_regions(labels, class_ids, min_area_px, confidence),
+        "coverage": class_coverage(labels),
+    }
