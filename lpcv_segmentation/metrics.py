@@ -23,7 +23,7 @@ import numpy as np
 
 from lpcv_segmentation.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 
-__all__ = ["SegmentationMetrics", "confusion_matrix", "image_dice", "class_iou"]
+__all__ = ["SegmentationMetrics", "confusion_matrix", "image_dice", "class_dice", "class_iou"]
 
 
 def _check_labels(name: str, values: np.ndarray, num_classes: int,
