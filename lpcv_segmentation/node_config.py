@@ -1,0 +1,238 @@
+"""The segmentation node's parameters: names, defaults, descriptions and checks, in one table.
+
+Pure Python (no rclpy), so the launch-file test and the documentation read the same table
+the node declares. ``config/drone.yaml`` sets every one of them.
+"""
+import os
+from pathlib import Path
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+
+from .classes import CLASS_NAMES, DETECTION_CLASS_IDS, class_id
+from .node_stats import Thresholds
+
+PACKAGE = "lpcv_segmentation"
+NODE_NAME = "segmentation_node"
+DEFAULT_MODEL_NAME = "default.onnx"
+
+# The input message types the node subscribes to; aliases accept the ROS type names.
+INPUT_TYPE_ALIASES: Dict[str, str] = {
+    "raw": "raw",
+    "sensor_msgs/Image": "raw",
+    "sensor_msgs/msg/Image": "raw",
+    "compressed": "compressed",
+    "sensor_msgs/CompressedImage": "compressed",
+    "sensor_msgs/msg/CompressedImage": "compressed",
+}
+INPUT_QOS_NAMES = ("best_effort", "reliable")
+
+
+class ParameterError(ValueError):
+    """An invalid parameter value; the message names the parameter."""
+
+
+Check = Callable[[object], Optional[str]]  # a value -> what is wrong with it, or None
+
+
+def _one_of(choices: Sequence[str]) -> Check:
+    def check(value: object) -> Optional[str]:
+        if value not in choices:
+            return "must be one of %s" % ", ".join(choices)
+        return None
+    return check
+
+
+def _non_empty(value: object) -> Optional[str]:
+    return "must not be empty" if not str(value).strip() else None
+
+
+def _positive(value: object) -> Optional[str]:
+    return "must be > 0" if value <= 0 else None
+
+
+def _at_least(minimum: float) -> Check:
+    def check(value: object) -> Optional[str]:
+        return "must be >= %g" % minimum if value < minimum else None
+    return check
+
+
+def _fraction(value: object) -> Optional[str]:
+    return "must lie in [0, 1]" if not 0.0 <= value <= 1.0 else None
+
+
+def _class_names(value: object) -> Optional[str]:
+    unknown = [name for name in value if name not in CLASS_NAMES]
+    if unknown:
+        return "unknown class names %s; known: %s" % (unknown, ", ".join(CLASS_NAMES))
+    return None
+
+
+def _any(value: object) -> Optional[str]:
+    return None
+
+
+class ParamSpec(NamedTuple):
+    name: str
+    default: object  # its Python type is the parameter's ROS type
+    description: str
+    check: Check = _any
+
+
+_DEFAULT_THRESHOLDS = Thresholds()
+
+PARAMETERS: List[ParamSpec] = [
+    # The model and how to run it.
+    ParamSpec("model_path", "",
+              "ONNX model (or a checkpoint for the pytorch back end); empty: the model shipped "
+              "in share/lpcv_segmentation/models/default.onnx"),
+    ParamSpec("backend", "auto",
+              "inference back end: auto, onnxruntime, pytorch or tensorrt", _non_empty),
+    ParamSpec("device", "cpu", "device for the back end: cpu or cuda", _non_empty),
+    ParamSpec("precision", "fp32", "numeric precision: fp32, fp16 or int8 (back end permitting)",
+              _non_empty),
+    ParamSpec("threads", 0, "CPU threads for inference; 0: the back end's default",
+              _at_least(0)),
+    # Input.
+    ParamSpec("input_topic", "camera/image_raw", "camera topic to segment", _non_empty),
+    ParamSpec("input_type", "raw",
+              "input message type: raw (sensor_msgs/msg/Image) or compressed "
+              "(sensor_msgs/msg/CompressedImage, JPEG or PNG)",
+              _one_of(list(INPUT_TYPE_ALIASES))),
+    ParamSpec("input_qos", "best_effort",
+              "input reliability: best_effort (REP 2003 sensor data) or reliable",
+              _one_of(INPUT_QOS_NAMES)),
+    # Outputs.
+    ParamSpec("mask_topic", "seg/mask", "mono8 class index per pixel, at the input size",
+              _non_empty),
+    ParamSpec("color_topic", "seg/color", "rgb8 mask in the class colours", _non_empty),
+    ParamSpec("overlay_topic", "seg/overlay", "rgb8 class colours blended over the camera image",
+              _non_empty),
+    ParamSpec("label_info_topic", "seg/label_info",
+              "class table as JSON (std_msgs/String, transient local)", _non_empty),
+    ParamSpec("detections_topic", "seg/detections",
+              "per-class disaster regions as JSON (std_msgs/String)", _non_empty),
+    ParamSpec("publish_color", True, "publish the colour mask on color_topic"),
+    ParamSpec("publish_overlay", True, "publish the overlay on overlay_topic"),
+    ParamSpec("overlay_alpha", 0.5, "weight of the class colours in the overlay", _fraction),
+    # Detections.
+    ParamSpec("detection_classes", [CLASS_NAMES[i] for i in DETECTION_CLASS_IDS],
+              "class names reported on detections_topic", _class_names),
+    ParamSpec("min_region_area_px", 64,
+              "smallest connected region reported, in input-image pixels", _at_least(1)),
+    # Diagnostics and logging.
+    ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics messages", _positive),
+    ParamSpec("stats_window_s", 5.0, "window of the rates and latency percentiles", _positive),
+    ParamSpec("log_period_s", 10.0, "period of the summary line in the node's log", _positive),
+    ParamSpec("diag_latency_warn_ms", _DEFAULT_THRESHOLDS.latency_warn_ms,
+              "end-to-end latency p95 above which the status is WARN", _positive),
+    ParamSpec("diag_latency_error_ms", _DEFAULT_THRESHOLDS.latency_error_ms,
+              "end-to-end latency p95 above which the status is ERROR", _positive),
+    ParamSpec("diag_min_output_rate_hz", _DEFAULT_THRESHOLDS.min_output_rate_hz,
+              "output rate below which the status is WARN while frames arrive", _at_least(0.0)),
+    ParamSpec("diag_rejected_warn_ratio", _DEFAULT_THRESHOLDS.rejected_warn_ratio,
+              "share of frames rejected in the window above which the status is WARN",
+              _fraction),
+    ParamSpec("diag_rejected_error_ratio", _DEFAULT_THRESHOLDS.rejected_error_ratio,
+              "share of frames rejected in the window above which the status is ERROR",
+              _fraction),
+    ParamSpec("diag_input_timeout_s", _DEFAULT_THRESHOLDS.input_timeout_s,
+              "seconds without a frame after which the status is WARN", _positive),
+    ParamSpec("diag_memory_warn_mb", _DEFAULT_THRESHOLDS.memory_warn_mb,
+              "resident memory (MiB) above which the status is WARN", _positive),
+]
+
+PARAMETER_NAMES = tuple(spec.name for spec in PARAMETERS)
+
+
+class NodeConfig(NamedTuple):
+    """Checked parameter values (``input_type`` normalised to raw or compressed)."""
+    model_path: str
+    backend: str
+    device: str
+    precision: str
+    threads: Optional[int]
+    input_topic: str
+    input_type: str
+    input_qos: str
+    mask_topic: str
+    color_topic: str
+    overlay_topic: str
+    label_info_topic: str
+    detections_topic: str
+    publish_color: bool
+    publish_overlay: bool
+    overlay_alpha: float
+    detection_class_ids: List[int]
+    min_region_area_px: int
+    diagnostics_period_s: float
+    stats_window_s: float
+    log_period_s: float
+    thresholds: Thresholds
+
+
+def package_share_dir() -> Optional[Path]:
+    """share/lpcv_segmentation of an installed package (colcon), or None when not installed."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return Path(get_package_share_directory(PACKAGE))
+    except (ImportError, LookupError, OSError, ValueError):
+        return None
+
+
+def default_model_path() -> Path:
+    """The shipped model: share/lpcv_segmentation/models/ when installed, else the repo's."""
+    share = package_share_dir()
+    if share is not None and (share / "models" / DEFAULT_MODEL_NAME).is_file():
+        return share / "models" / DEFAULT_MODEL_NAME
+    return Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL_NAME
+
+
+def check_config(values: Dict[str, object]) -> NodeConfig:
+    """Parameter values by name -> NodeConfig; ParameterError names the first bad parameter."""
+    missing = [name for name in PARAMETER_NAMES if name not in values]
+    if missing:
+        raise ParameterError("parameters not set: %s" % ", ".join(missing))
+    for spec in PARAMETERS:
+        problem = spec.check(values[spec.name])
+        if problem:
+            raise ParameterError("parameter %s=%r: %s" % (spec.name, values[spec.name], problem))
+    if values["diag_latency_error_ms"] < values["diag_latency_warn_ms"]:
+        raise ParameterError("parameter diag_latency_error_ms=%r: must be >= diag_latency_warn_ms"
+                             " (%r)" % (values["diag_latency_error_ms"],
+                                        values["diag_latency_warn_ms"]))
+    model_path = str(values["model_path"]) or str(default_model_path())
+    model_path = os.path.expanduser(model_path)
+    if not os.path.isfile(model_path):
+        raise ParameterError("parameter model_path: no model file at %s" % model_path)
+    thresholds = Thresholds(
+        latency_warn_ms=float(values["diag_latency_warn_ms"]),
+        latency_error_ms=float(values["diag_latency_error_ms"]),
+        min_output_rate_hz=float(values["diag_min_output_rate_hz"]),
+        rejected_warn_ratio=float(values["diag_rejected_warn_ratio"]),
+        rejected_error_ratio=float(values["diag_rejected_error_ratio"]),
+        input_timeout_s=float(values["diag_input_timeout_s"]),
+        memory_warn_mb=float(values["diag_memory_warn_mb"]),
+    )
+    return NodeConfig(
+        model_path=model_path,
+        backend=str(values["backend"]),
+        device=str(values["device"]),
+        precision=str(values["precision"]),
+        threads=int(values["threads"]) or None,
+        input_topic=str(values["input_topic"]),
+        input_type=INPUT_TYPE_ALIASES[str(values["input_type"])],
+        input_qos=str(values["input_qos"]),
+        mask_topic=str(values["mask_topic"]),
+        color_topic=str(values["color_topic"]),
+        overlay_topic=str(values["overlay_topic"]),
+        label_info_topic=str(values["label_info_topic"]),
+        detections_topic=str(values["detections_topic"]),
+        publish_color=bool(values["publish_color"]),
+        publish_overlay=bool(values["publish_overlay"]),
+        overlay_alpha=float(values["overlay_alpha"]),
+        detection_class_ids=[class_id(name) for name in values["detection_classes"]],
+        min_region_area_px=int(values["min_region_area_px"]),
+        diagnostics_period_s=float(values["diagnostics_period_s"]),
+        stats_window_s=float(values["stats_window_s"]),
+        log_period_s=float(values["log_period_s"]),
+        thresholds=thresholds,
+    )

@@ -1,0 +1,164 @@
+"""launch/drone.launch.py, config/drone.yaml and the DDS profile, checked without `launch`.
+
+The launch package cannot be installed here, so the launch file is read as Python source:
+it must name an executable the package installs, a parameters file that exists, and the
+launch arguments the issue asks for. The parameters file and the node must agree on every
+parameter name and type.
+"""
+import ast
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lpcv_segmentation.node_config import (NODE_NAME, PACKAGE, PARAMETER_NAMES, PARAMETERS,
+                                           ParameterError, check_config, default_model_path)
+
+REPO = Path(__file__).resolve().parent.parent
+LAUNCH = REPO / "launch" / "drone.launch.py"
+PARAMS = REPO / "config" / "drone.yaml"
+PROFILE = REPO / "config" / "fastdds_large_frames.xml"
+
+
+def _calls(tree: ast.AST, name: str):
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and getattr(node.func, "id", getattr(node.func, "attr", None)) == name]
+
+
+def _keyword(call: ast.Call, name: str):
+    for keyword in call.keywords:
+        if keyword.arg == name:
+            return keyword.value
+    raise AssertionError("%s(...) has no %s=" % (getattr(call.func, "id", "?"), name))
+
+
+@pytest.fixture(scope="module")
+def launch_tree() -> ast.AST:
+    return ast.parse(LAUNCH.read_text(), filename=str(LAUNCH))
+
+
+@pytest.fixture(scope="module")
+def node_parameters() -> dict:
+    """The parameters config/drone.yaml gives the node (whatever key matches it)."""
+    document = yaml.safe_load(PARAMS.read_text())
+    assert len(document) == 1, "one node section expected"
+    (key, section), = document.items()
+    assert key.split("/")[-1] == NODE_NAME
+    return section["ros__parameters"]
+
+
+def _value(tree: ast.Module, node: ast.AST):
+    """A literal, or a module-level NAME = literal (the launch file's PACKAGE)."""
+    if isinstance(node, ast.Name):
+        for statement in tree.body:
+            if (isinstance(statement, ast.Assign)
+                    and any(getattr(t, "id", None) == node.id for t in statement.targets)):
+                return ast.literal_eval(statement.value)
+        raise AssertionError("%s is not a module-level constant" % node.id)
+    return ast.literal_eval(node)
+
+
+def _console_scripts() -> dict:
+    tree = ast.parse((REPO / "setup.py").read_text())
+    entry_points = ast.literal_eval(_keyword(_calls(tree, "setup")[0], "entry_points"))
+    return dict(line.replace(" ", "").split("=") for line in entry_points["console_scripts"])
+
+
+def test_launch_starts_an_installed_executable(launch_tree):
+    nodes = _calls(launch_tree, "Node")
+    assert len(nodes) == 1
+    assert _value(launch_tree, _keyword(nodes[0], "package")) == PACKAGE
+    executable = _value(launch_tree, _keyword(nodes[0], "executable"))
+    scripts = _console_scripts()
+    assert executable in scripts
+    assert scripts[executable] == "lpcv_segmentation.node:main"
+    from lpcv_segmentation import node
+    assert callable(node.main)
+    assert _value(launch_tree, _keyword(nodes[0], "name")) == NODE_NAME
+
+
+def test_launch_arguments(launch_tree):
+    declared = {ast.literal_eval(call.args[0])
+                for call in _calls(launch_tree, "DeclareLaunchArgument")}
+    assert {"model_path", "backend", "camera_topic", "params_file", "namespace",
+            "large_frames_profile"} <= declared
+    used = {ast.literal_eval(call.args[0]) for call in _calls(launch_tree, "LaunchConfiguration")}
+    assert used == declared  # none declared and forgotten, none used undeclared
+    assert any(isinstance(statement, ast.FunctionDef)
+               and statement.name == "generate_launch_description"
+               for statement in launch_tree.body)
+
+
+def test_launch_files_exist_and_are_installed(launch_tree):
+    names = {c.value for c in ast.walk(launch_tree)
+             if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+    assert PARAMS.name in names and (REPO / "config" / PARAMS.name).is_file()
+    assert PROFILE.name in names and PROFILE.is_file()
+    env = _calls(launch_tree, "SetEnvironmentVariable")
+    assert [ast.literal_eval(call.args[0]) for call in env] == ["FASTDDS_DEFAULT_PROFILES_FILE"]
+    _keyword(env[0], "condition")  # large_frames_profile:=false turns it off
+    setup = (REPO / "setup.py").read_text()
+    assert 'glob("config/*.yaml") + glob("config/*.xml")' in setup
+    assert 'glob("launch/*.py")' in setup
+
+
+def test_params_file_and_node_agree(node_parameters):
+    assert set(node_parameters) == set(PARAMETER_NAMES)
+    for spec in PARAMETERS:
+        value = node_parameters[spec.name]
+        # rclpy refuses a value whose type differs from the declared default's (1 vs 1.0).
+        assert type(value) is type(spec.default), spec.name
+        if not isinstance(value, list):
+            assert value == spec.default, "%s: the file and the node's default differ" % spec.name
+    for spec in PARAMETERS:
+        assert spec.description, spec.name
+
+
+def test_params_file_passes_the_node_checks(node_parameters, tmp_path):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"not checked here")
+    config = check_config(dict(node_parameters, model_path=str(model)))
+    assert config.input_type == "raw" and config.input_qos == "best_effort"
+    assert len(config.detection_class_ids) == 11
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("input_qos", "sometimes", "best_effort, reliable"),
+    ("input_type", "sensor_msgs/msg/PointCloud2", "compressed"),
+    ("overlay_alpha", 1.5, "[0, 1]"),
+    ("detection_classes", ["person", "dragon"], "dragon"),
+    ("min_region_area_px", 0, ">= 1"),
+    ("diagnostics_period_s", 0.0, "> 0"),
+    ("diag_latency_error_ms", 10.0, "diag_latency_warn_ms"),
+    ("model_path", "/no/such/model.onnx", "/no/such/model.onnx"),
+])
+def test_bad_values_are_refused_naming_the_parameter(node_parameters, tmp_path, name, value,
+                                                     words):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"x")
+    values = dict(node_parameters, model_path=str(model))
+    values[name] = value
+    with pytest.raises(ParameterError) as error:
+        check_config(values)
+    assert name in str(error.value) and words in str(error.value)
+
+
+def test_default_model_path_is_the_repo_models_dir_here():
+    assert default_model_path() == REPO / "models" / "default.onnx"
+
+
+def test_dds_profile_carries_large_frames():
+    root = ElementTree.parse(PROFILE).getroot()
+    ns = {"dds": "http://www.eprosima.com"}
+    transports = {d.findtext("dds:transport_id", namespaces=ns): d
+                  for d in root.iterfind(".//dds:transport_descriptor", ns)}
+    types = {tid: d.findtext("dds:type", namespaces=ns) for tid, d in transports.items()}
+    assert sorted(types.values()) == ["SHM", "UDPv4"]
+    shm = next(d for d in transports.values() if d.findtext("dds:type", namespaces=ns) == "SHM")
+    assert int(shm.findtext("dds:segment_size", namespaces=ns)) >= 32 * 1024 * 1024
+    participant = root.find(".//dds:participant", ns)
+    assert participant.get("is_default_profile") == "true"
+    assert participant.findtext(".//dds:useBuiltinTransports", namespaces=ns) == "false"
+    used = [e.text for e in participant.iterfind(".//dds:userTransports/dds:transport_id", ns)]
+    assert sorted(used) == sorted(transports)
