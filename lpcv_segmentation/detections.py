@@ -42,24 +42,24 @@ def find_regions(labels: np.ndarray, class_ids: Sequence[int], min_area_px: MinA
         raise ValueError("confidence %s and labels %s differ in shape"
                          % (confidence.shape, labels.shape))
     image_area = float(labels.size)
-    present = set(np.unique(labels).tolist())
+    pixel_counts = np.bincount(labels.ravel(), minlength=256)
     regions: List[Dict[str, object]] = []
     for class_id in sorted(set(int(c) for c in class_ids)):
-        if class_id not in present:
+        min_area = _min_area_for(min_area_px, class_id)
+        if pixel_counts[class_id] < min_area:
             continue
         mask = (labels == class_id).astype(np.uint8)
         count, components, stats, centroids = cv2.connectedComponentsWithStats(
             mask, connectivity=CONNECTIVITY)
+        # Filter in numpy first: a noisy map can hold thousands of specks per class.
+        kept = np.nonzero(stats[1:, cv2.CC_STAT_AREA] >= min_area)[0] + 1  # 0: the rest
         confidence_sums = None
-        if confidence is not None:
+        if confidence is not None and kept.size:
             confidence_sums = np.bincount(components.ravel(), weights=confidence.ravel(),
                                           minlength=count)
-        min_area = _min_area_for(min_area_px, class_id)
         found = []
-        for component in range(1, count):  # component 0 is everything else
+        for component in kept:
             x, y, w, h, area = (int(v) for v in stats[component])
-            if area < min_area:
-                continue
             mean_confidence = None
             if confidence_sums is not None:
                 mean_confidence = round(float(confidence_sums[component]) / area, 4)

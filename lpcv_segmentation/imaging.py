@@ -118,9 +118,10 @@ def msg_to_rgb(msg) -> np.ndarray:
 
 
 def _label_palette() -> np.ndarray:
-    """(256, 3) lookup table: class colours, then black for any other value (e.g. 255)."""
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[:len(CLASSES)] = palette()
+    """(256, 1, 3) lookup table for cv2.LUT: class colours, then black for any other value
+    (e.g. the ignore index 255)."""
+    lut = np.zeros((256, 1, 3), dtype=np.uint8)
+    lut[:len(CLASSES), 0] = palette()
     return lut
 
 
@@ -128,8 +129,9 @@ _LABEL_LUT = _label_palette()
 
 
 def colorize(labels: np.ndarray) -> np.ndarray:
-    """(H, W) class indices -> (H, W, 3) uint8 RGB in the class colours."""
-    return _LABEL_LUT[labels]
+    """(H, W) uint8 class indices -> (H, W, 3) uint8 RGB in the class colours."""
+    # cv2.LUT is about ten times faster than fancy indexing at camera sizes.
+    return cv2.LUT(cv2.merge([labels, labels, labels]), _LABEL_LUT)
 
 
 def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -141,7 +143,8 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarr
     if rgb.shape[:2] != labels.shape:
         raise ValueError("image %s and labels %s differ in size" % (rgb.shape[:2], labels.shape))
     blended = cv2.addWeighted(rgb, 1.0 - alpha, colorize(labels), alpha, 0.0)
-    return np.where((labels == 0)[..., None], rgb, blended)
+    background = (labels == 0).view(np.uint8)
+    return cv2.copyTo(np.ascontiguousarray(rgb), background, blended)
 
 
 def numpy_to_image_msg(image: np.ndarray, encoding: str, header=None):

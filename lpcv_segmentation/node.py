@@ -1,0 +1,308 @@
+"""segmentation_node: a thin rclpy shell around the segmentation pipeline.
+
+The subscription callback only checks a frame's header and stores it in a one-slot mailbox;
+an inference thread takes the newest frame, segments it and publishes its outputs. Image
+conversion, inference and post-processing live in imaging, runtime, detections and
+node_pipeline; rates, latency and the diagnostic level in node_stats.
+
+    python -m lpcv_segmentation.node --ros-args --params-file config/drone.yaml \\
+        -p model_path:=MODEL -p backend:=onnxruntime -p input_topic:=/camera/image_raw
+"""
+import argparse
+import json
+import sys
+import threading
+import time
+from typing import Callable, Dict, List, NamedTuple, Optional
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.exceptions import NameValidationException, ParameterException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.utilities import remove_ros_args
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+
+from .classes import class_table
+from .imaging import (ImageConversionError, check_compressed_msg, check_image_msg,
+                      compressed_to_rgb, image_to_rgb, numpy_to_image_msg)
+from .node_config import (NODE_NAME, PARAMETERS, NodeConfig, ParameterError, check_config)
+from .node_pipeline import LatestFrame, process_frame
+from .node_stats import NodeStats, assess, key_values, log_line
+
+DIAGNOSTICS_TOPIC = "/diagnostics"  # absolute: diagnostic aggregators listen there
+WARN_THROTTLE_S = 5.0  # at most one warning per reason this often
+
+
+class InputType(NamedTuple):
+    msg_type: type
+    check: Callable[[object], None]  # cheap, in the callback; raises ImageConversionError
+    to_rgb: Callable[[object], object]  # the full conversion, in the worker
+
+
+INPUT_TYPES: Dict[str, InputType] = {
+    "raw": InputType(Image, check_image_msg, image_to_rgb),
+    "compressed": InputType(CompressedImage, check_compressed_msg, compressed_to_rgb),
+}
+
+# REP 2003: sensor data best effort, keep last; reliable on request for lossy links that
+# must not lose frames (at the price of retransmissions).
+INPUT_QOS: Dict[str, QoSProfile] = {
+    "best_effort": qos_profile_sensor_data,
+    "reliable": QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
+                           reliability=ReliabilityPolicy.RELIABLE,
+                           durability=DurabilityPolicy.VOLATILE),
+}
+# Reliable publishers serve both reliable and best-effort subscribers.
+OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
+                        reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.VOLATILE)
+# Published once; late subscribers still receive it.
+LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                         reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+DIAGNOSTIC_LEVELS = {0: DiagnosticStatus.OK, 1: DiagnosticStatus.WARN, 2: DiagnosticStatus.ERROR}
+
+
+class StartupError(RuntimeError):
+    """The node cannot start (bad parameter, model, back end); the text says why."""
+
+
+class SegmentationNode(Node):
+    """``start()`` declares and checks the parameters, loads the model and opens the topics;
+    it raises StartupError with a message naming the parameter, file or back end at fault."""
+
+    def __init__(self) -> None:
+        super().__init__(NODE_NAME)
+        self.config: Optional[NodeConfig] = None
+        self.segmenter = None
+        self.stats = NodeStats(time.monotonic())
+        self._slot: LatestFrame = LatestFrame()
+        self._stop = threading.Event()
+        self._worker: Optional[threading.Thread] = None
+        self._input: Optional[InputType] = None
+
+    # -- start-up ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Check parameters, load the model, open publishers, subscription and timers."""
+        try:
+            self._declare_parameters()
+            self.config = config = self._read_config()
+            self._open(config)
+        except (ParameterException, NameValidationException) as error:
+            raise StartupError(str(error)) from None
+
+    def _declare_parameters(self) -> None:
+        # Read-only: the model and topics are fixed once the node runs, so a later
+        # `ros2 param set` is refused instead of silently doing nothing.
+        for spec in PARAMETERS:
+            self.declare_parameter(spec.name, spec.default, ParameterDescriptor(
+                description=spec.description, read_only=True))
+
+    def _open(self, config: NodeConfig) -> None:
+        self.stats = NodeStats(time.monotonic(), config.stats_window_s)
+        self.segmenter = self._load_segmenter(config)
+        self.segmenter.warmup()  # the first camera frame should not pay for lazy allocation
+        self._input = INPUT_TYPES[config.input_type]
+
+        self._mask_pub = self.create_publisher(Image, config.mask_topic, OUTPUT_QOS)
+        self._color_pub = (self.create_publisher(Image, config.color_topic, OUTPUT_QOS)
+                           if config.publish_color else None)
+        self._overlay_pub = (self.create_publisher(Image, config.overlay_topic, OUTPUT_QOS)
+                             if config.publish_overlay else None)
+        self._detections_pub = self.create_publisher(String, config.detections_topic, OUTPUT_QOS)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+        self._label_info_pub = self.create_publisher(String, config.label_info_topic,
+                                                     LATCHED_QOS)
+        self._label_info_pub.publish(String(data=json.dumps({"classes": class_table()})))
+
+        self._subscription = self.create_subscription(
+            self._input.msg_type, config.input_topic, self._on_frame, INPUT_QOS[config.input_qos])
+        self.create_timer(config.diagnostics_period_s, self._publish_diagnostics)
+        self.create_timer(config.log_period_s, self._log_summary)
+        self._worker = threading.Thread(target=self._work, name="segmentation", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            "segmenting %s (%s, %s QoS) with %s on %s (%s back end, %s, %d px input); "
+            "publishing %s" % (self._subscription.topic_name, config.input_type,
+                               config.input_qos, config.model_path, self.segmenter.device,
+                               self.segmenter.backend_name, self.segmenter.precision,
+                               self.segmenter.input_size, self._mask_pub.topic_name))
+
+    def _read_config(self) -> NodeConfig:
+        overrides = getattr(self, "_parameter_overrides", {})  # rclpy ignores unknown ones
+        unknown = sorted(name for name in overrides if not self.has_parameter(name))
+        if unknown:
+            raise StartupError("unknown parameters %s; known: %s"
+                               % (", ".join(unknown), ", ".join(s.name for s in PARAMETERS)))
+        values = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
+        try:
+            return check_config(values)
+        except ParameterError as error:
+            raise StartupError(str(error)) from None
+
+    @staticmethod
+    def _load_segmenter(config: NodeConfig):
+        from .runtime import Segmenter, RuntimeConfigError
+        try:
+            return Segmenter(config.model_path, backend=config.backend, device=config.device,
+                             precision=config.precision, threads=config.threads)
+        except RuntimeConfigError as error:
+            # The runtime's message names the file or the setting at fault.
+            raise StartupError("cannot load the model (backend=%s, device=%s, precision=%s): %s"
+                               % (config.backend, config.device, config.precision,
+                                  error)) from None
+
+    # -- per frame --------------------------------------------------------------------------
+    def _on_frame(self, msg) -> None:
+        """Subscription callback: count, check the header cheaply, keep only the newest."""
+        self.stats.frame_received(time.monotonic())
+        try:
+            self._input.check(msg)
+        except ImageConversionError as error:
+            self._reject(error)
+            return
+        if self._slot.put(msg):
+            self.stats.frame_dropped()
+
+    def _reject(self, error: ImageConversionError) -> None:
+        self.stats.frame_rejected(time.monotonic(), error.kind)
+        self.get_logger().warning("%s: frame rejected: %s" % (self._subscription.topic_name,
+                                                              error),
+                                  throttle_duration_sec=WARN_THROTTLE_S)
+
+    def _work(self) -> None:
+        """Inference thread: newest frame in, outputs out, until shutdown."""
+        while not self._stop.is_set():
+            msg = self._slot.take(timeout=0.2)
+            if msg is None:
+                continue
+            try:
+                self._process(msg)
+            except ImageConversionError as error:
+                self._reject(error)
+            except Exception as error:  # keep serving frames; say what went wrong
+                self.stats.frame_rejected(time.monotonic(), "processing_error")
+                self.get_logger().error("%s: frame failed: %s: %s"
+                                        % (self._subscription.topic_name,
+                                           type(error).__name__, error),
+                                        throttle_duration_sec=WARN_THROTTLE_S)
+
+    def _process(self, msg) -> None:
+        config = self.config
+        start = time.perf_counter()
+        rgb = self._input.to_rgb(msg)
+        conversion_ms = (time.perf_counter() - start) * 1000.0
+        header = msg.header
+        outputs = process_frame(self.segmenter, rgb, header.stamp.sec, header.stamp.nanosec,
+                                header.frame_id, config.detection_class_ids,
+                                config.min_region_area_px, with_color=config.publish_color,
+                                with_overlay=config.publish_overlay,
+                                overlay_alpha=config.overlay_alpha)
+        start = time.perf_counter()
+        self._mask_pub.publish(numpy_to_image_msg(outputs.labels, "mono8", header))
+        if self._color_pub is not None:
+            self._color_pub.publish(numpy_to_image_msg(outputs.color, "rgb8", header))
+        if self._overlay_pub is not None:
+            self._overlay_pub.publish(numpy_to_image_msg(outputs.overlay, "rgb8", header))
+        self._detections_pub.publish(String(data=json.dumps(outputs.detections)))
+        publish_ms = (time.perf_counter() - start) * 1000.0
+
+        stage_ms = dict(outputs.timings_ms, conversion=conversion_ms, publish=publish_ms)
+        self.stats.frame_processed(time.monotonic(), stage_ms, self._age_ms(header.stamp))
+
+    def _age_ms(self, stamp) -> Optional[float]:
+        """Milliseconds from the frame's stamp to now; None for an unstamped frame."""
+        if stamp.sec == 0 and stamp.nanosec == 0:
+            return None
+        now_ns = self.get_clock().now().nanoseconds
+        return (now_ns - (stamp.sec * 1000000000 + stamp.nanosec)) / 1e6
+
+    # -- diagnostics --------------------------------------------------------------------------
+    def _status(self):
+        summary = self.stats.summary(time.monotonic())
+        level, message = assess(summary, self.config.thresholds)
+        return summary, level, message
+
+    def _publish_diagnostics(self) -> None:
+        summary, level, message = self._status()
+        config = self.config
+        values: List[KeyValue] = [KeyValue(key=k, value=v) for k, v in key_values(summary)]
+        values += [KeyValue(key=k, value=str(v)) for k, v in (
+            ("backend", self.segmenter.backend_name), ("device", self.segmenter.device),
+            ("precision", self.segmenter.precision), ("model", config.model_path),
+            ("input_topic", self._subscription.topic_name))]
+        status = DiagnosticStatus(level=DIAGNOSTIC_LEVELS[level],
+                                  name="%s: segmentation" % self.get_fully_qualified_name(),
+                                  message=message, hardware_id=self.segmenter.backend_name,
+                                  values=values)
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_pub.publish(array)
+
+    def _log_summary(self) -> None:
+        summary, level, message = self._status()
+        line = log_line(summary, level, message)
+        # One call per severity: rclpy ties a severity to each logging call site.
+        if level == 0:
+            self.get_logger().info(line)
+        elif level == 1:
+            self.get_logger().warning(line)
+        else:
+            self.get_logger().error(line)
+
+    # -- shutdown -------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop the inference thread (it finishes the frame in hand)."""
+        self._stop.set()
+        self._slot.close()
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
+
+
+def _parse_command_line(argv: List[str]) -> None:
+    """--help lists the parameters; everything else is given as ROS arguments."""
+    parser = argparse.ArgumentParser(
+        prog="segmentation_node", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Semantic segmentation of camera frames (LPCV 2023 disaster classes).\n"
+                    "Parameters are ROS parameters: --ros-args --params-file FILE -p NAME:=VALUE",
+        epilog="parameters (defaults as in config/drone.yaml):\n" + "\n".join(
+            "  %s (default: %s)\n      %s" % (spec.name, json.dumps(spec.default),
+                                              spec.description) for spec in PARAMETERS)
+        + "\n\ntopics: input_topic in; mask, color, overlay, detections, label_info topics "
+          "and %s out" % DIAGNOSTICS_TOPIC)
+    parser.parse_args(remove_ros_args(argv)[1:])
+
+
+def main(args: Optional[List[str]] = None) -> int:
+    """Console script ``segmentation_node``: 0 after a clean shutdown (SIGINT), 1 on bad start."""
+    _parse_command_line(sys.argv if args is None else args)
+    rclpy.init(args=args)
+    node: Optional[SegmentationNode] = None
+    status = 0
+    try:
+        node = SegmentationNode()
+        node.start()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except StartupError as error:
+        node.get_logger().error(str(error))
+        status = 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.stop()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

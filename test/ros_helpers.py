@@ -1,0 +1,305 @@
+"""Helper processes for the node tests: a camera publisher and a listener, each its own process.
+
+    python test/ros_helpers.py camera --topic /camera/image_raw --count 10 --rate 10 ...
+    python test/ros_helpers.py listen --out DIR --namespace /
+
+The camera prints one JSON line when done: {"sent": N, "stamps": [[sec, nanosec], ...],
+"frame_ids": [...]}. The listener appends one JSON line per message to DIR/events.jsonl and
+saves the pixels of images whose frame_id starts with --save-prefix to
+DIR/<topic name>__<frame_id>.npy. Tests import this module for the scene and the process
+environment too.
+"""
+import argparse
+import array
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILE = REPO / "config" / "fastdds_large_frames.xml"
+HELPERS = Path(__file__).resolve()
+
+# The kinds of malformed frame the camera can send (the node must reject each).
+MALFORMED = ("unsupported_encoding", "data_length", "zero_size", "bad_step", "undecodable")
+
+
+# -- shared with the tests --------------------------------------------------------------------
+def ros_env(domain_id: int, profile: bool = True) -> Dict[str, str]:
+    """Environment for a process of one test graph: its own domain, local discovery only."""
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), RMW_IMPLEMENTATION="rmw_fastrtps_cpp",
+               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1",
+               OMP_NUM_THREADS="1", RCUTILS_LOGGING_USE_STDOUT="0",
+               RCUTILS_COLORIZED_OUTPUT="0")
+    env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
+    if profile:
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(PROFILE)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
+
+
+def random_domain_id() -> int:
+    """A domain for one test module, so parallel test runs on the machine never meet."""
+    return random.SystemRandom().randint(20, 101)  # 0..101 is the safe range on Linux
+
+
+def scene_labels(height: int, width: int) -> np.ndarray:
+    """A label map with known regions of detection classes, scaled to the frame size."""
+    from lpcv_segmentation.classes import class_id
+    labels = np.zeros((height, width), np.uint8)
+
+    def box(cls: str, x0: float, y0: float, x1: float, y1: float) -> None:
+        labels[int(y0 * height):int(y1 * height), int(x0 * width):int(x1 * width)] = \
+            class_id(cls)
+
+    box("road/railway/bridge", 0.0, 0.45, 1.0, 0.55)
+    box("flood/water/river/sea", 0.0, 0.0, 0.3, 0.3)
+    box("vehicle", 0.6, 0.1, 0.8, 0.3)
+    box("person", 0.1, 0.7, 0.2, 0.85)
+    box("person", 0.7, 0.7, 0.75, 0.8)
+    box("fire/flare", 0.4, 0.65, 0.55, 0.9)
+    return labels
+
+
+def scene_rgb(height: int, width: int) -> np.ndarray:
+    """The scene painted in the class colours (what the palette model segments exactly)."""
+    from lpcv_segmentation.classes import palette
+    return palette()[scene_labels(height, width)]
+
+
+def write_palette_model(path: Path, input_size: int = 128) -> Path:
+    """An exact ONNX "model" for tests: each pixel gets the class whose colour is nearest.
+
+    A 1x1 convolution scores class k by 2 x.c_k - |c_k|^2 on the normalised pixel x (the
+    squared distance up to a term shared by all classes), so an image painted in the class
+    colours is segmented into exactly the painted regions. It carries the package's model
+    metadata like any exported model, so the real runtime loads it.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from lpcv_segmentation.classes import NUM_CLASSES, class_table, palette
+    mean = np.array([0.485, 0.456, 0.406], np.float32)
+    std = np.array([0.229, 0.224, 0.225], np.float32)
+    colours = (palette().astype(np.float32) / 255.0 - mean) / std  # (C, 3), normalised
+    sharpness = 20.0  # scales the logits so that an exact colour gets a confidence near 1
+    weight = (sharpness * 2.0 * colours).reshape(NUM_CLASSES, 3, 1, 1).astype(np.float32)
+    bias = (-sharpness * (colours ** 2).sum(axis=1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "weight", "bias"], ["logits"])],
+        "palette",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, input_size,
+                                                                    input_size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                       [1, NUM_CLASSES, input_size, input_size])],
+        initializer=[numpy_helper.from_array(weight, "weight"),
+                     numpy_helper.from_array(bias, "bias")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    metadata = {"format": "lpcv-seg/1", "arch": "palette", "num_classes": NUM_CLASSES,
+                "decoder_channels": 0, "input_size": input_size, "mean": mean.tolist(),
+                "std": std.tolist(), "classes": class_table()}
+    helper.set_model_props(model, {"lpcv_segmentation": json.dumps(metadata)})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def start(args: List[str], env: Dict[str, str], log: Path) -> subprocess.Popen:
+    """Start a process whose stdout and stderr go to ``log`` (pipes could fill and block it)."""
+    handle = open(log, "w")
+    return subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def stop(process: subprocess.Popen, timeout: float = 10.0) -> Optional[int]:
+    """SIGINT, then wait; kill only this process if it hangs. Returns its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+# -- camera -------------------------------------------------------------------------------------
+def _frame(args: argparse.Namespace, index: int, rgb: np.ndarray):
+    """The message for frame ``index``: good, or malformed in turn as --malformed lists."""
+    from sensor_msgs.msg import CompressedImage, Image
+
+    from lpcv_segmentation.imaging import numpy_to_image_msg, rgb_to_compressed_msg
+    kinds = args.malformed.split(",") if args.malformed else []
+    kind = kinds[index % len(kinds)] if kinds else None
+    if args.type == "compressed":
+        if kind == "undecodable":
+            return CompressedImage(format="jpeg", data=array.array("B", b"\xff\xd8 not a jpeg"))
+        return rgb_to_compressed_msg(rgb, args.format)
+    if kind == "undecodable":
+        raise SystemExit("undecodable needs --type compressed")
+    if args.encoding == "bgr8":
+        msg = numpy_to_image_msg(np.ascontiguousarray(rgb[..., ::-1]), "rgb8")
+        msg.encoding = "bgr8"
+    else:
+        msg = numpy_to_image_msg(rgb, "rgb8")
+    if args.padding:
+        rows = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)
+        padded = np.concatenate([rows, np.zeros((msg.height, args.padding), np.uint8)], axis=1)
+        msg.step += args.padding
+        msg.data = array.array("B", padded.tobytes())
+    if kind == "unsupported_encoding":
+        msg.encoding = "32FC1"
+    elif kind == "data_length":
+        msg.data = msg.data[:-7]
+    elif kind == "zero_size":
+        msg = Image(height=0, width=msg.width, encoding="rgb8", step=msg.step)
+    elif kind == "bad_step":
+        msg.step = msg.width  # shorter than a row of 3 channels, data length still matches
+        msg.data = msg.data[:msg.height * msg.step]
+    return msg
+
+
+def camera(args: argparse.Namespace) -> int:
+    import rclpy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import CompressedImage, Image
+
+    rclpy.init()
+    node = rclpy.create_node("test_camera")
+    qos = (qos_profile_sensor_data if args.qos == "best_effort"
+           else QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    msg_type = CompressedImage if args.type == "compressed" else Image
+    publisher = node.create_publisher(msg_type, args.topic, qos)
+    deadline = time.monotonic() + 20.0
+    while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if publisher.get_subscription_count() == 0:
+        print(json.dumps({"error": "no subscriber on %s" % args.topic}), flush=True)
+        return 1
+    time.sleep(0.3)  # discovery completes on the subscriber's side too
+    if args.pattern == "scene":
+        rgb = scene_rgb(args.height, args.width)
+    else:
+        rgb = np.random.default_rng(args.seed).integers(0, 256, (args.height, args.width, 3),
+                                                        np.uint8)
+    stamps, frame_ids = [], []
+    period = 1.0 / args.rate if args.rate > 0 else 0.0
+    begin = time.monotonic()
+    for index in range(args.count):
+        if period:
+            time.sleep(max(0.0, begin + index * period - time.monotonic()))
+        msg = _frame(args, index, rgb)
+        msg.header.frame_id = "%s%d" % (args.frame_id, index) if args.number else args.frame_id
+        msg.header.stamp = node.get_clock().now().to_msg()
+        publisher.publish(msg)
+        stamps.append([msg.header.stamp.sec, msg.header.stamp.nanosec])
+        frame_ids.append(msg.header.frame_id)
+    time.sleep(0.5)  # reliable QoS: let the last samples go out before the writer is destroyed
+    print(json.dumps({"sent": args.count, "stamps": stamps, "frame_ids": frame_ids}), flush=True)
+    node.destroy_node()
+    rclpy.shutdown()
+    return 0
+
+
+# -- listener -----------------------------------------------------------------------------------
+def listen(args: argparse.Namespace) -> int:
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import ExternalShutdownException
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    events = open(out / "events.jsonl", "a")
+    rclpy.init()
+    node = rclpy.create_node("test_listener", namespace=args.namespace)
+
+    def write(event: Dict[str, object]) -> None:
+        event["received"] = time.time()
+        events.write(json.dumps(event) + "\n")
+        events.flush()
+
+    def on_image(topic: str):
+        def callback(msg: Image) -> None:
+            write({"topic": topic, "stamp": [msg.header.stamp.sec, msg.header.stamp.nanosec],
+                   "frame_id": msg.header.frame_id, "encoding": msg.encoding,
+                   "height": msg.height, "width": msg.width, "step": msg.step,
+                   "data_len": len(msg.data)})
+            if args.save_prefix and msg.header.frame_id.startswith(args.save_prefix):
+                channels = msg.step // msg.width
+                pixels = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width,
+                                                                   channels)
+                np.save(out / ("%s__%s.npy" % (topic, msg.header.frame_id)),
+                        pixels.squeeze(axis=2) if channels == 1 else pixels)
+        return callback
+
+    def on_string(topic: str):
+        return lambda msg: write({"topic": topic, "data": json.loads(msg.data)})
+
+    def on_diagnostics(msg: DiagnosticArray) -> None:
+        write({"topic": "diagnostics",
+               "status": [{"name": s.name, "level": ord(s.level), "message": s.message,
+                           "hardware_id": s.hardware_id,
+                           "values": {kv.key: kv.value for kv in s.values}}
+                          for s in msg.status]})
+
+    reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    for topic in ("mask", "color", "overlay"):
+        node.create_subscription(Image, "seg/" + topic, on_image(topic), reliable)
+    node.create_subscription(String, "seg/detections", on_string("detections"), reliable)
+    node.create_subscription(String, "seg/label_info", on_string("label_info"), latched)
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, reliable)
+    write({"topic": "listener", "state": "ready"})
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        events.close()
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Camera and listener processes for node tests.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    cam = commands.add_parser("camera", help="publish frames, then print what was sent")
+    cam.add_argument("--topic", default="/camera/image_raw")
+    cam.add_argument("--type", default="raw", choices=["raw", "compressed"])
+    cam.add_argument("--format", default="jpeg", choices=["jpeg", "png"])
+    cam.add_argument("--encoding", default="rgb8", choices=["rgb8", "bgr8"])
+    cam.add_argument("--qos", default="best_effort", choices=["best_effort", "reliable"])
+    cam.add_argument("--width", type=int, default=160)
+    cam.add_argument("--height", type=int, default=120)
+    cam.add_argument("--padding", type=int, default=0, help="extra bytes at each row's end")
+    cam.add_argument("--pattern", default="scene", choices=["scene", "noise"])
+    cam.add_argument("--seed", type=int, default=0)
+    cam.add_argument("--count", type=int, default=1)
+    cam.add_argument("--rate", type=float, default=10.0, help="Hz; 0: as fast as possible")
+    cam.add_argument("--frame-id", default="camera")
+    cam.add_argument("--number", action="store_true", help="append the frame index to frame_id")
+    cam.add_argument("--malformed", default="",
+                     help="comma-separated kinds sent in turn: %s" % ", ".join(MALFORMED))
+    lis = commands.add_parser("listen", help="record the node's outputs until SIGINT")
+    lis.add_argument("--out", required=True)
+    lis.add_argument("--namespace", default="/")
+    lis.add_argument("--save-prefix", default="keep")
+    args = parser.parse_args(argv)
+    return camera(args) if args.command == "camera" else listen(args)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))  # run as a script: import the package from this checkout
+    sys.exit(main())
