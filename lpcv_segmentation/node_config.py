@@ -86,7 +86,7 @@ PARAMETERS: List[ParamSpec] = [
               "in share/lpcv_segmentation/models/default.onnx"),
     ParamSpec("backend", "auto",
               "inference back end: auto, onnxruntime, pytorch or tensorrt", _non_empty),
-    ParamSpec("device", "cpu", "device for the back end: cpu or cuda", _non_empty),
+    ParamSpec("device", "cpu", "device for the back end: cpu, cuda, cuda:N or auto", _non_empty),
     ParamSpec("precision", "fp32", "numeric precision: fp32, fp16 or int8 (back end permitting)",
               _non_empty),
     ParamSpec("threads", 0, "CPU threads for inference; 0: the back end's default",

@@ -162,3 +162,9 @@ def test_dds_profile_carries_large_frames():
     assert participant.findtext(".//dds:useBuiltinTransports", namespaces=ns) == "false"
     used = [e.text for e in participant.iterfind(".//dds:userTransports/dds:transport_id", ns)]
     assert sorted(used) == sorted(transports)
+
+
+def test_every_parameter_is_documented():
+    doc = (REPO / "docs" / "node.md").read_text()
+    for name in PARAMETER_NAMES:
+        assert "| `%s` |" % name in doc, name
