@@ -23,7 +23,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -921,6 +921,63 @@ def write_preview(dataset: Path, path: Path, count: int = 16, split: str = "trai
     return Path(path)
 
 
+def colour_only_miou(train: Iterable[Tuple[np.ndarray, np.ndarray]],
+                     test: Iterable[Tuple[np.ndarray, np.ndarray]]) -> float:
+    """Mean IoU of the best colour-only classifier: a lookup table from RGB (8 levels per
+    channel) to the class most often seen with that colour in ``train``, scored on ``test``.
+    Low values mean colour alone does not separate the classes. Both are iterated once."""
+    def bins(rgb: np.ndarray) -> np.ndarray:
+        q = (rgb // 32).astype(np.int64)
+        return q[..., 0] * 64 + q[..., 1] * 8 + q[..., 2]
+
+    table = np.zeros((512, NUM_CLASSES), np.int64)
+    for rgb, label in train:
+        np.add.at(table, (bins(rgb).ravel(), label.ravel()), 1)
+    lookup = table.argmax(axis=1)
+    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    for rgb, label in test:
+        np.add.at(confusion, (label.ravel(), lookup[bins(rgb)].ravel()), 1)
+    tp = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    return float(np.mean(tp[union > 0] / union[union > 0]))
+
+
+def print_stats(out: Path, size: int, timing_scenes: int = 20) -> None:
+    """Read the written dataset back through training.data and print what it holds."""
+    import time
+
+    from training.data import SegmentationDataset
+
+    datasets = {}
+    for split in SPLITS:
+        if not any((out / "IMG" / split).glob("*.png")):
+            continue
+        start = time.perf_counter()
+        datasets[split] = SegmentationDataset(out, split, progress=False)
+        print("%s: %d images, validated in %.2f s" % (split, len(datasets[split]),
+                                                      time.perf_counter() - start))
+    pixels = np.zeros(NUM_CLASSES, np.int64)
+    images = np.zeros(NUM_CLASSES, np.int64)
+    for dataset in datasets.values():
+        for i in range(len(dataset)):
+            counts = np.bincount(dataset.load(i)[1].ravel(), minlength=NUM_CLASSES)
+            pixels += counts[:NUM_CLASSES]
+            images += counts[:NUM_CLASSES] > 0
+    print("%-3s %-28s %9s %8s" % ("id", "class", "pixels %", "images"))
+    for k, name in enumerate(CLASS_NAMES):
+        print("%-3d %-28s %9.3f %8d" % (k, name, 100.0 * pixels[k] / pixels.sum(), images[k]))
+    if len(datasets) == 2:
+        train, val = datasets["train"], datasets["val"]
+        miou = colour_only_miou((train.load(i) for i in range(len(train))),
+                                (val.load(i) for i in range(len(val))))
+        print("colour-only lookup table, fitted on train, mIoU on val: %.3f" % miou)
+    start = time.perf_counter()
+    for i in range(timing_scenes):
+        render_scene(i, size)
+    print("render_scene at %d px: %.1f ms per scene (mean of %d, one thread)"
+          % (size, 1000.0 * (time.perf_counter() - start) / timing_scenes, timing_scenes))
+
+
 # --------------------------------------------------------------------------------------
 # Command line: python -m training synth
 # --------------------------------------------------------------------------------------
@@ -935,6 +992,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="writer threads (default: up to 4)")
     parser.add_argument("--preview", type=Path, default=None, metavar="PNG",
                         help="also write a contact sheet of the first train scenes")
+    parser.add_argument("--stats", action="store_true",
+                        help="read the dataset back and print class frequencies, a colour-only "
+                             "baseline and the render time")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -946,7 +1006,10 @@ def main(args: argparse.Namespace) -> int:
               % (counts["train"], counts["val"], args.size, args.seed, out))
         if args.preview is not None:
             print("preview: %s" % write_preview(out, args.preview))
-    except (SynthError, OSError) as err:
+        if args.stats:
+            cv2.setNumThreads(1)
+            print_stats(out, args.size)
+    except (ValueError, OSError) as err:  # SynthError, DatasetError: messages name the file
         print("error: %s" % err, file=sys.stderr)
         return 1
     return 0
