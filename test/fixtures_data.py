@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+__all__ = ["synth_dataset", "SYNTH_COUNT", "SYNTH_SIZE", "SYNTH_SEED", "SYNTH_VAL_FRACTION"]
+
 # The fixture dataset: 24 train + 8 val scenes of 128 px, written once per test session.
 SYNTH_COUNT = 32
 SYNTH_SIZE = 128

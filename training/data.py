@@ -20,7 +20,7 @@ Generator it is given, so the same Generator state gives the same sample.
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -38,6 +38,8 @@ IMAGE_SUFFIXES = (".png",)
 
 PathLike = Union[str, Path]
 Pair = Tuple[Path, Path]
+# transform(rgb uint8 HxWx3, label uint8 HxW, rng) -> (float32 3xHxW, int64 HxW)
+Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], Tuple[np.ndarray, np.ndarray]]
 
 
 class DatasetError(ValueError):
@@ -315,7 +317,8 @@ class SegmentationDataset(Dataset):
     never repeat each other's augmentations.
     """
 
-    def __init__(self, root: PathLike, split: str, transform=None, validate: bool = True,
+    def __init__(self, root: PathLike, split: str, transform: Optional[Transform] = None,
+                 validate: bool = True,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  num_classes: int = NUM_CLASSES, progress: bool = True) -> None:
         self.root, self.split = Path(root), split
