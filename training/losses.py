@@ -1,0 +1,203 @@
+"""Training losses: supervised (OHEM cross-entropy, cross-entropy) and distillation
+(logit MSE, logit KL with temperature, feature mimicking, masked feature generation).
+
+Shapes: logits (N, C, H, W), labels (N, H, W) int64 with ``ignore_index`` for pixels without
+a label. Every distillation loss is averaged over labelled pixels only, because the padding a
+random crop adds carries no image content for the teacher to be right about.
+"""
+from typing import Callable, Dict, List, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lpcv_segmentation.classes import IGNORE_INDEX
+
+
+class OhemCrossEntropy(nn.Module):
+    """Online hard example mining cross-entropy (as in HRNet/PIDNet and the paper's code):
+    average the loss over the pixels whose probability of the true class is below
+    ``thresh``, keeping at least the ``min_kept`` hardest labelled pixels of the batch."""
+
+    def __init__(self, thresh: float = 0.7, min_kept: int = 100000,
+                 ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__()
+        self.thresh = float(thresh)
+        self.min_kept = max(1, int(min_kept))
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pixel_loss = F.cross_entropy(logits, labels, ignore_index=self.ignore_index,
+                                     reduction="none").flatten()
+        valid = labels.flatten() != self.ignore_index
+        losses = pixel_loss[valid]
+        if losses.numel() == 0:
+            return logits.sum() * 0.0  # keeps the graph (and DDP's gradient hooks) alive
+        # probability of the true class = exp(-CE); "hard" = low probability = high loss
+        with torch.no_grad():
+            true_prob = torch.exp(-losses)
+            k = min(self.min_kept, losses.numel())
+            kth_prob = torch.kthvalue(true_prob, k).values
+            threshold = torch.clamp(kth_prob, min=self.thresh)
+            keep = true_prob <= threshold
+        return losses[keep].mean()
+
+
+class CrossEntropy(nn.Module):
+    """Plain pixel-wise cross-entropy over labelled pixels."""
+
+    def __init__(self, ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if not bool((labels != self.ignore_index).any()):
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, labels, ignore_index=self.ignore_index)
+
+
+def _ohem_from_config(config: Dict) -> nn.Module:
+    return OhemCrossEntropy(config["ohem_thresh"], config["ohem_min_kept"])
+
+
+def _ce_from_config(config: Dict) -> nn.Module:
+    return CrossEntropy()
+
+
+# config["loss"] -> builder
+SUPERVISED_LOSSES: Dict[str, Callable[[Dict], nn.Module]] = {
+    "ohem": _ohem_from_config,
+    "ce": _ce_from_config,
+}
+
+
+def build_supervised_loss(config: Dict) -> nn.Module:
+    name = config["loss"]
+    if name not in SUPERVISED_LOSSES:
+        raise ValueError("unknown loss %r; choose from %s" % (name, ", ".join(SUPERVISED_LOSSES)))
+    return SUPERVISED_LOSSES[name](config)
+
+
+def _masked_pixel_mean(per_pixel: torch.Tensor, labels: torch.Tensor,
+                       ignore_index: int) -> torch.Tensor:
+    """Mean of an (N, H, W) map over the labelled pixels."""
+    valid = (labels != ignore_index).to(per_pixel.dtype)
+    return (per_pixel * valid).sum() / valid.sum().clamp(min=1.0)
+
+
+class LogitMSE(nn.Module):
+    """MSE between student and teacher logits at full resolution (the paper's best KD)."""
+
+    def __init__(self, ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor,
+                labels: torch.Tensor) -> torch.Tensor:
+        per_pixel = (student - teacher).pow(2).mean(dim=1)
+        return _masked_pixel_mean(per_pixel, labels, self.ignore_index)
+
+
+class LogitKL(nn.Module):
+    """KL(teacher || student) of temperature-softened class distributions, times T^2 so the
+    gradient scale does not depend on the temperature (Hinton et al., 2015)."""
+
+    def __init__(self, temperature: float = 4.0, ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError("kd_temperature must be positive, got %r" % temperature)
+        self.temperature = float(temperature)
+        self.ignore_index = ignore_index
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor,
+                labels: torch.Tensor) -> torch.Tensor:
+        t = self.temperature
+        log_p_student = F.log_softmax(student / t, dim=1)
+        log_p_teacher = F.log_softmax(teacher / t, dim=1)
+        per_pixel = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1)
+        return _masked_pixel_mean(per_pixel, labels, self.ignore_index) * (t * t)
+
+
+def match_size(feature: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Bilinearly resize ``feature`` to the spatial size of ``like`` (no-op when equal)."""
+    if feature.shape[-2:] == like.shape[-2:]:
+        return feature
+    return F.interpolate(feature, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class FeatureMimicking(nn.Module):
+    """Early-stage feature distillation: project the student's stage features to the
+    teacher's width with a 1x1 convolution and regress the teacher's features (MSE)."""
+
+    def __init__(self, student_channels: int, teacher_channels: int) -> None:
+        super().__init__()
+        self.project = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        projected = self.project(student)
+        return F.mse_loss(projected, match_size(teacher, projected))
+
+
+class FeatureGeneration(nn.Module):
+    """Late-stage feature distillation in the manner of Masked Generative Distillation
+    (Yang et al., 2022): randomly mask the student's stage features and make a small
+    generator reconstruct the teacher's full features from what is left, which teaches the
+    student features from which the teacher's can be *generated*, not merely copied."""
+
+    def __init__(self, student_channels: int, teacher_channels: int,
+                 mask_ratio: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError("fg_mask_ratio must be in [0, 1), got %r" % mask_ratio)
+        self.mask_ratio = float(mask_ratio)
+        self.align = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+        self.generator = nn.Sequential(
+            nn.Conv2d(teacher_channels, teacher_channels, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(teacher_channels, teacher_channels, kernel_size=3, padding=1),
+        )
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        aligned = self.align(student)
+        n, _, h, w = aligned.shape
+        # one keep/drop decision per position, shared by all channels; uses the global RNG
+        # so that a resumed run (which restores it) draws the same masks
+        keep = (torch.rand((n, 1, h, w), device=aligned.device) >= self.mask_ratio)
+        generated = self.generator(aligned * keep.to(aligned.dtype))
+        return F.mse_loss(generated, match_size(teacher, generated))
+
+
+class FeatureDistillation(nn.Module):
+    """The trainable heads of feature distillation, one per distilled encoder stage:
+    ``fm.<stage>`` (mimicking) and ``fg.<stage>`` (generation). Trained with the student
+    and dropped after training: they are not part of the deployed model."""
+
+    def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int],
+                 fm_stages: Sequence[int] = (), fg_stages: Sequence[int] = (),
+                 fg_mask_ratio: float = 0.5) -> None:
+        super().__init__()
+        stages = len(student_channels)
+        if len(teacher_channels) != stages:
+            raise ValueError("student has %d encoder stages but teacher has %d; feature "
+                             "distillation pairs stages one to one"
+                             % (stages, len(teacher_channels)))
+        for name, chosen in (("fm_stages", fm_stages), ("fg_stages", fg_stages)):
+            bad = [i for i in chosen if not 0 <= i < stages]
+            if bad:
+                raise ValueError("%s %s out of range: the encoders have stages 0..%d"
+                                 % (name, bad, stages - 1))
+        self.fm = nn.ModuleDict({str(i): FeatureMimicking(student_channels[i], teacher_channels[i])
+                                 for i in fm_stages})
+        self.fg = nn.ModuleDict({str(i): FeatureGeneration(student_channels[i],
+                                                           teacher_channels[i], fg_mask_ratio)
+                                 for i in fg_stages})
+
+    def forward(self, student: List[torch.Tensor],
+                teacher: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Mean loss over the configured stages for each kind: ``{"fm": ..., "fg": ...}``."""
+        losses: Dict[str, torch.Tensor] = {}
+        for kind, heads in (("fm", self.fm), ("fg", self.fg)):
+            if len(heads):
+                terms = [heads[key](student[int(key)], teacher[int(key)]) for key in heads]
+                losses[kind] = torch.stack(terms).mean()
+        return losses
