@@ -1,0 +1,267 @@
+"""Structured pruning removes what each method says (shapes and parameter counts of a real
+MobileViT-XXS UPerNet), pruned checkpoints reload and run through ONNX Runtime, and bad
+requests fail before any work."""
+import copy
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lpcv_segmentation.model import (build_model, count_params, load_checkpoint, read_metadata,
+                                     save_checkpoint)
+from training import prune as P
+
+SIZE = 64  # smallest input the MobileViT encoder takes (output stride 32, patch 2)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def base():
+    torch.manual_seed(0)
+    return build_model("mobilevit_xxs", input_size=SIZE).eval()
+
+
+def _pruned(base, method, amount=0.5, **kwargs):
+    model = copy.deepcopy(base)
+    P.prune_step(model, method, amount, **kwargs)
+    return model
+
+
+def _convs(module):
+    return {n: m for n, m in module.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def _runs(model):
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, SIZE, SIZE))
+    assert out.shape == (1, 14, SIZE, SIZE)
+
+
+def test_filter_shrinks_encoder_convolutions_only(base):
+    model = _pruned(base, "filter")
+    before, after = _convs(base.encoder), _convs(model.encoder)
+    assert after["stem.conv"].out_channels == before["stem.conv"].out_channels // 2
+    assert after["stem.conv"].in_channels == 3  # the image's channels are never cut
+    inner = "stages_1.1.conv1_1x1.conv"  # an inverted-residual expansion
+    assert after[inner].out_channels == before[inner].out_channels // 2
+    mvit = "stages_2.1.conv_1x1"  # MobileViT block: sets the transformer width
+    assert after[mvit].out_channels == before[mvit].out_channels // 2
+    attn = model.encoder.stages_2[1].transformer[0].attn
+    assert attn.qkv.in_features == after[mvit].out_channels  # coupled layers cut together
+    for name, conv in _convs(model.decoder).items():  # decoder widths untouched ...
+        assert conv.out_channels == _convs(base.decoder)[name].out_channels
+    laterals = model.decoder.lateral_convs  # ... but they read fewer encoder channels
+    assert laterals[0][0].in_channels < base.decoder.lateral_convs[0][0].in_channels
+    b, a = P.count_units(base), P.count_units(model)
+    assert (a["heads"], a["mlp_neurons"]) == (b["heads"], b["mlp_neurons"])
+    assert a["encoder_filters"] == b["encoder_filters"] // 2
+    assert count_params(model) < count_params(base)
+    _runs(model)
+
+
+def test_channel_shrinks_decoder_and_keeps_the_classes(base):
+    model = _pruned(base, "channel")
+    assert model.decoder.fuse[0].out_channels == 32
+    assert all(c[0].out_channels == 32 for c in model.decoder.lateral_convs)
+    assert model.classifier.in_channels == 32 and model.classifier.out_channels == 14
+    assert [m.out_channels for m in _convs(model.encoder).values()] == \
+        [m.out_channels for m in _convs(base.encoder).values()]
+    assert P.macs_of(model) < P.macs_of(base)
+    _runs(model)
+
+
+def test_neuron_shrinks_mlp_rows_and_matching_columns(base):
+    model = _pruned(base, "neuron")
+    for name, mlp in P.mlp_layers(model).items():
+        original = dict(base.named_modules())[name]
+        assert mlp.fc1.out_features == original.fc1.out_features // 2
+        assert mlp.fc2.in_features == mlp.fc1.out_features
+        assert mlp.fc2.out_features == original.fc2.out_features  # transformer width kept
+    b, a = P.count_units(base), P.count_units(model)
+    assert a["heads"] == b["heads"] and a["encoder_filters"] == b["encoder_filters"]
+    assert a["mlp_neurons"] == b["mlp_neurons"] // 2
+    _runs(model)
+
+
+def test_head_removes_whole_heads_chosen_by_importance(base):
+    start = copy.deepcopy(base)
+    attn = start.encoder.stages_2[1].transformer[0].attn
+    heads, dim, width = attn.num_heads, attn.head_dim, attn.qkv.in_features
+    # make head 3 the most important of this layer: its q, k, v rows and proj columns x10
+    with torch.no_grad():
+        for part in range(3):
+            rows = slice(part * heads * dim + 3 * dim, part * heads * dim + 4 * dim)
+            attn.qkv.weight[rows] *= 10
+        attn.proj.weight[:, 3 * dim:4 * dim] *= 10
+    q_head3 = attn.qkv.weight[3 * dim:4 * dim].clone()
+    model = _pruned(start, "head", 0.5)
+    for name, a in P.attention_layers(model).items():
+        assert a.num_heads == 2 and a.head_dim == dim if name.startswith("encoder.stages_2") \
+            else a.num_heads == 2
+        assert a.qkv.out_features == 3 * a.num_heads * a.head_dim
+        assert a.proj.in_features == a.num_heads * a.head_dim
+    pruned = model.encoder.stages_2[1].transformer[0].attn
+    assert pruned.qkv.in_features == width  # the transformer width is not touched
+    kept_q = pruned.qkv.weight[:2 * dim]  # the q rows of the two heads left
+    assert any(torch.equal(kept_q[i * dim:(i + 1) * dim], q_head3) for i in range(2))
+    assert P.count_units(model)["mlp_neurons"] == P.count_units(base)["mlp_neurons"]
+    _runs(model)
+
+
+def test_head_rounding_keeps_at_least_one_head(base):
+    model = _pruned(base, "head", 0.9)
+    assert all(a.num_heads == 1 for a in P.attention_layers(model).values())
+    _runs(model)
+
+
+def test_all_with_macs_target_reaches_it(base):
+    model = copy.deepcopy(base)
+    gmacs = P.macs_of(model)
+    settings = P.PruneSettings(method="all", amount=0.4, target="macs")
+    record = P.prune_model(model, settings, original_gmacs=gmacs)
+    assert record["gmacs"] <= 0.6 * gmacs + 1e-9
+    assert record["gmacs"] > 0.45 * gmacs  # bisection: not far past the target
+    _runs(model)
+
+
+@pytest.mark.parametrize("importance,allocation", [("l1", "global"), ("lamp", "global"),
+                                                   ("taylor", "local")])
+def test_importances_and_allocations(base, importance, allocation):
+    calib = (torch.randn(2, 3, SIZE, SIZE), torch.randint(0, 14, (2, SIZE, SIZE)))
+    model = _pruned(base, "all", 0.3, importance=importance, allocation=allocation, calib=calib)
+    assert count_params(model) < 0.85 * count_params(base)
+    assert all(p.grad is None for p in model.parameters())  # Taylor's gradients are dropped
+    _runs(model)
+
+
+def test_iterative_steps_reach_the_amount(base):
+    model = copy.deepcopy(base)
+    settings = P.PruneSettings(method="all", amount=0.5, iterative=2)
+    first = P.prune_model(model, settings, step=0)
+    second = P.prune_model(model, settings, step=1, done=first["amount"])
+    assert first["params"] > second["params"]
+    assert P.count_units(model)["encoder_filters"] == P.count_units(base)["encoder_filters"] // 2
+    assert P.count_units(model)["heads"] == P.count_units(base)["heads"] // 2
+
+
+def test_unstructured_zeroes_weights_without_changing_shapes(base):
+    model = copy.deepcopy(base)
+    sparsity = P.prune_unstructured(model, 0.6)
+    assert abs(sparsity - 0.6) < 0.01
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    assert shapes == {n: p.shape for n, p in base.named_parameters()}
+    assert P.macs_of(model) == pytest.approx(P.macs_of(base))  # no fewer MACs: no speed-up
+    assert not any(isinstance(m, torch.nn.utils.prune.BasePruningMethod)
+                   for h in model.modules() for m in h._forward_pre_hooks.values())
+
+
+def test_pruned_checkpoint_reloads_with_same_outputs(base, tmp_path):
+    model = _pruned(base, "all", 0.5)
+    path = str(tmp_path / "pruned.safetensors")
+    save_checkpoint(path, model, {"training": {"pruning": {"heads_after": P.heads_per_layer(model)}}})
+    reloaded, meta = load_checkpoint(path)
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.allclose(model(x), reloaded(x), atol=1e-5)
+    assert P.heads_per_layer(reloaded) == P.heads_per_layer(model)
+    assert meta["params"] == count_params(model) < count_params(base)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad requests: one clear error, nothing written
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("amount", [0.0, 1.0, 1.5, -0.2])
+def test_amount_outside_open_interval_is_refused(amount):
+    with pytest.raises(P.PruneError, match="amount"):
+        P.PruneSettings(amount=amount).validate()
+
+
+def test_amount_refused_by_the_command_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "prune", "--checkpoint", "x.safetensors", "--data",
+         str(tmp_path), "--out", str(tmp_path / "run"), "--amount", "1.2"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "outside (0, 1)" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def _write_synthetic_pairs(root, count=2, size=64):
+    import cv2
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        os.makedirs(os.path.join(root, "IMG", split), exist_ok=True)
+        os.makedirs(os.path.join(root, "GT", split), exist_ok=True)
+        for i in range(count):
+            name = "%s_%04d.png" % (split, i)
+            cv2.imwrite(os.path.join(root, "IMG", split, name),
+                        rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+            cv2.imwrite(os.path.join(root, "GT", split, name),
+                        rng.integers(0, 14, (size, size), dtype=np.uint8))
+    return str(root)
+
+
+def test_head_pruning_refused_on_resnet18(tmp_path):
+    path = str(tmp_path / "resnet18.safetensors")
+    save_checkpoint(path, build_model("resnet18", input_size=SIZE))
+    data = _write_synthetic_pairs(tmp_path / "data")
+    out = tmp_path / "run"
+    for method in ("head", "neuron"):
+        with pytest.raises(P.PruneError, match="does not apply to resnet18"):
+            P.run_prune(path, data, str(out), P.PruneSettings(method=method, amount=0.5))
+    assert not out.exists()
+
+
+def test_checkpoint_without_metadata_is_refused(tmp_path):
+    from safetensors.torch import save_file
+    path = str(tmp_path / "bare.safetensors")
+    save_file({"w": torch.zeros(2)}, path)
+    out = tmp_path / "run"
+    with pytest.raises(P.PruneError, match="bare.safetensors.*metadata"):
+        P.run_prune(path, str(tmp_path), str(out), P.PruneSettings(amount=0.5))
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The command end to end: prune + fine-tune, reload, ONNX Runtime
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_prune_command_finetunes_and_runs_in_onnxruntime(tiny_checkpoint, synth_dataset,
+                                                         tmp_path):
+    from lpcv_segmentation.runtime import Segmenter
+    from training.export import export_onnx
+    from training.synth import render_scene
+
+    out = tmp_path / "pruned"
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "prune", "--checkpoint", str(tiny_checkpoint),
+         "--data", str(synth_dataset), "--out", str(out), "--method", "all", "--target",
+         "sparsity", "--amount", "0.5", "--finetune-iters", "2", "crop_size=64", "batch_size=2",
+         "workers=0", "max_eval_images=2"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "parameters" in result.stdout
+    for name in ("best.safetensors", "last.safetensors", "pruned.safetensors", "prune.json"):
+        assert (out / name).is_file(), name
+
+    original, _ = load_checkpoint(str(tiny_checkpoint))
+    model, meta = load_checkpoint(str(out / "best.safetensors"))
+    record = meta["training"]["pruning"]
+    assert record["method"] == "all" and record["amount"] == 0.5
+    assert meta["params"] == record["params_after"] < 0.5 * count_params(original)
+    assert record["heads_after"] == P.heads_per_layer(model)
+    assert set(record["heads_after"].values()) == {2}  # 4 heads per layer before
+    assert meta["training"]["iteration"] == 2  # the training loop fine-tuned it
+
+    onnx_path = str(tmp_path / "pruned.onnx")
+    report = export_onnx(str(out / "best.safetensors"), onnx_path, verify_images=1)
+    assert report["check"]["passed"] and report["params"] == meta["params"]
+    rgb = render_scene(7, 128)[0]
+    onnx_labels = Segmenter(onnx_path, backend="onnxruntime").segment(rgb).labels
+    torch_labels = Segmenter(str(out / "best.safetensors"), backend="pytorch").segment(rgb).labels
+    assert onnx_labels.shape == (128, 128)
+    assert (onnx_labels == torch_labels).mean() > 0.99
