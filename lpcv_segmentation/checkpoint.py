@@ -104,7 +104,7 @@ def read_tensor_file(path: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
 def _split(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """(state dict, metadata) of a checkpoint file."""
     contents, header = read_tensor_file(path)
-    if header:
+    if path.endswith(SAFETENSORS_SUFFIX):
         raw: Any = header.get(METADATA_KEY)
         state = contents
     else:

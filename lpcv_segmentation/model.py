@@ -261,7 +261,8 @@ def load_encoder_weights(encoder: nn.Module, path: str) -> Dict[str, List[str]]:
     """Copy matching tensors of a timm weights file into ``encoder``; log and return what was
     loaded, missing, unexpected and mismatched in shape. Raise CheckpointError if nothing matches."""
     from lpcv_segmentation.checkpoint import CheckpointError
-    source = {_canonical_key(k): (k, v) for k, v in read_state_dict(path).items()}
+    tensors = read_state_dict(path)
+    source = {_canonical_key(k): (k, v) for k, v in tensors.items()}
     target = encoder.state_dict()
     report: Dict[str, List[str]] = {"loaded": [], "missing": [], "mismatched": []}
     new_state = {}
@@ -278,8 +279,7 @@ def load_encoder_weights(encoder: nn.Module, path: str) -> Dict[str, List[str]]:
     report["unexpected"] = sorted(original for original, _ in source.values())
     if not new_state:
         raise CheckpointError("encoder weights %s: no tensor matches the encoder (first file key %r, "
-                              "first encoder key %r)" % (path, next(iter(read_state_dict(path))),
-                                                         next(iter(target))))
+                              "first encoder key %r)" % (path, next(iter(tensors)), next(iter(target))))
     encoder.load_state_dict(new_state, strict=False)
     _logger.info("encoder weights %s: loaded %d tensors, %d missing, %d unexpected, %d mismatched",
                  path, len(report["loaded"]), len(report["missing"]), len(report["unexpected"]),
@@ -492,3 +492,33 @@ def __getattr__(name: str) -> Any:
         from lpcv_segmentation import checkpoint
         return getattr(checkpoint, name)
     raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m lpcv_segmentation.model``: parameters and GMACs of the registered archs."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m lpcv_segmentation.model",
+                                     description="Parameters and GMACs (1x3xSxS) of each registered "
+                                                 "architecture with a UPerNet decoder.")
+    parser.add_argument("--arch", nargs="+", default=list(ARCHS), choices=list(ARCHS), metavar="ARCH",
+                        help="architectures to describe (default: all of %s)" % ", ".join(ARCHS))
+    parser.add_argument("--input-size", type=int, default=288, help="square input side (default 288)")
+    parser.add_argument("--decoder-channels", type=int, default=64, help="UPerNet width (default 64)")
+    args = parser.parse_args(argv)
+    print("| arch | role | input | decoder | params (M) | GMACs |")
+    print("|---|---|---|---|---|---|")
+    for arch in args.arch:
+        try:
+            model = build_model(arch, decoder_channels=args.decoder_channels, input_size=args.input_size)
+        except ValueError as e:
+            print("| %s | %s | %d | %d | - | - (%s) |" % (arch, ARCHS[arch].role, args.input_size,
+                                                         args.decoder_channels, e))
+            continue
+        print("| %s | %s | %d | %d | %.2f | %.2f |" % (arch, ARCHS[arch].role, args.input_size,
+                                                       args.decoder_channels, count_params(model) / 1e6,
+                                                       count_macs(model)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -153,23 +153,28 @@ def _saved(tmp_path, name="model.safetensors", **kwargs):
     return model, path
 
 
+def _header(meta, **changes):
+    return {"lpcv_segmentation": json.dumps(dict(meta, **changes))}
+
+
 def test_metadata_that_does_not_match_the_weights_is_refused(tmp_path):
     _, path = _saved(tmp_path)
     state = load_file(path)
     meta = read_metadata(path)
     wrong_width = str(tmp_path / "wrong_width.safetensors")
-    save_file(state, wrong_width, metadata={"lpcv_segmentation": json.dumps(dict(meta, decoder_channels=48))})
-    with pytest.raises(CheckpointError, match="wrong_width.safetensors.*tensor 'decoder.ppm.stages.0.0.weight'"):
+    save_file(state, wrong_width, metadata=_header(meta, decoder_channels=48))
+    with pytest.raises(CheckpointError,
+                       match="wrong_width.safetensors.*tensor 'decoder.ppm.stages.0.0.weight'"):
         load_checkpoint(wrong_width)
 
     missing_tensor = str(tmp_path / "missing_tensor.safetensors")
     state.pop("classifier.bias")
-    save_file(state, missing_tensor, metadata={"lpcv_segmentation": json.dumps(meta)})
+    save_file(state, missing_tensor, metadata=_header(meta))
     with pytest.raises(CheckpointError, match="missing_tensor.safetensors.*'classifier.bias' is missing"):
         load_checkpoint(missing_tensor)
 
     unknown_arch = str(tmp_path / "unknown_arch.safetensors")
-    save_file(load_file(path), unknown_arch, metadata={"lpcv_segmentation": json.dumps(dict(meta, arch="vit_huge"))})
+    save_file(load_file(path), unknown_arch, metadata=_header(meta, arch="vit_huge"))
     with pytest.raises(CheckpointError, match="unknown_arch.safetensors: unknown architecture 'vit_huge'"):
         read_metadata(unknown_arch)
 
@@ -179,7 +184,8 @@ def test_missing_and_foreign_files_are_refused(tmp_path):
         load_checkpoint(str(tmp_path / "nowhere.safetensors"))
     plain = str(tmp_path / "plain.safetensors")
     save_file({"w": torch.zeros(2)}, plain)  # a safetensors file, but not one of ours
-    with pytest.raises(CheckpointError, match="plain.safetensors is not an lpcv_segmentation checkpoint"):
+    with pytest.raises(CheckpointError,
+                       match="plain.safetensors is not an lpcv_segmentation checkpoint: no 'lpcv_"):
         load_checkpoint(plain)
     text = tmp_path / "text.safetensors"
     text.write_text("hello")
@@ -215,7 +221,8 @@ def test_pickle_that_runs_code_is_refused_and_not_run(tmp_path):
     model, _ = _saved(tmp_path)
     marker = tmp_path / "payload_ran"
     evil = str(tmp_path / "evil.pth")
-    torch.save({"state_dict": model.state_dict(), "meta": _RunsCode("touch " + shlex.quote(str(marker)))}, evil)
+    payload = _RunsCode("touch " + shlex.quote(str(marker)))
+    torch.save({"state_dict": model.state_dict(), "meta": payload}, evil)
     with pytest.raises(CheckpointError, match="refused to load .*evil.pth"):
         load_checkpoint(evil)
     with pytest.raises(CheckpointError, match="refused to load .*evil.pth"):
