@@ -1,0 +1,268 @@
+"""The segmentation node in a ROS graph of child processes, for the node benches.
+
+``NodeGraph`` starts ``python -m lpcv_segmentation.node`` with config/drone.yaml plus the
+parameters given, and (optionally) the listener of test/ros_helpers.py, which records the
+node's outputs and /diagnostics in a JSON-lines file. Every graph gets a ROS domain of its
+own; the large-frame Fast DDS profile is applied to all its processes unless ``profile=False``.
+The camera of test/ros_helpers.py sends the frames. The node's memory is read from
+/proc/<pid>/status, and whether it loaded torch from /proc/<pid>/maps. Every process started
+here is stopped by ``close()`` (SIGINT, then SIGKILL for that process only).
+"""
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+REPO = Path(__file__).resolve().parent.parent
+# The camera and listener processes, the process environment and the test scene are the node
+# tests' own (test/ros_helpers.py); the benches drive the node the same way the tests do.
+sys.path.insert(0, str(REPO / "test"))
+from ros_helpers import HELPERS, random_domain_id, ros_env, scene_rgb, start, stop  # noqa: E402,F401
+
+PARAMS_FILE = REPO / "config" / "drone.yaml"
+CAMERA_TOPIC = "/camera/image_raw"
+TORCH_LIBRARY = "libtorch"  # libtorch_cpu.so / libtorch_python.so: mapped once torch is imported
+COUNTERS = ("received", "processed", "dropped", "rejected")
+
+
+class NodeGraphError(RuntimeError):
+    """The node or a helper process failed; the message carries the end of its log."""
+
+
+# -- the node process as the kernel sees it ----------------------------------------------------
+def proc_memory_mb(pid: int) -> Dict[str, float]:
+    """{"rss": VmRSS, "hwm": VmHWM (peak RSS)} of a process in MB (10^6 bytes, the unit of the
+    targets); {} once it has gone."""
+    fields = {"VmRSS:": "rss", "VmHWM:": "hwm"}
+    out: Dict[str, float] = {}
+    try:
+        with open("/proc/%d/status" % pid) as status:
+            for line in status:
+                parts = line.split()
+                if parts and parts[0] in fields:
+                    out[fields[parts[0]]] = int(parts[1]) * 1024 / 1e6  # the kernel's kB are KiB
+    except OSError:
+        return {}
+    return out
+
+
+def mapped_libraries(pid: int, needle: str) -> List[str]:
+    """The files mapped into a process whose path contains ``needle`` (e.g. libtorch)."""
+    try:
+        with open("/proc/%d/maps" % pid) as maps:
+            paths = {line.split()[-1] for line in maps if needle in line}
+    except OSError:
+        return []
+    return sorted(paths)
+
+
+class MemorySampler:
+    """Samples (time.time(), VmRSS MB) of a process every ``period_s`` in a thread."""
+
+    def __init__(self, pid: int, period_s: float = 0.25) -> None:
+        self.pid, self.period_s = pid, period_s
+        self.samples: List[Tuple[float, float]] = []
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            memory = proc_memory_mb(self.pid)
+            if memory:
+                self.samples.append((time.time(), memory["rss"]))
+                self.peak_mb = max(self.peak_mb, memory.get("hwm", 0.0))
+            self._stop.wait(self.period_s)
+
+    def __enter__(self) -> "MemorySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def between(self, begin: float, end: float) -> List[float]:
+        """RSS samples (MB) taken between two time.time() values."""
+        return [rss for t, rss in self.samples if begin <= t <= end]
+
+
+# -- the graph -----------------------------------------------------------------------------------
+def node_arguments(model: str, backend: str, params: Optional[Dict[str, object]] = None
+                   ) -> List[str]:
+    """``--ros-args`` for the node: drone.yaml, then the model, back end, topic, overrides."""
+    values: Dict[str, object] = {"model_path": model, "backend": backend,
+                                 "input_topic": CAMERA_TOPIC}
+    values.update(params or {})
+    args = ["--ros-args", "--params-file", str(PARAMS_FILE)]
+    for name, value in values.items():
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        args += ["-p", "%s:=%s" % (name, value)]
+    return args
+
+
+class NodeGraph:
+    """A running node (and listener) in a ROS domain of its own; a context manager.
+
+    ``work`` receives the processes' logs and the listener's events.jsonl.
+    """
+
+    def __init__(self, work: Path, model: str, backend: str = "onnxruntime",
+                 params: Optional[Dict[str, object]] = None, profile: bool = True,
+                 listener: bool = True, domain: Optional[int] = None) -> None:
+        self.work = Path(work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.domain = random_domain_id() if domain is None else domain
+        self.env = ros_env(self.domain, profile=profile)
+        self.events_path = self.work / "listener" / "events.jsonl"
+        self._args = node_arguments(model, backend, params)
+        self._with_listener = listener
+        self.node = None
+        self.listener = None
+        self._children = []  # everything started, stopped in reverse order by close()
+        self.node_exit_code: Optional[int] = None
+
+    # -- start and stop ---------------------------------------------------------------------
+    def __enter__(self) -> "NodeGraph":
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Start the listener and the node; return once the node publishes."""
+        if self._with_listener:
+            self.listener = self._start([sys.executable, str(HELPERS), "listen", "--out",
+                                         str(self.work / "listener")], "listener.log")
+        self.node = self._start([sys.executable, "-m", "lpcv_segmentation.node"] + self._args,
+                                "node.log")
+        if self._with_listener:
+            # label_info is latched: once the listener has it, the node is up and publishing.
+            self.wait_for("the node's label info", lambda: self.events("label_info"), timeout)
+        else:
+            self.wait_for("the node to start", lambda: "segmenting " in self.node_log(), timeout)
+
+    def _start(self, args: List[str], log_name: str):
+        process = start(args, self.env, self.work / log_name)
+        self._children.append(process)
+        return process
+
+    def close(self) -> Optional[int]:
+        """Stop every process (the node last but one: the listener hears its last words)."""
+        for process in reversed(self._children):
+            code = stop(process)
+            if process is self.node:
+                self.node_exit_code = code
+        self._children = []
+        return self.node_exit_code
+
+    def stop_node(self) -> Optional[int]:
+        """SIGINT the node now; its exit code (0 after a clean shutdown)."""
+        self.node_exit_code = stop(self.node)
+        return self.node_exit_code
+
+    # -- what the processes said ------------------------------------------------------------
+    def node_log(self) -> str:
+        path = self.work / "node.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.node_log().splitlines()[-lines:])
+
+    def node_alive(self) -> bool:
+        return self.node is not None and self.node.poll() is None
+
+    def wait_for(self, what: str, found: Callable[[], object], timeout: float = 30.0):
+        """Poll ``found`` until it returns something true; NodeGraphError if the node exits
+        or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = found()
+            if result:
+                return result
+            if not self.node_alive():
+                raise NodeGraphError("the node exited (code %s) while waiting for %s; its log "
+                                     "ends:\n%s" % (self.node.returncode, what, self.log_tail()))
+            time.sleep(0.1)
+        raise NodeGraphError("timed out after %.0f s waiting for %s; the node's log ends:\n%s"
+                             % (timeout, what, self.log_tail()))
+
+    def events(self, topic: Optional[str] = None) -> List[dict]:
+        """The listener's records so far (optionally of one topic)."""
+        if not self.events_path.exists():
+            return []
+        events = [json.loads(line) for line in self.events_path.read_text().splitlines()
+                  if line.endswith("}")]
+        return [e for e in events if topic is None or e["topic"] == topic]
+
+    def diagnostics(self, after: float = 0.0) -> Optional[Dict[str, str]]:
+        """The values of the newest /diagnostics status received after ``after`` (time.time())."""
+        for event in reversed(self.events("diagnostics")):
+            if event["received"] > after and event["status"]:
+                status = event["status"][0]
+                return dict(status["values"], _level=str(status["level"]),
+                            _message=status["message"], _received=str(event["received"]))
+        return None
+
+    def settled_counts(self, timeout: float = 30.0) -> Dict[str, int]:
+        """The node's frame counters once every received frame has ended processed, dropped or
+        rejected (from a /diagnostics message sent after this call)."""
+        begin = time.time()
+
+        def settled():
+            values = self.diagnostics(after=begin)
+            if values is None:
+                return None
+            counts = counters(values)
+            return counts if is_balanced(counts) else None
+        return self.wait_for("balanced frame counters", settled, timeout)
+
+    # -- the camera ---------------------------------------------------------------------------
+    def camera(self, count: int, rate: float, width: int = 512, height: int = 512,
+               qos: str = "best_effort", frame_id: str = "bench", extra: Sequence[str] = (),
+               timeout: Optional[float] = None) -> Dict[str, object]:
+        """Run the test camera to completion: ``count`` frames of the test scene at ``rate`` Hz.
+        Returns its report {"sent", "stamps", "frame_ids"}."""
+        args = [sys.executable, str(HELPERS), "camera", "--topic", CAMERA_TOPIC,
+                "--count", str(count), "--rate", str(rate), "--width", str(width),
+                "--height", str(height), "--qos", qos, "--frame-id", frame_id] + list(extra)
+        log = self.work / ("camera_%s.log" % frame_id)
+        process = self._start(args, log.name)
+        limit = timeout if timeout is not None else 60.0 + (count / rate if rate > 0 else count)
+        try:
+            code = process.wait(timeout=limit)
+        except Exception:
+            stop(process)
+            raise NodeGraphError("the camera did not finish in %.0f s:\n%s"
+                                 % (limit, log.read_text(errors="replace")[-2000:]))
+        lines = [line for line in log.read_text().splitlines() if line.startswith("{")]
+        if code != 0 or not lines:
+            raise NodeGraphError("the camera failed (code %s):\n%s"
+                                 % (code, log.read_text(errors="replace")[-2000:]))
+        return json.loads(lines[-1])
+
+
+def counters(values: Dict[str, str]) -> Dict[str, int]:
+    """frames_received/processed/dropped/rejected of a diagnostics status, as ints."""
+    return {name: int(values["frames_" + name]) for name in COUNTERS}
+
+
+def is_balanced(counts: Dict[str, int]) -> bool:
+    """Every frame that reached the node ended processed, dropped or rejected."""
+    return counts["received"] == counts["processed"] + counts["dropped"] + counts["rejected"]
+
+
+def percentile(values: Sequence[float], q: float) -> Optional[float]:
+    """The q-th percentile (linear interpolation), or None for no values."""
+    if not values:
+        return None
+    import numpy as np
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
