@@ -166,10 +166,12 @@ class PlannedFrame(NamedTuple):
 
 
 def make_plan(input_type: str, bad: int, good: int, seed: int) -> List[PlannedFrame]:
-    """``bad`` malformed frames (kinds drawn at random) and ``good`` good ones, shuffled."""
+    """``bad`` malformed frames and ``good`` good ones, shuffled. Every kind of malformation
+    comes at least once when ``bad`` allows, the rest are drawn at random."""
     rng = np.random.default_rng(seed)
     kinds = sorted(MALFORMED[input_type])
-    plan = [PlannedFrame(kinds[rng.integers(len(kinds))], False) for _ in range(bad)]
+    drawn = kinds[:bad] + [kinds[rng.integers(len(kinds))] for _ in range(bad - len(kinds))]
+    plan = [PlannedFrame(kind, False) for kind in drawn]
     plan += [PlannedFrame("good", True) for _ in range(good)]
     order = rng.permutation(len(plan))
     return [plan[i] for i in order]

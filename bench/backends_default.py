@@ -1,0 +1,219 @@
+"""Back ends for the default student and its unpruned and undistilled versions.
+
+For each model: PyTorch eager (fp32), ONNX Runtime fp32 and ONNX Runtime int8 latency of the
+forward pass on a pre-processed 1x3xSxS input (S = the model's own input size), and the
+GMAC/s each achieves against the machine's fp32 matrix-multiply rate measured in the same
+run (bench/matmul_rate.py), i.e. how close the model comes to the hardware limit. Everything
+is timed in interleaved rounds (the matrix product and every model/back end once per round,
+in turn), so drift on a shared machine touches all of them alike; latencies are medians.
+
+ONNX files: ``<checkpoint stem>.onnx`` / ``<stem>_int8.onnx`` beside the checkpoint when they
+exist (models/default.onnx), else exported here into runs/bench_cache/ (fp32 with
+``training.export.export_onnx``; int8 with its ``quantize_int8``, calibrated on synthetic
+scenes from ``training.synth``). A model whose checkpoint is missing gets a row saying so.
+
+    .venv/bin/python bench/backends_default.py
+    .venv/bin/python bench/backends_default.py --model default=models/default.safetensors \\
+        --model unpruned=runs/default_model/student/best.safetensors --rounds 10
+"""
+import argparse
+import hashlib
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(BENCH))
+from matmul_rate import matmul_runner  # noqa: E402
+from pruning import interleaved_medians  # noqa: E402  (the compression bench's timing loop)
+from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
+
+DEFAULT_MODELS: List[Tuple[str, str]] = [
+    ("default", "models/default.safetensors"),  # pruned + distilled (python -m training default-model)
+    ("unpruned", "runs/default_model/student/best.safetensors"),  # distilled, before pruning
+    ("undistilled", "runs/ablation/baseline/best.safetensors"),  # no teacher, no pruning
+]
+CACHE = ROOT / "runs" / "bench_cache"
+BACKENDS = ("eager", "ort_fp32", "ort_int8")
+CALIBRATION_SCENES = 16
+CALIBRATION_SEED = 7000
+
+
+def _cache_name(checkpoint: str, size: int, suffix: str) -> Path:
+    """A cache file tied to the checkpoint's path, size on disk and modification time."""
+    stat = os.stat(checkpoint)
+    key = "%s:%d:%d:%d" % (os.path.abspath(checkpoint), stat.st_size, stat.st_mtime_ns, size)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    return CACHE / ("%s_%d_%s%s" % (Path(checkpoint).stem, size, digest, suffix))
+
+
+def _onnx_input_size(path: Path) -> Optional[int]:
+    from lpcv_segmentation.runtime import RuntimeConfigError, Segmenter
+    try:
+        return Segmenter(str(path), backend="onnxruntime").input_size
+    except RuntimeConfigError:
+        return None
+
+
+def onnx_files(checkpoint: str, size: int) -> Dict[str, Tuple[str, str]]:
+    """{"fp32": (path, how it was obtained), "int8": (path, how)} for ``checkpoint``."""
+    from training.export import export_onnx, quantize_int8
+    CACHE.mkdir(parents=True, exist_ok=True)
+    stem = Path(checkpoint).with_suffix("")
+    fp32, how32 = Path(str(stem) + ".onnx"), "beside the checkpoint"
+    if not (fp32.is_file() and _onnx_input_size(fp32) == size):
+        fp32, how32 = _cache_name(checkpoint, size, ".onnx"), "exported here (fp32)"
+        if not fp32.is_file():
+            print("exporting %s at %d px ..." % (checkpoint, size), file=sys.stderr, flush=True)
+            export_onnx(checkpoint, str(fp32), input_size=size, verify_images=1)
+    int8, how8 = Path(str(stem) + "_int8.onnx"), "beside the checkpoint"
+    if not (int8.is_file() and _onnx_input_size(int8) == size):
+        int8 = _cache_name(checkpoint, size, "_int8.onnx")
+        how8 = "quantised here (static QDQ, %d synthetic scenes)" % CALIBRATION_SCENES
+        if not int8.is_file():
+            print("quantising %s to int8 ..." % fp32, file=sys.stderr, flush=True)
+            tmp = str(int8) + ".tmp.onnx"
+            quantize_int8(str(fp32), tmp, calibration_inputs(str(fp32)))
+            os.replace(tmp, int8)
+    return {"fp32": (str(fp32), how32), "int8": (str(int8), how8)}
+
+
+def calibration_inputs(onnx_path: str) -> List[np.ndarray]:
+    """Pre-processed synthetic scenes at the model's size and normalisation."""
+    from lpcv_segmentation.runtime import Segmenter
+    from training.synth import render_scene
+    segmenter = Segmenter(onnx_path, backend="onnxruntime")
+    return [segmenter.preprocess(render_scene(CALIBRATION_SEED + i, segmenter.input_size)[0])
+            for i in range(CALIBRATION_SCENES)]
+
+
+def prepare(name: str, checkpoint: str, size: Optional[int], threads: int
+            ) -> Dict[str, Any]:
+    """The model in PyTorch and ONNX Runtime (fp32, int8), its cost, and a runner per back end."""
+    import torch
+    from lpcv_segmentation.model import count_macs, count_params, load_checkpoint
+    from lpcv_segmentation.runtime import Segmenter
+    model, meta = load_checkpoint(checkpoint)
+    model.eval()
+    size = int(size or meta["input_size"])
+    files = onnx_files(checkpoint, size)
+    sessions = {p: Segmenter(files[p][0], backend="onnxruntime", threads=threads)
+                for p in ("fp32", "int8")}
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    tensor = torch.from_numpy(x)
+
+    def eager() -> None:
+        with torch.inference_mode():
+            model(tensor)
+
+    runners: Dict[str, Callable[[], Any]] = {
+        "eager": eager,
+        "ort_fp32": lambda: sessions["fp32"].infer(x),
+        "ort_int8": lambda: sessions["int8"].infer(x),
+    }
+    return {"name": name, "checkpoint": checkpoint, "arch": meta.get("arch"), "size": size,
+            "params": count_params(model), "gmacs": count_macs(model, size),
+            "onnx": {p: f[0] for p, f in files.items()},
+            "onnx_origin": {p: f[1] for p, f in files.items()}, "runners": runners}
+
+
+def run(models: List[Tuple[str, str]], size: Optional[int], threads: int, rounds: int,
+        matmul_size: int) -> Dict[str, Any]:
+    import torch
+    torch.set_num_threads(threads)
+    prepared, missing = [], []
+    for name, checkpoint in models:
+        path = checkpoint if os.path.isabs(checkpoint) else str(ROOT / checkpoint)
+        if not Path(path).is_file():
+            missing.append((name, checkpoint))
+            continue
+        prepared.append(prepare(name, path, size, threads))
+        prepared[-1]["checkpoint"] = checkpoint  # as given, for the report
+    matmul, matmul_flops = matmul_runner(matmul_size)
+    runners: Dict[str, Callable[[], Any]] = {"matmul": matmul}
+    for p in prepared:
+        for backend, runner in p["runners"].items():
+            runners["%s/%s" % (p["name"], backend)] = runner
+    print("timing %d runners x %d rounds ..." % (len(runners), rounds), file=sys.stderr,
+          flush=True)
+    medians = interleaved_medians(runners, rounds)
+    matmul_gmacs = matmul_flops / 2.0 / (medians["matmul"] / 1000.0) / 1e9
+    results = []
+    for p in prepared:
+        ms = {b: medians["%s/%s" % (p["name"], b)] for b in BACKENDS}
+        record = {k: v for k, v in p.items() if k != "runners"}
+        record.update(ms=ms, gmacs_per_s={b: p["gmacs"] / (ms[b] / 1000.0) for b in BACKENDS})
+        results.append(record)
+    return {"threads": threads, "rounds": rounds, "matmul_size": matmul_size,
+            "matmul_ms": medians["matmul"], "matmul_gmacs_per_s": matmul_gmacs,
+            "matmul_gflops": 2.0 * matmul_gmacs, "models": results, "missing": missing}
+
+
+def section(result: Dict[str, Any]) -> Tuple[str, List[Target]]:
+    peak = result["matmul_gmacs_per_s"]
+    rows, cost_rows = [], []
+    reference = result["models"][0] if result["models"] else None
+    for m in result["models"]:
+        ms, rate = m["ms"], m["gmacs_per_s"]
+        rows.append([m["name"], m["size"]] + [fmt(ms[b], "%.1f") for b in BACKENDS] + [
+            fmt(ratio(ms["eager"], ms["ort_fp32"]), "%.2fx"),
+            fmt(ratio(ms["ort_fp32"], ms["ort_int8"]), "%.2fx"),
+            fmt(ratio(ms["ort_fp32"], reference["ms"]["ort_fp32"]), "%.2fx")]
+            + ["%.1f (%.0f%%)" % (rate[b], 100.0 * rate[b] / peak) for b in BACKENDS])
+        cost_rows.append([m["name"], m["arch"], m["checkpoint"], m["size"],
+                          "%.2fM" % (m["params"] / 1e6), "%.3f" % m["gmacs"],
+                          "fp32 %s; int8 %s" % (m["onnx_origin"]["fp32"],
+                                                m["onnx_origin"]["int8"])])
+    for name, checkpoint in result["missing"]:
+        rows.append([name, "not available: %s missing" % checkpoint] + ["-"] * 10)
+    body = "\n\n".join([
+        "%d thread(s) for every back end; medians of %d interleaved rounds; forward pass only "
+        "on a pre-processed input. Machine fp32 matrix-multiply rate measured in the same "
+        "rounds (%dx%d torch.mm): **%.1f GFLOP/s = %.1f GMAC/s**; a model's GMAC/s is its MACs "
+        "over its latency, shown with its share of that rate (int8 too, against the fp32 rate)."
+        % (result["threads"], result["rounds"], result["matmul_size"], result["matmul_size"],
+           result["matmul_gflops"], peak),
+        markdown_table(["model", "input", "eager ms", "ORT fp32 ms", "ORT int8 ms",
+                        "ORT fp32 vs eager", "int8 vs fp32", "ORT fp32 ms vs %s"
+                        % (reference["name"] if reference else "first"),
+                        "eager GMAC/s", "ORT fp32 GMAC/s", "ORT int8 GMAC/s"], rows),
+        "Models measured:\n\n" + markdown_table(
+            ["model", "arch", "checkpoint", "input", "params", "GMACs", "ONNX files"],
+            cost_rows),
+    ])
+    return body, []
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", metavar="NAME=CHECKPOINT",
+                        help="a model to measure (repeatable; default: %s)"
+                        % ", ".join("%s=%s" % m for m in DEFAULT_MODELS))
+    parser.add_argument("--size", type=int, default=None,
+                        help="input size (default: each model's own)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--matmul-size", type=int, default=1024)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    models = DEFAULT_MODELS
+    if args.model:
+        try:
+            models = [tuple(item.split("=", 1)) for item in args.model]  # type: ignore[misc]
+        except ValueError:
+            parser.error("--model takes NAME=CHECKPOINT")
+        if any(len(m) != 2 for m in models):
+            parser.error("--model takes NAME=CHECKPOINT, got %s" % args.model)
+    result = run(models, args.size, args.threads, args.rounds, args.matmul_size)
+    body, targets = section(result)
+    return finish("Back ends", body, targets, args.json, {"result": result})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
