@@ -48,6 +48,7 @@ from lpcv_segmentation.checkpoint import CheckpointError, load_checkpoint, save_
 from lpcv_segmentation.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, check_class_table
 from lpcv_segmentation.metrics import SegmentationMetrics
 from lpcv_segmentation.model import SegModel, build_model, check_input_size, count_params
+from lpcv_segmentation.runtime import postprocess
 from training import config as config_lib
 from training.config import ConfigError
 from training.data import DatasetError, EvalTransform, SegmentationDataset, TrainTransform
@@ -318,18 +319,19 @@ def val_loader(val_set: SegmentationDataset, config: Dict[str, Any],
 @torch.no_grad()
 def validate(model: SegModel, loader: DataLoader, ctx: DistContext,
              amp: Any = None) -> Dict[str, Any]:
-    """SegmentationMetrics over this rank's share of the val split, merged over ranks:
-    logits upsampled (bilinear) to each label's size, then argmax, as the runtime does."""
+    """SegmentationMetrics over this rank's share of the val split, merged over ranks.
+    Predictions are made as the runtime's Segmenter makes them (the same resize of the
+    image, logits at the input size, and ``runtime.postprocess`` back to the label's size),
+    so this figure is the one ``python -m training evaluate`` reports for the checkpoint."""
     was_training = model.training
     model.eval()
     metrics = SegmentationMetrics(NUM_CLASSES, IGNORE_INDEX)
     for images, labels in loader:
         with amp() if amp is not None else nullcontext():
-            logits = model(images.to(ctx.device, non_blocking=True), full_res=False)
-        for one, label in zip(logits, labels):
-            up = F.interpolate(one[None].float(), size=label.shape[-2:], mode="bilinear",
-                               align_corners=False)
-            pred = up.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+            logits = model(images.to(ctx.device, non_blocking=True), full_res=True)
+        logits = logits.float().cpu().numpy()
+        for i, label in enumerate(labels):
+            pred, _ = postprocess(logits[i:i + 1], tuple(label.shape[-2:]))
             metrics.update(pred, label.numpy())
     model.train(was_training)
     merged = SegmentationMetrics(NUM_CLASSES, IGNORE_INDEX)
@@ -614,10 +616,11 @@ class Trainer:
         if not bool(torch.isfinite(values).all()):
             shown = ", ".join("%s=%s" % (n, float(v))
                               for n, v in zip(["loss"] + self.active, values.tolist()))
+            last = self.run_dir / LAST
+            kept = ("%s is left as it was" % last) if last.is_file() else "no checkpoint was written"
             raise TrainingError(
-                "loss is not finite at iteration %d (%s); stopped before updating the weights. "
-                "%s is left as it was. Lower lr, set grad_clip, or check the data."
-                % (self.iteration + 1, shown, self.run_dir / LAST))
+                "loss is not finite at iteration %d (%s); stopped before updating the weights; "
+                "%s. Lower lr, set grad_clip, or check the data." % (self.iteration + 1, shown, kept))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         if self.config["grad_clip"]:
