@@ -187,6 +187,8 @@ class SegmentationNode(Node):
             except ImageConversionError as error:
                 self._reject(error)
             except Exception as error:  # keep serving frames; say what went wrong
+                if not self.context.ok():
+                    break  # shut down (SIGINT) while publishing: nothing went wrong
                 self.stats.frame_rejected(time.monotonic(), "processing_error")
                 self.get_logger().error("%s: frame failed: %s: %s"
                                         % (self._subscription.topic_name,

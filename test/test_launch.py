@@ -168,3 +168,13 @@ def test_every_parameter_is_documented():
     doc = (REPO / "docs" / "node.md").read_text()
     for name in PARAMETER_NAMES:
         assert "| `%s` |" % name in doc, name
+
+
+def test_node_help_lists_every_parameter():
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-m", "lpcv_segmentation.node", "--help"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for name in PARAMETER_NAMES:
+        assert "\n  %s (default: " % name in result.stdout, name
