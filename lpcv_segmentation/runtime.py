@@ -1,0 +1,549 @@
+"""Inference runtime: one ``Segmenter`` for the node, the evaluator, bag replay and benchmarks.
+
+    segmenter = Segmenter("models/default.onnx")          # back end chosen by file type
+    result = segmenter.segment(rgb, with_confidence=True)  # rgb: HxWx3 uint8
+    result.labels        # HxW uint8 class indices at the source image size
+    result.confidence    # HxW float32 softmax probability of the chosen class (or None)
+    result.timings_ms    # {"preprocess", "inference", "postprocess"}
+
+A ``Segmenter`` is three steps around a back end:
+  preprocess   resize to the model's SxS input (bilinear), scale to [0, 1], normalise with the
+               mean/std the model was trained with (read from the model's metadata)
+  back end     ``run(x: (1,3,S,S) float32) -> (1,C,h,w) logits``; one of ``BACKENDS``
+  postprocess  argmax over classes, nearest-neighbour resize of the label map to the source
+               size, optional per-pixel confidence (softmax maximum)
+
+Back ends (``backend=`` or from the file name with ``"auto"``):
+  onnxruntime  ``.onnx``; execution providers from ``providers=`` or the best installed for
+               ``device`` (TensorRT > CUDA > CPU). Needs numpy, OpenCV and onnxruntime only:
+               importing this module and running an ONNX model never imports torch.
+  pytorch      ``.safetensors``/``.pt`` checkpoints; CPU or CUDA, fp32 or fp16 (CUDA only).
+  tensorrt     ``.engine``/``.plan`` files built by ``python -m training export --format
+               tensorrt``; needs the ``tensorrt`` and ``cuda-python`` packages (imported only
+               when this back end is chosen).
+
+Precision: a PyTorch checkpoint runs at the precision asked for. An ONNX file or engine runs at
+the precision it was exported with (its metadata says which): ``precision="fp32"`` (the default)
+accepts any file, ``"fp16"``/``"int8"`` ask for that precision and are refused for a file that
+does not have it, unless ONNX Runtime's TensorRT provider can build it (it then gets
+``trt_fp16_enable``/``trt_int8_enable``).
+
+Runs on Python 3.8+.
+"""
+import json
+import logging
+import os
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from lpcv_segmentation.classes import NUM_CLASSES, check_class_table
+
+_logger = logging.getLogger(__name__)
+
+METADATA_KEY = "lpcv_segmentation"  # ONNX metadata_props key / safetensors header key
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+PRECISIONS = ("fp32", "fp16", "int8")
+DEVICES = ("cpu", "cuda", "auto")
+ENGINE_METADATA_SUFFIX = ".json"  # an engine's metadata lives beside it: MODEL.engine.json
+
+# ONNX Runtime execution providers, best first, for device "cuda"/"auto".
+GPU_PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider",
+                           "CPUExecutionProvider")
+
+
+class RuntimeConfigError(ValueError):
+    """A model file, back end or setting that the runtime cannot use; the message names it."""
+
+
+class SegResult(NamedTuple):
+    labels: np.ndarray                      # HxW uint8 class indices, source image size
+    confidence: Optional[np.ndarray]        # HxW float32 in (0, 1], or None
+    timings_ms: Dict[str, float]            # preprocess, inference, postprocess
+
+
+# --------------------------------------------------------------------------------------------
+# Pre- and post-processing (pure numpy/OpenCV; the same code for every back end)
+# --------------------------------------------------------------------------------------------
+def preprocess(rgb: np.ndarray, size: int, mean: Sequence[float],
+               std: Sequence[float]) -> np.ndarray:
+    """RGB uint8 HxWx3 -> normalised float32 (1, 3, size, size).
+
+    Bilinear resize (as ``training.data.EvalTransform`` does), then ``(x / 255 - mean) / std``
+    done as one multiply-add per pixel.
+    """
+    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError("expected an RGB image as a HxWx3 uint8 array, got %s"
+                         % _describe_array(rgb))
+    if rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise ValueError("image is empty: %s" % (rgb.shape,))
+    size = int(size)
+    if rgb.shape[:2] != (size, size):
+        rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_LINEAR)
+    std_arr = np.asarray(std, np.float32)
+    scale = 1.0 / (255.0 * std_arr)
+    shift = -np.asarray(mean, np.float32) / std_arr
+    x = rgb.astype(np.float32) * scale + shift
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+def postprocess(logits: np.ndarray, out_hw: Tuple[int, int], with_confidence: bool = False
+                ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """(1, C, h, w) logits -> (labels HxW uint8, confidence HxW float32 or None) at ``out_hw``.
+
+    The argmax is taken at the logits' resolution and the label map is resized with nearest
+    neighbour (pixel-centre aligned, ``INTER_NEAREST_EXACT``), so labels stay class indices.
+    Confidence is the softmax probability of the chosen class, resized the same way.
+    """
+    logits = np.asarray(logits)
+    if logits.ndim != 4 or logits.shape[0] != 1:
+        raise ValueError("expected logits of shape (1, C, h, w), got %s" % (logits.shape,))
+    scores = logits[0]
+    if scores.dtype != np.float32:
+        scores = scores.astype(np.float32)
+    labels = scores.argmax(axis=0).astype(np.uint8)
+    confidence = None
+    if with_confidence:
+        top = scores.max(axis=0)
+        # max softmax probability = 1 / sum_c exp(l_c - l_max)
+        confidence = (1.0 / np.exp(scores - top).sum(axis=0)).astype(np.float32)
+    out_h, out_w = int(out_hw[0]), int(out_hw[1])
+    if labels.shape != (out_h, out_w):
+        labels = cv2.resize(labels, (out_w, out_h), interpolation=cv2.INTER_NEAREST_EXACT)
+        if confidence is not None:
+            confidence = cv2.resize(confidence, (out_w, out_h),
+                                    interpolation=cv2.INTER_NEAREST_EXACT)
+    return labels, confidence
+
+
+def _describe_array(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return "%s array of shape %s" % (value.dtype, value.shape)
+    return type(value).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# Metadata checks shared by the back ends
+# --------------------------------------------------------------------------------------------
+def check_metadata(meta: Dict[str, Any], source: str) -> Dict[str, Any]:
+    """Raise RuntimeConfigError naming ``source`` if the model metadata lacks what the runtime
+    needs (input_size, num_classes, mean, std) or disagrees with the package's class table."""
+    missing = [k for k in ("input_size", "num_classes", "mean", "std") if k not in meta]
+    if missing:
+        raise RuntimeConfigError("%s: model metadata lacks %s" % (source, ", ".join(missing)))
+    for key in ("mean", "std"):
+        values = meta[key]
+        if not isinstance(values, (list, tuple)) or len(values) != 3:
+            raise RuntimeConfigError("%s: metadata %r must hold 3 numbers (RGB), got %r"
+                                     % (source, key, values))
+    if any(float(s) <= 0 for s in meta["std"]):
+        raise RuntimeConfigError("%s: metadata std must be positive, got %r" % (source, meta["std"]))
+    if int(meta["input_size"]) < 1 or int(meta["num_classes"]) < 1:
+        raise RuntimeConfigError("%s: metadata input_size and num_classes must be positive, got "
+                                 "%r and %r" % (source, meta["input_size"], meta["num_classes"]))
+    if meta.get("classes"):
+        try:
+            check_class_table(meta["classes"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise RuntimeConfigError("%s: %s" % (source, error))
+    return meta
+
+
+def _check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise RuntimeConfigError("unknown precision %r; choose from %s"
+                                 % (precision, ", ".join(PRECISIONS)))
+    return precision
+
+
+def _check_device(device: str) -> str:
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise RuntimeConfigError("unknown device %r; choose from cpu, cuda, cuda:N, auto" % device)
+    return device
+
+
+def _check_file_precision(model_path: str, file_precision: str, requested: str,
+                          can_convert: bool) -> None:
+    """An exported file runs at its own precision; refuse a request it cannot honour."""
+    if requested in ("fp32", file_precision) or can_convert:
+        return
+    flag = {"fp16": "--fp16", "int8": "--int8 --calib DIR"}[requested]
+    raise RuntimeConfigError(
+        "%s is a %s model and this back end runs a file at the precision it was exported with; "
+        "export a %s model (python -m training export ... %s) or use precision fp32"
+        % (model_path, file_precision, requested, flag))
+
+
+# --------------------------------------------------------------------------------------------
+# Back ends: each takes (model_path, device, precision, threads, providers), exposes
+# ``metadata`` (dict), ``input_size`` (int), ``precision`` (str), ``device`` (str) and
+# ``run(x) -> logits``.
+# --------------------------------------------------------------------------------------------
+class OnnxRuntimeBackend:
+    """ONNX Runtime session over an exported ``.onnx`` file (numpy in, numpy out; no torch)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model_path: str, device: str = "cpu", precision: str = "fp32",
+                 threads: Optional[int] = None, providers: Optional[List[str]] = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as error:
+            raise RuntimeConfigError("back end 'onnxruntime' needs the onnxruntime package "
+                                     "(pip install onnxruntime, or onnxruntime-gpu): %s" % error)
+        self.model_path = model_path
+        self.device = device
+        chosen = self.choose_providers(ort.get_available_providers(), device, providers)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                model_path, options,
+                providers=self._provider_options(chosen, precision, model_path))
+        except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise RuntimeConfigError("%s: ONNX Runtime cannot load it: %s"
+                                     % (model_path, str(error).strip().splitlines()[0]))
+        self.providers = self.session.get_providers()
+        self.metadata = self._read_metadata(self.session, model_path)
+        self.input_size = int(self.metadata["input_size"])
+        self.precision = str(self.metadata.get("precision", "fp32"))
+        _check_file_precision(model_path, self.precision, precision,
+                              can_convert="TensorrtExecutionProvider" in self.providers)
+        self._check_io(self.session, model_path, self.input_size, int(self.metadata["num_classes"]))
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    @staticmethod
+    def choose_providers(available: Sequence[str], device: str,
+                         requested: Optional[Sequence[str]] = None) -> List[str]:
+        """The providers to ask for: ``requested`` (all must be installed), else CPU for
+        device "cpu", else the installed ones in ``GPU_PROVIDER_PREFERENCE`` order."""
+        if requested:
+            missing = [p for p in requested if p not in available]
+            if missing:
+                raise RuntimeConfigError("ONNX Runtime execution provider(s) %s not available in "
+                                         "this onnxruntime build; available: %s"
+                                         % (", ".join(missing), ", ".join(available)))
+            return list(requested)
+        if device == "cpu":
+            return ["CPUExecutionProvider"]
+        chosen = [p for p in GPU_PROVIDER_PREFERENCE if p in available]
+        if device.startswith("cuda") and not any(p != "CPUExecutionProvider" for p in chosen):
+            raise RuntimeConfigError("device %r asked for, but this onnxruntime build has no GPU "
+                                     "execution provider (available: %s); install onnxruntime-gpu "
+                                     "or use device cpu" % (device, ", ".join(available)))
+        return chosen
+
+    def _provider_options(self, providers: List[str], precision: str, model_path: str
+                          ) -> List[Any]:
+        """Provider names, with options where the provider takes some."""
+        out: List[Any] = []
+        cache_dir = os.path.join(os.path.dirname(os.path.abspath(model_path)), ".trt_cache")
+        device_id = int(self.device.split(":")[1]) if self.device.startswith("cuda:") else 0
+        for name in providers:
+            if name == "TensorrtExecutionProvider":
+                # Engine builds take minutes on a Jetson; cache them beside the model.
+                out.append((name, {"device_id": device_id,
+                                   "trt_fp16_enable": precision == "fp16",
+                                   "trt_int8_enable": precision == "int8",
+                                   "trt_engine_cache_enable": True,
+                                   "trt_engine_cache_path": cache_dir}))
+            elif name == "CUDAExecutionProvider":
+                out.append((name, {"device_id": device_id}))
+            else:
+                out.append(name)
+        return out
+
+    @staticmethod
+    def _read_metadata(session: Any, model_path: str) -> Dict[str, Any]:
+        props = session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in props:
+            raise RuntimeConfigError("%s has no %r metadata (class table, input size, "
+                                     "normalisation); export it with python -m training export"
+                                     % (model_path, METADATA_KEY))
+        try:
+            meta = json.loads(props[METADATA_KEY])
+        except ValueError as error:
+            raise RuntimeConfigError("%s: %r metadata is not valid JSON: %s"
+                                     % (model_path, METADATA_KEY, error))
+        return check_metadata(meta, model_path)
+
+    @staticmethod
+    def _check_io(session: Any, model_path: str, size: int, num_classes: int) -> None:
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != 1 or len(outputs) < 1:
+            raise RuntimeConfigError("%s: expected one input and one output, found %d and %d"
+                                     % (model_path, len(inputs), len(outputs)))
+        shape = list(inputs[0].shape)
+        expected = [1, 3, size, size]
+        # A dimension may be symbolic (a str or None): accept it; a number must match.
+        if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape, expected)):
+            raise RuntimeConfigError("%s: input %r has shape %s, but its metadata says input_size "
+                                     "%d, so it should be %s"
+                                     % (model_path, inputs[0].name, shape, size, expected))
+        if inputs[0].type != "tensor(float)":
+            raise RuntimeConfigError("%s: input %r is %s; expected tensor(float) (normalised RGB)"
+                                     % (model_path, inputs[0].name, inputs[0].type))
+        out_shape = list(outputs[0].shape)
+        if len(out_shape) != 4 or (isinstance(out_shape[1], int) and out_shape[1] != num_classes):
+            raise RuntimeConfigError("%s: output %r has shape %s; expected (1, %d, H, W) logits"
+                                     % (model_path, outputs[0].name, out_shape, num_classes))
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: x})[0]
+
+
+class PyTorchBackend:
+    """A checkpoint rebuilt with ``lpcv_segmentation.model``; torch is imported here only."""
+
+    name = "pytorch"
+
+    def __init__(self, model_path: str, device: str = "cpu", precision: str = "fp32",
+                 threads: Optional[int] = None, providers: Optional[List[str]] = None) -> None:
+        try:
+            import torch
+            from lpcv_segmentation.model import CheckpointError, load_checkpoint
+        except ImportError as error:
+            raise RuntimeConfigError("back end 'pytorch' needs torch and timm installed (%s); "
+                                     "use an ONNX model with back end onnxruntime instead" % error)
+        if providers:
+            raise RuntimeConfigError("providers are an onnxruntime setting; back end 'pytorch' "
+                                     "got providers=%r" % (providers,))
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeConfigError("device %r asked for, but torch sees no CUDA device" % device)
+        if precision == "int8":
+            raise RuntimeConfigError("back end 'pytorch' runs fp32 or fp16; for int8 export an "
+                                     "ONNX model (python -m training export --int8 --calib DIR)")
+        if precision == "fp16" and device == "cpu":
+            raise RuntimeConfigError("precision fp16 needs device cuda with back end 'pytorch' "
+                                     "(half-precision kernels are slow or missing on CPUs); use "
+                                     "fp32 on the CPU, or an fp16 ONNX model")
+        if threads:
+            torch.set_num_threads(int(threads))  # process-wide: PyTorch has one intra-op pool
+        try:
+            model, meta = load_checkpoint(model_path, device=device)
+        except CheckpointError as error:
+            raise RuntimeConfigError(str(error))
+        self._torch = torch
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.model = model.to(dtype=self.dtype).eval()
+        self.metadata = check_metadata(dict(meta), model_path)
+        self.input_size = int(self.metadata["input_size"])
+        self.precision = precision
+        self.device = device
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            tensor = torch.from_numpy(x).to(self.device, self.dtype)
+            logits = self.model(tensor)
+            return logits.float().cpu().numpy()  # .cpu() waits for the GPU
+
+
+class TensorRTBackend:
+    """A serialised TensorRT engine (TensorRT 8.5+ tensor API), with the model metadata in
+    ``MODEL.engine.json`` beside it. Device buffers via cuda-python's ``cudart``."""
+
+    name = "tensorrt"
+
+    def __init__(self, model_path: str, device: str = "cuda", precision: str = "fp32",
+                 threads: Optional[int] = None, providers: Optional[List[str]] = None) -> None:
+        try:
+            import tensorrt as trt
+        except ImportError as error:
+            raise RuntimeConfigError(
+                "back end 'tensorrt' needs the tensorrt Python package, which is not installed "
+                "(%s); it ships with JetPack / NVIDIA's TensorRT. Without it, use an ONNX model "
+                "with back end onnxruntime" % error)
+        try:
+            from cuda import cudart
+        except ImportError as error:
+            raise RuntimeConfigError("back end 'tensorrt' needs cuda-python for device buffers "
+                                     "(pip install cuda-python): %s" % error)
+        if device == "cpu":
+            raise RuntimeConfigError("back end 'tensorrt' runs on a GPU; got device 'cpu'")
+        self.model_path, self.device = model_path, "cuda"
+        self.metadata = check_metadata(self._read_metadata(model_path), model_path)
+        self.input_size = int(self.metadata["input_size"])
+        self.precision = str(self.metadata.get("precision", "fp32"))
+        _check_file_precision(model_path, self.precision, precision, can_convert=False)
+        self._cudart = cudart
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        with open(model_path, "rb") as f:
+            self.engine = runtime.deserialize_cuda_engine(f.read())
+        if self.engine is None:
+            raise RuntimeConfigError("%s: TensorRT cannot deserialise it (built with another "
+                                     "TensorRT version or GPU?)" % model_path)
+        self.context = self.engine.create_execution_context()
+        self._stream = self._check(cudart.cudaStreamCreate())
+        self._buffers: Dict[str, Tuple[int, Tuple[int, ...], Any]] = {}
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            shape = tuple(self.engine.get_tensor_shape(name))
+            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+            nbytes = int(np.prod(shape)) * dtype.itemsize
+            pointer = self._check(cudart.cudaMalloc(nbytes))
+            self.context.set_tensor_address(name, pointer)
+            self._buffers[name] = (pointer, shape, dtype)
+        self.input_name = INPUT_NAME if INPUT_NAME in self._buffers else next(iter(self._buffers))
+        self.output_name = OUTPUT_NAME if OUTPUT_NAME in self._buffers else list(self._buffers)[-1]
+        expected = (1, 3, self.input_size, self.input_size)
+        if self._buffers[self.input_name][1] != expected:
+            raise RuntimeConfigError("%s: engine input %s, but its metadata says %s"
+                                     % (model_path, self._buffers[self.input_name][1], expected))
+
+    @staticmethod
+    def _read_metadata(model_path: str) -> Dict[str, Any]:
+        path = model_path + ENGINE_METADATA_SUFFIX
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, ValueError) as error:
+            raise RuntimeConfigError("%s: cannot read the engine's metadata file %s (written by "
+                                     "python -m training export --format tensorrt): %s"
+                                     % (model_path, path, error))
+
+    def _check(self, result: Tuple[Any, ...]) -> Any:
+        error, value = result[0], result[1:]
+        if int(error) != 0:
+            raise RuntimeError("CUDA call failed in the TensorRT back end: %s" % (error,))
+        return value[0] if value else None
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        cudart = self._cudart
+        kind = cudart.cudaMemcpyKind
+        in_ptr, _, in_dtype = self._buffers[self.input_name]
+        x = np.ascontiguousarray(x, dtype=in_dtype)
+        self._check(cudart.cudaMemcpyAsync(in_ptr, x.ctypes.data, x.nbytes,
+                                           kind.cudaMemcpyHostToDevice, self._stream))
+        if not self.context.execute_async_v3(self._stream):
+            raise RuntimeError("%s: TensorRT execution failed" % self.model_path)
+        out_ptr, out_shape, out_dtype = self._buffers[self.output_name]
+        out = np.empty(out_shape, dtype=out_dtype)
+        self._check(cudart.cudaMemcpyAsync(out.ctypes.data, out_ptr, out.nbytes,
+                                           kind.cudaMemcpyDeviceToHost, self._stream))
+        self._check(cudart.cudaStreamSynchronize(self._stream))
+        return out.astype(np.float32, copy=False)
+
+    def __del__(self) -> None:
+        for pointer, _, _ in getattr(self, "_buffers", {}).values():
+            self._cudart.cudaFree(pointer)
+
+
+BACKENDS: Dict[str, Callable[..., Any]] = {
+    "onnxruntime": OnnxRuntimeBackend,
+    "pytorch": PyTorchBackend,
+    "tensorrt": TensorRTBackend,
+}
+
+# File name ending -> back end, for backend="auto".
+SUFFIX_BACKENDS: Dict[str, str] = {
+    ".onnx": "onnxruntime",
+    ".safetensors": "pytorch",
+    ".pt": "pytorch",
+    ".pth": "pytorch",
+    ".engine": "tensorrt",
+    ".plan": "tensorrt",
+}
+
+
+def resolve_backend(model_path: str, backend: str = "auto") -> str:
+    """The back-end name for a model file: ``backend`` itself, or from the file's ending."""
+    if backend == "auto":
+        suffix = os.path.splitext(model_path)[1].lower()
+        if suffix not in SUFFIX_BACKENDS:
+            raise RuntimeConfigError("cannot tell the back end of %s from its ending %r (known: %s); "
+                                     "pass backend= one of %s"
+                                     % (model_path, suffix, ", ".join(sorted(SUFFIX_BACKENDS)),
+                                        ", ".join(BACKENDS)))
+        return SUFFIX_BACKENDS[suffix]
+    if backend not in BACKENDS:
+        raise RuntimeConfigError("unknown back end %r for %s; choose from auto, %s"
+                                 % (backend, model_path, ", ".join(BACKENDS)))
+    return backend
+
+
+# --------------------------------------------------------------------------------------------
+# Segmenter
+# --------------------------------------------------------------------------------------------
+class Segmenter:
+    """Pre-processing + back end + post-processing for one model file.
+
+    Attributes: ``input_size`` (S of the SxS model input), ``metadata`` (the model's JSON
+    metadata), ``backend_name``, ``num_classes``, ``precision``, ``backend`` (the back-end
+    object, whose ``run(x)`` benchmarks time on their own).
+    """
+
+    def __init__(self, model_path: str, backend: str = "auto", device: str = "cpu",
+                 precision: str = "fp32", threads: Optional[int] = None,
+                 providers: Optional[List[str]] = None) -> None:
+        model_path = os.fspath(model_path)
+        name = resolve_backend(model_path, backend)
+        _check_device(device)
+        _check_precision(precision)
+        if threads is not None and int(threads) < 0:
+            raise RuntimeConfigError("threads must be >= 0 (0 or None: the back end's default), "
+                                     "got %r" % (threads,))
+        if not os.path.isfile(model_path):
+            raise RuntimeConfigError("model file %s does not exist" % model_path)
+        self.model_path = model_path
+        self.backend_name = name
+        self.backend = BACKENDS[name](model_path, device=device, precision=precision,
+                                      threads=threads, providers=providers)
+        self.metadata: Dict[str, Any] = self.backend.metadata
+        self.input_size: int = int(self.backend.input_size)
+        self.num_classes: int = int(self.metadata["num_classes"])
+        self.precision: str = self.backend.precision
+        self.device: str = self.backend.device
+        self._mean = [float(v) for v in self.metadata["mean"]]
+        self._std = [float(v) for v in self.metadata["std"]]
+        if self.num_classes != NUM_CLASSES:
+            _logger.warning("%s predicts %d classes; the package's class table has %d",
+                            model_path, self.num_classes, NUM_CLASSES)
+        _logger.info("loaded %s: back end %s (%s, %s), input %dx%d",
+                     model_path, name, self.device, self.precision, self.input_size,
+                     self.input_size)
+
+    @property
+    def class_names(self) -> List[str]:
+        """Class names in index order, from the model's own table."""
+        return [str(c["name"]) for c in self.metadata.get("classes", [])]
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        return preprocess(rgb, self.input_size, self._mean, self._std)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """Logits of an already pre-processed (1, 3, S, S) input."""
+        return self.backend.run(x)
+
+    def warmup(self, iterations: int = 2) -> None:
+        """Run a few blank frames so the first real frame does not pay for lazy allocation
+        (and engine building with ONNX Runtime's TensorRT provider)."""
+        x = np.zeros((1, 3, self.input_size, self.input_size), np.float32)
+        for _ in range(max(0, int(iterations))):
+            self.backend.run(x)
+
+    def segment(self, rgb: np.ndarray, with_confidence: bool = False) -> SegResult:
+        """Label map (and optional confidence) of one RGB uint8 HxWx3 image at its own size."""
+        t0 = time.perf_counter()
+        x = self.preprocess(rgb)
+        t1 = time.perf_counter()
+        logits = self.backend.run(x)
+        t2 = time.perf_counter()
+        labels, confidence = postprocess(logits, rgb.shape[:2], with_confidence)
+        t3 = time.perf_counter()
+        return SegResult(labels, confidence, {"preprocess": 1e3 * (t1 - t0),
+                                              "inference": 1e3 * (t2 - t1),
+                                              "postprocess": 1e3 * (t3 - t2)})
+
+    def __repr__(self) -> str:
+        return "Segmenter(%r, backend=%r, device=%r, precision=%r, input_size=%d)" % (
+            self.model_path, self.backend_name, self.device, self.precision, self.input_size)

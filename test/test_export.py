@@ -1,0 +1,180 @@
+"""training.export: ONNX export of the student (fp32, fp16, int8), its metadata, its agreement
+with PyTorch, and the command's refusals."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from lpcv_segmentation.classes import NUM_CLASSES, class_table
+from lpcv_segmentation.runtime import METADATA_KEY, Segmenter
+from training.__main__ import main as training_main
+from training.export import MIN_AGREEMENT, ExportError, check_scenes, export_onnx
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def onnx_meta(path) -> dict:
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    return json.loads(props[METADATA_KEY])
+
+
+def io_signature(path):
+    """[(name, elem_type, dims)] of the graph inputs, then of the outputs."""
+    graph = onnx.load(str(path)).graph
+    describe = lambda vs: [(v.name, v.type.tensor_type.elem_type,  # noqa: E731
+                            [d.dim_value for d in v.type.tensor_type.shape.dim]) for v in vs]
+    return describe(graph.input), describe(graph.output)
+
+
+def agreement(seg_a: Segmenter, seg_b: Segmenter, images) -> float:
+    same = total = 0
+    for rgb in images:
+        a, b = seg_a.segment(rgb).labels, seg_b.segment(rgb).labels
+        same, total = same + int((a == b).sum()), total + a.size
+    return same / total
+
+
+def test_fp32_onnx_contract_and_metadata(tiny_onnx, tiny_checkpoint):
+    model = onnx.load(str(tiny_onnx))
+    onnx.checker.check_model(model, full_check=True)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    inputs, outputs = io_signature(tiny_onnx)
+    assert inputs == [("input", onnx.TensorProto.FLOAT, [1, 3, 128, 128])]
+    assert outputs == [("logits", onnx.TensorProto.FLOAT, [1, NUM_CLASSES, 128, 128])]
+    meta = onnx_meta(tiny_onnx)
+    from lpcv_segmentation.model import read_metadata
+    source = read_metadata(str(tiny_checkpoint))
+    assert meta["classes"] == class_table()
+    assert (meta["arch"], meta["input_size"], meta["precision"]) == ("mobilevit_xxs", 128, "fp32")
+    assert meta["mean"] == source["mean"] and meta["std"] == source["std"]
+    assert meta["params"] == source["params"] and meta["gmacs"] > 0
+    assert "structure" not in meta
+
+
+def test_fp32_onnx_agrees_with_pytorch_on_new_scenes(tiny_checkpoint, tiny_onnx):
+    torch_seg, onnx_seg = Segmenter(str(tiny_checkpoint)), Segmenter(str(tiny_onnx))
+    images = [rgb[:100] for rgb in check_scenes(3, 160)]  # not the export's own check scenes
+    assert agreement(torch_seg, onnx_seg, images) >= MIN_AGREEMENT["fp32"]
+
+
+@pytest.mark.slow
+def test_fp16_export_command_at_another_input_size(tiny_checkpoint, tiny_onnx, tmp_path):
+    """The command line: --fp16 and --input-size; float32 I/O, runs in ONNX Runtime on the CPU,
+    agrees with fp32 on at least 99% of pixels."""
+    out, report = tmp_path / "tiny_fp16.onnx", tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "training", "export", "--checkpoint",
+                           str(tiny_checkpoint), "--format", "onnx", "--fp16", "--input-size", "96",
+                           "--verify-images", "2", "--out", str(out), "--json", str(report)],
+                          cwd=str(REPO), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "argmax agreement" in proc.stdout and "largest |logit difference|" in proc.stdout
+    inputs, outputs = io_signature(out)
+    assert inputs == [("input", onnx.TensorProto.FLOAT, [1, 3, 96, 96])]
+    assert outputs == [("logits", onnx.TensorProto.FLOAT, [1, NUM_CLASSES, 96, 96])]
+    assert any(init.data_type == onnx.TensorProto.FLOAT16
+               for init in onnx.load(str(out)).graph.initializer)
+    meta = onnx_meta(out)
+    assert (meta["precision"], meta["input_size"]) == ("fp16", 96)
+    data = json.loads(report.read_text())
+    assert data["check"]["passed"] and data["check"]["agreement"] >= MIN_AGREEMENT["fp16"]
+
+    fp16 = Segmenter(str(out))
+    assert (fp16.precision, fp16.input_size) == ("fp16", 96)
+    images = check_scenes(2, 128)
+    fp16_labels = [fp16.segment(rgb).labels for rgb in images]
+    fp32_96 = Segmenter(str(tiny_checkpoint))  # PyTorch at 96 px for a like-for-like reference
+    import torch
+    with torch.no_grad():
+        reference = [fp32_96.backend.model(torch.from_numpy(fp16.preprocess(rgb))).numpy()
+                     for rgb in images]
+    from lpcv_segmentation.runtime import postprocess
+    ref_labels = [postprocess(r, rgb.shape[:2])[0] for r, rgb in zip(reference, images)]
+    agree = np.mean([(a == b).mean() for a, b in zip(fp16_labels, ref_labels)])
+    assert agree >= MIN_AGREEMENT["fp16"]
+
+
+@pytest.mark.slow
+def test_int8_export_calibrates_on_a_dataset_and_reports_accuracy(tiny_checkpoint, tiny_onnx,
+                                                                   synth_dataset, tmp_path):
+    out = tmp_path / "tiny_int8.onnx"
+    report = export_onnx(str(tiny_checkpoint), str(out), precision="int8",
+                         calib_dir=str(synth_dataset), calib_images=6, verify_images=1)
+    int8 = report["int8"]
+    assert (int8["calib_split"], int8["calib_images"]) == ("train", 6)
+    assert int8["eval_split"] == "val" and int8["eval_images"] == 6
+    assert 0 <= int8["miou_fp32"] <= 1 and 0 <= int8["miou_int8"] <= 1
+    assert 0.5 < int8["agreement_with_fp32"] <= 1.0
+    ops = {node.op_type for node in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert onnx_meta(out)["precision"] == "int8"
+    seg = Segmenter(str(out))
+    assert seg.precision == "int8"
+    labels = seg.segment(check_scenes(1, 128)[0]).labels
+    assert labels.shape == (128, 128) and labels.max() < NUM_CLASSES
+
+
+@pytest.mark.slow
+def test_export_that_fails_its_check_writes_nothing(tiny_checkpoint, tmp_path):
+    out = tmp_path / "never.onnx"
+    with pytest.raises(ExportError, match=r"agreement .*< 101\.00%.*nothing written"):
+        export_onnx(str(tiny_checkpoint), str(out), verify_images=1, min_agreement=1.01)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_refused_checkpoint_exits_nonzero_without_traceback(tmp_path):
+    """A .pt file whose unpickling would build arbitrary objects: refused, named, exit 1."""
+    evil = tmp_path / "evil.pt"
+    code = ("import torch, collections, sys\n"
+            "torch.save({'state_dict': collections.Counter(a=1), 'meta': {}}, sys.argv[1])\n")
+    subprocess.run([sys.executable, "-c", code, str(evil)], check=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "training", "export", "--checkpoint", str(evil),
+                           "--format", "onnx", "--out", str(tmp_path / "m.onnx")],
+                          cwd=str(REPO), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "evil.pt" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_missing_checkpoint_is_named(tmp_path, capsys):
+    rc = training_main(["export", "--checkpoint", str(tmp_path / "gone.safetensors"),
+                        "--out", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "gone.safetensors" in err and "does not exist" in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--int8"], "--calib DIR"),
+    (["--input-size", "100"], "input_size 100 is not valid for mobilevit_xxs"),
+    (["--format", "tensorrt"], "needs the tensorrt Python package, which is not installed"),
+    (["--int8", "--calib", "/nonexistent/dataset"], "/nonexistent/dataset"),
+    (["--opset", "13"], "--opset must be at least 17"),
+])
+def test_bad_export_options_exit_nonzero_with_one_line(tiny_checkpoint, tmp_path, capsys, extra,
+                                                       message):
+    if "tensorrt" in extra:
+        try:
+            import tensorrt  # noqa: F401
+            pytest.skip("tensorrt is installed here")
+        except ImportError:
+            pass
+    rc = training_main(["export", "--checkpoint", str(tiny_checkpoint),
+                        "--out", str(tmp_path / "m.onnx")] + extra)
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert message in err and err.startswith("export: error:")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        training_main(["export", "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for option in ("--checkpoint", "--format", "--out", "--input-size", "--fp16", "--int8",
+                   "--calib"):
+        assert option in out
