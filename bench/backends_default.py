@@ -29,8 +29,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
+from common import interleaved_medians, load_average, set_threads  # noqa: E402
 from matmul_rate import matmul_runner  # noqa: E402
-from pruning import interleaved_medians  # noqa: E402  (the compression bench's timing loop)
 from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
 
 DEFAULT_MODELS: List[Tuple[str, str]] = [
@@ -124,8 +124,7 @@ def prepare(name: str, checkpoint: str, size: Optional[int], threads: int
 
 def run(models: List[Tuple[str, str]], size: Optional[int], threads: int, rounds: int,
         matmul_size: int) -> Dict[str, Any]:
-    import torch
-    torch.set_num_threads(threads)
+    set_threads(threads)
     prepared, missing = [], []
     for name, checkpoint in models:
         path = checkpoint if os.path.isabs(checkpoint) else str(ROOT / checkpoint)
@@ -141,7 +140,9 @@ def run(models: List[Tuple[str, str]], size: Optional[int], threads: int, rounds
             runners["%s/%s" % (p["name"], backend)] = runner
     print("timing %d runners x %d rounds ..." % (len(runners), rounds), file=sys.stderr,
           flush=True)
+    loads = [load_average()]
     medians = interleaved_medians(runners, rounds)
+    loads.append(load_average())
     matmul_gmacs = matmul_flops / 2.0 / (medians["matmul"] / 1000.0) / 1e9
     results = []
     for p in prepared:
@@ -151,7 +152,8 @@ def run(models: List[Tuple[str, str]], size: Optional[int], threads: int, rounds
         results.append(record)
     return {"threads": threads, "rounds": rounds, "matmul_size": matmul_size,
             "matmul_ms": medians["matmul"], "matmul_gmacs_per_s": matmul_gmacs,
-            "matmul_gflops": 2.0 * matmul_gmacs, "models": results, "missing": missing}
+            "matmul_gflops": 2.0 * matmul_gmacs, "models": results, "missing": missing,
+            "load_average": loads}
 
 
 def section(result: Dict[str, Any]) -> Tuple[str, List[Target]]:
@@ -175,9 +177,11 @@ def section(result: Dict[str, Any]) -> Tuple[str, List[Target]]:
         "%d thread(s) for every back end; medians of %d interleaved rounds; forward pass only "
         "on a pre-processed input. Machine fp32 matrix-multiply rate measured in the same "
         "rounds (%dx%d torch.mm): **%.1f GFLOP/s = %.1f GMAC/s**; a model's GMAC/s is its MACs "
-        "over its latency, shown with its share of that rate (int8 too, against the fp32 rate)."
+        "over its latency, shown with its share of that rate (int8 too, against the fp32 rate). "
+        "Load average (1 min) before and after the timing: %s."
         % (result["threads"], result["rounds"], result["matmul_size"], result["matmul_size"],
-           result["matmul_gflops"], peak),
+           result["matmul_gflops"], peak,
+           " / ".join(fmt(v, "%.1f") for v in result["load_average"])),
         markdown_table(["model", "input", "eager ms", "ORT fp32 ms", "ORT int8 ms",
                         "ORT fp32 vs eager", "int8 vs fp32", "ORT fp32 ms vs %s"
                         % (reference["name"] if reference else "first"),

@@ -15,13 +15,13 @@ detections) and with the mask and detections only. Target: at most 1.10x.
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
+from common import timed  # noqa: E402
 from node_graph import NodeGraph, percentile  # noqa: E402
 from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
 
@@ -42,39 +42,35 @@ class BareBackend:
         from node_graph import scene_rgb
         self.segmenter = Segmenter(model, backend=backend)
         self.x = self.segmenter.preprocess(scene_rgb(size, size))
-        for _ in range(2):  # warm-up: lazy allocations, first-run graph work
-            self.segmenter.backend.run(self.x)
+        timed(lambda: self.segmenter.backend.run(self.x), 1, warmup=2)  # lazy allocations
 
-    def time_ms(self, repeats: int) -> List[float]:
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            self.segmenter.backend.run(self.x)
-            times.append(1000.0 * (time.perf_counter() - start))
-        return times
+    def time_ms(self, repeats: int) -> float:
+        """Median milliseconds of ``repeats`` runs."""
+        return timed(lambda: self.segmenter.backend.run(self.x), repeats, warmup=0).median_ms
 
 
 def measure_outputs(work: Path, model: str, backend: str, size: int, frames: int, rounds: int,
                     bare: BareBackend, repeats: int, outputs: Dict[str, object]
                     ) -> Dict[str, object]:
     """One node; ``rounds`` times: time the bare back end, then send the node a burst of
-    frames at half the rate the bare back end sustains. Per-stage medians over all frames."""
+    frames at half the rate the bare back end sustains. Per-stage medians over all frames;
+    the bare figure is the median of the blocks' medians."""
     params = dict(outputs, input_qos="reliable", stats_window_s=3600.0)
     bare_ms: List[float] = []
     with NodeGraph(work, model, backend, params=params) as graph:
         for index in range(rounds):
-            bare_ms += bare.time_ms(repeats)
+            bare_ms.append(bare.time_ms(repeats))
             rate = min(30.0, 500.0 / percentile(bare_ms, 50))
             graph.camera(max(1, frames // rounds), rate, width=size, height=size, qos="reliable",
                          frame_id="overhead%d" % index)
             counts = graph.settled_counts(timeout=60)
-        bare_ms += bare.time_ms(repeats)
+        bare_ms.append(bare.time_ms(repeats))
         values = graph.diagnostics() or {}
         masks = [e for e in graph.events("mask") if e.get("frame_id", "").startswith("overhead")]
     stages: Dict[str, Optional[float]] = {
         stage: _float(values.get("latency_%s_p50_ms" % stage)) for stage in STAGES}
     return {"stages": stages, "processed": counts["processed"], "dropped": counts["dropped"],
-            "bare_p50_ms": percentile(bare_ms, 50), "bare_runs": len(bare_ms),
+            "bare_p50_ms": percentile(bare_ms, 50), "bare_block_ms": bare_ms,
             "round_trip_p50_ms": percentile([1000.0 * (e["received"] - e["stamp"][0]
                                                       - e["stamp"][1] * 1e-9) for e in masks], 50)}
 
@@ -115,7 +111,7 @@ def section(result: Dict[str, object]) -> Tuple[str, List[Target]]:
     body = "\n\n".join([
         "Model %s (%s back end), %dx%d rgb8 frames, reliable QoS, in %d bursts at half the "
         "rate the bare back end sustains, each burst after a block of bare back-end runs in "
-        "the bench process (all blocks pooled). Node figures: per-stage medians (ms) from its "
+        "the bench process (bare = median of the blocks' medians). Node figures: per-stage medians (ms) from its "
         "/diagnostics over all frames; node total = their sum; bare = median of `run(x)`; "
         "node / own inference = the same ratio against the node's inference stage, which was "
         "timed in the same moments." % (
