@@ -266,6 +266,13 @@ def document(outcomes: Sequence[Outcome], args: argparse.Namespace, facts: Dict[
             "" if facts["uncommitted"] == "0" else " plus %s uncommitted files"
             % facts["uncommitted"], loads[0][0], loads[-1][0]),
         "",
+        "Rerun everything with `make bench` (about 15 min), check the chain in a few minutes "
+        "with `.venv/bin/python bench/run_all.py --quick`, or run some benches with "
+        "`--only backends pruning overhead memory load malformed dds score`; `--model`, "
+        "`--checkpoint`, `--unpruned` and `--undistilled` point the benches at other model "
+        "files. The node benches start the real node, camera and listener processes, each "
+        "run in a ROS domain of its own.",
+        "",
         "## Models measured",
         "",
         markdown_table(["role", "file", "file facts", "arch", "input", "params", "precision"],
