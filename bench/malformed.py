@@ -293,14 +293,15 @@ def run_input_type(work: Path, model: str, backend: str, input_type: str, bad: i
               "diagnostics_period_s": DIAGNOSTICS_PERIOD_S, "log_period_s": 3600.0}
     graph = NodeGraph(work / input_type, model, backend, params=params, listener=False)
     with graph:
-        log = open(graph.work / "driver.log", "w")
-        driver = subprocess.Popen(
-            [sys.executable, __file__, "drive", "--type", input_type, "--bad", str(bad),
-             "--good", str(good), "--seed", str(seed)],
-            env=graph.env, stdout=log, stderr=None)
-        graph._children.append(driver)  # stopped by close() should anything below fail
-        driver.wait(timeout=120 + (bad + good) * WAIT_S / 10)
-        log.close()
+        driver = graph.spawn([sys.executable, __file__, "drive", "--type", input_type,
+                              "--bad", str(bad), "--good", str(good), "--seed", str(seed)],
+                             "driver.log", stderr_to_terminal=True)  # its progress bar
+        limit = 120 + (bad + good) * 2.0
+        try:
+            driver.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            raise NodeGraphError("the %s driver did not finish in %.0f s; node log:\n%s"
+                                 % (input_type, limit, graph.log_tail())) from None
         lines = [line for line in (graph.work / "driver.log").read_text().splitlines()
                  if line.startswith("{")]
         if driver.returncode != 0 or not lines:

@@ -9,6 +9,7 @@ The camera of test/ros_helpers.py sends the frames. The node's memory is read fr
 here is stopped by ``close()`` (SIGINT, then SIGKILL for that process only).
 """
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -155,6 +156,16 @@ class NodeGraph:
         self._children.append(process)
         return process
 
+    def spawn(self, args: List[str], log_name: str, stderr_to_terminal: bool = False):
+        """Start another process in this graph's domain (stopped by ``close()``); its stdout
+        goes to ``work/log_name``, its stderr there too unless ``stderr_to_terminal``."""
+        if not stderr_to_terminal:
+            return self._start(args, log_name)
+        log = open(self.work / log_name, "w")
+        process = subprocess.Popen(args, env=self.env, stdout=log, stderr=None, cwd=REPO)
+        self._children.append(process)
+        return process
+
     def close(self) -> Optional[int]:
         """Stop every process (the node last but one: the listener hears its last words)."""
         for process in reversed(self._children):
@@ -239,7 +250,7 @@ class NodeGraph:
         limit = timeout if timeout is not None else 60.0 + (count / rate if rate > 0 else count)
         try:
             code = process.wait(timeout=limit)
-        except Exception:
+        except subprocess.TimeoutExpired:
             stop(process)
             raise NodeGraphError("the camera did not finish in %.0f s:\n%s"
                                  % (limit, log.read_text(errors="replace")[-2000:]))
