@@ -60,27 +60,42 @@ def _onnx_input_size(path: Path) -> Optional[int]:
         return None
 
 
+def fp32_onnx(checkpoint: str, size: int) -> Tuple[str, str]:
+    """(fp32 ONNX file of ``checkpoint`` at ``size``, how it was obtained): the file beside the
+    checkpoint when it has that input size, else an export cached in runs/bench_cache/."""
+    from training.export import export_onnx
+    beside = Path(checkpoint).with_suffix(".onnx")
+    if beside.is_file() and _onnx_input_size(beside) == size:
+        return str(beside), "beside the checkpoint"
+    cached = _cache_name(checkpoint, size, ".onnx")
+    if not cached.is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        print("exporting %s at %d px ..." % (checkpoint, size), file=sys.stderr, flush=True)
+        export_onnx(checkpoint, str(cached), input_size=size, verify_images=1)
+    return str(cached), "exported here (fp32, %d px)" % size
+
+
+def int8_onnx(checkpoint: str, fp32_path: str, size: int) -> Tuple[str, str]:
+    """(int8 ONNX file, how it was obtained): ``<stem>_int8.onnx`` beside the checkpoint when
+    it has that input size, else ``fp32_path`` quantised and cached in runs/bench_cache/."""
+    from training.export import quantize_int8
+    beside = Path(str(Path(checkpoint).with_suffix("")) + "_int8.onnx")
+    if beside.is_file() and _onnx_input_size(beside) == size:
+        return str(beside), "beside the checkpoint"
+    cached = _cache_name(checkpoint, size, "_int8.onnx")
+    if not cached.is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        print("quantising %s to int8 ..." % fp32_path, file=sys.stderr, flush=True)
+        tmp = str(cached) + ".tmp.onnx"
+        quantize_int8(fp32_path, tmp, calibration_inputs(fp32_path))
+        os.replace(tmp, cached)
+    return str(cached), "quantised here (static QDQ, %d synthetic scenes)" % CALIBRATION_SCENES
+
+
 def onnx_files(checkpoint: str, size: int) -> Dict[str, Tuple[str, str]]:
     """{"fp32": (path, how it was obtained), "int8": (path, how)} for ``checkpoint``."""
-    from training.export import export_onnx, quantize_int8
-    CACHE.mkdir(parents=True, exist_ok=True)
-    stem = Path(checkpoint).with_suffix("")
-    fp32, how32 = Path(str(stem) + ".onnx"), "beside the checkpoint"
-    if not (fp32.is_file() and _onnx_input_size(fp32) == size):
-        fp32, how32 = _cache_name(checkpoint, size, ".onnx"), "exported here (fp32)"
-        if not fp32.is_file():
-            print("exporting %s at %d px ..." % (checkpoint, size), file=sys.stderr, flush=True)
-            export_onnx(checkpoint, str(fp32), input_size=size, verify_images=1)
-    int8, how8 = Path(str(stem) + "_int8.onnx"), "beside the checkpoint"
-    if not (int8.is_file() and _onnx_input_size(int8) == size):
-        int8 = _cache_name(checkpoint, size, "_int8.onnx")
-        how8 = "quantised here (static QDQ, %d synthetic scenes)" % CALIBRATION_SCENES
-        if not int8.is_file():
-            print("quantising %s to int8 ..." % fp32, file=sys.stderr, flush=True)
-            tmp = str(int8) + ".tmp.onnx"
-            quantize_int8(str(fp32), tmp, calibration_inputs(str(fp32)))
-            os.replace(tmp, int8)
-    return {"fp32": (str(fp32), how32), "int8": (str(int8), how8)}
+    fp32 = fp32_onnx(checkpoint, size)
+    return {"fp32": fp32, "int8": int8_onnx(checkpoint, fp32[0], size)}
 
 
 def calibration_inputs(onnx_path: str) -> List[np.ndarray]:

@@ -12,6 +12,7 @@ processes. Measured, with the large-frame Fast DDS profile and without it:
 - the share of published frames that reached the node at all.
 
     .venv/bin/python bench/load.py                      # 60 s with the profile, 30 s without
+    .venv/bin/python bench/load.py --checkpoint models/default.safetensors --input-size 512
     .venv/bin/python bench/load.py --duration 10 --no-profile-duration 0 --model MODEL.onnx
 """
 import argparse
@@ -148,15 +149,21 @@ def section(results: List[Dict[str, object]], model: str) -> Tuple[str, List[Tar
                         "dropped", "rejected", "output Hz", "p95 first (ms)", "p95 last (ms)",
                         "p95 last/first", "RSS first (MB)", "RSS last (MB)", "peak RSS (MB)"],
                        rows),
-        "Without the profile only the accounting and the share are targets: most frames never "
-        "reach the node, so its latency and memory say little.",
-    ])
+    ] + (["Without the profile only the accounting and the share are targets: many frames "
+          "never reach the node, so its latency and memory say little there."]
+         if any(not r["profile"] for r in results) else []))
     return body, targets
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model file for the node")
+    parser.add_argument("--checkpoint", default=str(BENCH.parent / "models" /
+                                                    "default.safetensors"),
+                        help="with --input-size: the checkpoint to export at that size")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="run the model at this input size: --checkpoint exported to "
+                             "ONNX (cached in runs/bench_cache/) instead of --model")
     parser.add_argument("--backend", default="onnxruntime")
     parser.add_argument("--size", type=int, default=512, help="camera frame width and height")
     parser.add_argument("--rate", type=float, default=30.0, help="camera rate (Hz)")
@@ -169,8 +176,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--work", default=None, help="folder for logs (default: a temporary one)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    if not Path(args.model).is_file():
-        print("not available: %s missing" % args.model)
+    model = args.model
+    if args.input_size:
+        if not Path(args.checkpoint).is_file():
+            print("not available: %s missing" % args.checkpoint)
+            return 2
+        from backends_default import fp32_onnx
+        model, _ = fp32_onnx(args.checkpoint, args.input_size)
+    elif not Path(model).is_file():
+        print("not available: %s missing" % model)
         return 2
     runs = [(True, args.duration)]
     if args.no_profile_duration > 0:
@@ -182,11 +196,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             started = time.monotonic()
             print("load: %s the DDS profile, %gs ..." % ("with" if profile else "without",
                                                         duration), file=sys.stderr, flush=True)
-            results.append(run_load(work / ("profile" if profile else "no_profile"), args.model,
+            results.append(run_load(work / ("profile" if profile else "no_profile"), model,
                                     args.backend, args.size, args.rate, duration, args.window,
                                     profile))
             results[-1]["wall_s"] = time.monotonic() - started
-    body, targets = section(results, args.model)
+    body, targets = section(results, model if not args.input_size else "%s exported at %d px (%s)"
+                            % (args.checkpoint, args.input_size, model))
     return finish("Load", body, targets, args.json, {"results": results})
 
 
