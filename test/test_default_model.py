@@ -1,0 +1,56 @@
+"""`python -m training default-model --quick`: the whole chain that builds the shipped model
+(synth, teacher, distilled student, pruning, ONNX fp32/fp16 export, evaluation, card) at tiny
+sizes, each stage through the repository's real command."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_quick_chain_builds_a_model_and_its_card(tmp_path):
+    out, work = tmp_path / "models", tmp_path / "work"
+    result = subprocess.run([sys.executable, "-m", "training", "default-model", "--quick",
+                             "--out", out, "--work", work], cwd=ROOT, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert {p.name for p in out.iterdir()} == {"default.onnx", "default_fp16.onnx",
+                                              "default.safetensors", "default_model.json",
+                                              "README.md"}
+    report = json.loads((out / "default_model.json").read_text())
+    assert [s["stage"] for s in report["stages"]] == [
+        "data", "teacher", "student", "prune", "export_fp32", "export_fp16", "evaluate_teacher",
+        "evaluate_student", "evaluate_pruned", "evaluate_onnx_fp32", "evaluate_onnx_fp16"]
+    student_command = report["stages"][2]["command"]
+    assert "--teacher" in student_command  # distilled
+    prune = report["prune"]
+    assert prune["after"]["params"] < prune["before"]["params"]
+    evaluations = report["evaluations"]
+    assert evaluations["onnx_fp32"]["params"] == prune["after"]["params"]
+    assert report["export"]["fp16"]["precision"] == "fp16"
+
+    from lpcv_segmentation.runtime import Segmenter
+    segmenter = Segmenter(str(out / "default.onnx"))
+    assert segmenter.input_size == 64  # the quick settings
+
+    card = (out / "README.md").read_text()
+    assert "trained on synthetic scenes only" in card
+    assert "`--quick` run" in card and "python -m training default-model --quick" in card
+    assert "%.3f" % evaluations["onnx_fp32"]["miou"] in card
+    assert "Train on the real LPCV 2023 data" in card
+
+    # Nothing is redone over a finished build unless asked.
+    again = subprocess.run([sys.executable, "-m", "training", "default-model", "--quick",
+                            "--out", out, "--work", work], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 1 and "--resume" in again.stderr
+
+
+def test_quick_refuses_to_overwrite_the_shipped_model():
+    result = subprocess.run([sys.executable, "-m", "training", "default-model", "--quick"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "another --out" in result.stderr
