@@ -41,7 +41,7 @@ import numpy as np
 from .bagio import (CAMERA_TOPIC, DETECTIONS_TOPIC, GT_TOPIC, MASK_TOPIC, BagError, BagWriter,
                     Frame, FrameReader, stamp_to_ns)
 from .classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, palette
-from .imaging import colorize, overlay
+from .imaging import overlay
 from .metrics import SegmentationMetrics
 
 MODES = ("offline", "live")

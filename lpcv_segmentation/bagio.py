@@ -17,7 +17,6 @@ corrupt, truncated, without the camera topic, a ground truth of the wrong size o
 raises ``BagError`` with a message naming the bag and topic. No torch here: this runs on the
 drone side as well (``rosbags`` itself needs Python 3.10+; the rest of the package does not).
 """
-import os
 import sqlite3
 import struct
 import zlib
@@ -31,7 +30,7 @@ from .classes import IGNORE_INDEX, NUM_CLASSES
 from .imaging import ImageConversionError, image_to_rgb
 
 __all__ = ["CAMERA_TOPIC", "GT_TOPIC", "MASK_TOPIC", "DETECTIONS_TOPIC", "STORAGES", "BagError",
-           "BagWriter", "Frame", "TopicSummary", "bag_topics", "read_frames", "stamp_to_ns"]
+           "BagWriter", "Frame", "FrameReader", "TopicSummary", "bag_topics", "read_frames", "stamp_to_ns"]
 
 CAMERA_TOPIC = "/camera/image_raw"
 GT_TOPIC = "/camera/gt_mask"
@@ -48,7 +47,7 @@ BAG_VERSION = 8
 # rosbags writes both at the same log time; a bag recorded live may interleave them a little.
 PAIRING_WINDOW = 32
 
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = Union[str, Path]
 
 
 class BagError(ValueError):

@@ -1,5 +1,4 @@
 """dataset-to-bag and the bag reader: real rosbag2 files written and read with rosbags."""
-import os
 import shutil
 import subprocess
 import sys

@@ -29,7 +29,7 @@ import sys
 import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import yaml
 
@@ -40,6 +40,7 @@ DEFAULT_WORK = ROOT / "runs" / "default_model"
 REPORT_NAME = "default_model.json"
 CARD_NAME = "README.md"
 BEST = "best.safetensors"
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 class DefaultModelError(RuntimeError):
@@ -90,10 +91,17 @@ def _overrides(section: Dict[str, Any]) -> List[str]:
 class Chain:
     """Runs the stages' commands, logs each to WORK/logs/<stage>.log and records timings."""
 
-    def __init__(self, work: Path, resume: bool, echo: bool = True) -> None:
+    def __init__(self, work: Path, resume: bool, echo: bool = True,
+                 threads: Optional[int] = None) -> None:
         self.work = work
         self.resume = resume
         self.echo = echo
+        self.env = dict(os.environ)
+        if threads:
+            for name in THREAD_VARIABLES:
+                self.env[name] = str(threads)
+            import torch
+            torch.set_num_threads(int(threads))  # the stages run in this process
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.stages: List[Dict[str, Any]] = []
@@ -130,7 +138,7 @@ class Chain:
     def _run_process(self, command: List[str], log: Path) -> int:
         with open(log, "wb") as handle:
             process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT)
+                                       stderr=subprocess.STDOUT, env=self.env)
             # Raw chunks, not lines: progress bars redraw with carriage returns.
             for chunk in iter(lambda: os.read(process.stdout.fileno(), 65536), b""):
                 handle.write(chunk)
@@ -200,7 +208,7 @@ def build(settings: Dict[str, Any], out: Path, work: Path, resume: bool = False,
                                 "stages, or choose another --work" % work)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    chain = Chain(work, resume, echo)
+    chain = Chain(work, resume, echo, settings.get("threads"))
     started = time.time()
     data = work / "data"
     teacher, student, pruned = work / "teacher", work / "student", work / "pruned"
@@ -360,8 +368,8 @@ scenes and say nothing about the real task.
 
 ## How it was made
 
-One command, {seconds:.0f} s on this machine ({cpu}, {cores} cores, shared with other work
-while it ran):
+One command, {minutes:.0f} minutes on this machine ({cpu}, {cores} cores, shared with other
+work while it ran; {threads_train} thread(s) per stage):
 
     {command}
 
@@ -417,7 +425,9 @@ layout (`IMG/train`, `GT_Updated/train`, `IMG/val`, `GT/val`). With it at `DATA`
 Those configs use the paper's settings (512 px, 40k iterations: a GPU is needed).
 Built {built} with Python {python}, torch {torch}, onnxruntime {ort}.
 """.format(
-        quick_warning=quick_warning, seconds=report["seconds"], work=report["work"],
+        quick_warning=quick_warning, minutes=report["seconds"] / 60.0,
+        work=report.get("work", "runs/default_model"),
+        threads_train=s.get("threads") or "default",
         cpu=machine["cpu"],
         cores=machine["cores"], command=report["command"], count=data["count"],
         size=data["size"], seed=data["seed"], n_train=data["count"] - n_val, n_val=n_val,
@@ -448,6 +458,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tiny sizes and a few iterations per stage: a test of the chain")
     parser.add_argument("--resume", action="store_true",
                         help="reuse the stages WORK already finished")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads per stage (default: the settings' threads)")
+    parser.add_argument("--card-only", action="store_true",
+                        help="only rewrite OUT/README.md from OUT/default_model.json")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -457,8 +471,21 @@ def main(args: argparse.Namespace) -> int:
         print("default-model: error: --quick builds an unusable model; give it another --out "
               "than %s" % DEFAULT_OUT, file=sys.stderr)
         return 2
+    if args.card_only:
+        report_path = args.out / REPORT_NAME
+        try:
+            report = json.loads(report_path.read_text())
+        except (OSError, ValueError) as error:
+            print("default-model: error: cannot read %s: %s" % (report_path, error),
+                  file=sys.stderr)
+            return 1
+        _write_text(args.out / CARD_NAME, model_card(report))
+        print("wrote %s" % (args.out / CARD_NAME))
+        return 0
     try:
         settings = load_settings(args.config, args.quick)
+        if args.threads:
+            settings["threads"] = args.threads
         report = build(settings, args.out, work, resume=args.resume, quick=args.quick)
     except DefaultModelError as error:
         print("default-model: error: %s" % error, file=sys.stderr)
