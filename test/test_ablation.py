@@ -1,0 +1,87 @@
+"""The quick ablation runs the whole chain (teacher, ResNet18, student, +KD, sweep, pruning,
+fp16, int8) on the synthetic set and writes its table, JSON and plots; bad configs fail before
+any work."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import pytest
+
+from training import ablation
+from training.sweep import PLOTS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK = os.path.join(REPO, "training", "configs", "ablation_quick.yaml")
+
+
+@pytest.mark.slow
+def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
+    out = tmp_path / "ablation"
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "ablation", "--config", QUICK, "--data",
+         str(synth_dataset), "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    report = json.loads((out / "ablation.json").read_text())
+    rows = {r["key"]: r for r in report["rows"]}
+    assert {"teacher", "baseline", "student", "student_kd", "pruned", "fp16", "int8"} <= set(rows)
+    for row in rows.values():  # every figure is a measurement, none missing
+        for key in ("params", "gmacs", "miou", "dice", "latency_ms", "score"):
+            assert row[key] is not None and row[key] >= 0, (row["key"], key)
+        assert row["images"] == 4  # eval_limit of the quick config
+    assert report["archs"] == {"teacher": "swinv2_tiny", "baseline": "resnet18",
+                               "student": "mobilevit_xxs"}
+    # pruning made the distilled student physically smaller; the exports kept its size
+    assert rows["pruned"]["params"] < 0.5 * rows["student_kd"]["params"]
+    assert rows["pruned"]["gmacs"] < 0.5 * rows["student_kd"]["gmacs"]
+    assert rows["fp16"]["precision"] == "fp16" and rows["int8"]["precision"] == "int8"
+    assert rows["int8"]["params"] == rows["pruned"]["params"]
+    assert rows["teacher"]["params"] > rows["baseline"]["params"] > rows["student"]["params"]
+
+    table = (out / "ablation.md").read_text()
+    for label in ("Teacher (reference)", "ResNet18 + KD (reference)", "| Student |", "| + KD |",
+                  "+ KD + pruning |", "+ KD + pruning + fp16", "+ KD + pruning + int8"):
+        assert label in table
+    assert "Command: `python -m training ablation --config" in table
+    assert "%.2fM" % (rows["pruned"]["params"] / 1e6) in table
+
+    with open(out / "sweep" / "sweep.csv") as handle:
+        sweep = list(csv.DictReader(handle))
+    methods = {r["method"]: r for r in sweep}
+    assert set(methods) == {"none", "all", "unstructured"}
+    assert methods["unstructured"]["params"] == methods["none"]["params"]  # zeros, same shapes
+    assert float(methods["all"]["param_sparsity"]) > 0.5
+    for name in PLOTS:
+        image = cv2.imread(str(out / "sweep" / name))
+        assert image is not None and image.shape[0] > 200 and image.shape[1] > 300, name
+        assert "sweep/%s" % name in table
+
+
+def test_unknown_config_key_fails_before_any_work(synth_dataset, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("prune:\n  method: all\n  amout: 0.5\n")
+    out = tmp_path / "out"
+    with pytest.raises(ablation.AblationError, match="amout"):
+        ablation.run_ablation(str(config), str(synth_dataset), str(out))
+    assert not out.exists()
+
+
+def test_bad_pruning_amount_in_config_fails_before_any_work(synth_dataset, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("prune:\n  amount: 1.5\n")
+    out = tmp_path / "out"
+    with pytest.raises(ablation.AblationError, match="amount"):
+        ablation.run_ablation(str(config), str(synth_dataset), str(out))
+    assert not out.exists()
+
+
+def test_bad_training_override_fails_before_any_work(synth_dataset, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("student:\n  overrides: {iterz: 3}\n")
+    with pytest.raises(ablation.AblationError, match="iterz"):
+        ablation.run_ablation(str(config), str(synth_dataset), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

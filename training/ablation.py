@@ -1,0 +1,471 @@
+"""Ablation report in the shape of the paper's table 2, from one set of runs.
+
+  python -m training ablation --config training/configs/ablation.yaml --data DIR --out DIR
+  python -m training ablation --config training/configs/ablation_quick.yaml --data DIR --out DIR
+
+Stages (each a folder under OUT; --resume reuses the ones already finished):
+  teacher      train the teacher                                      reference row
+  baseline     train UPerNet-ResNet18, distilled as in the paper      reference row
+  student      train the student on the labels alone                  "student"
+  student_kd   the same student, distilled from the teacher           "+ KD"
+  sweep        prune student_kd per method and amount, fine-tune, evaluate (the plots)
+  pruned       student_kd pruned as ``prune:`` says, distilled fine-tune   "+ KD + pruning"
+               (the sweep's point when the sweep has the same method and amount)
+  fp16, int8   the pruned model exported at fp16 and at int8 (static, calibrated on the
+               train split)                                           "+ KD + pruning + fp16/int8"
+Every row's model is exported to ONNX and evaluated on the val split with ONNX Runtime on the
+CPU: mean IoU, Dice (the challenge's per-image mean), parameters, GMACs, latency (median
+forward pass, ms) and score (Dice / latency in seconds). On a machine with CUDA, a row for
+PyTorch half precision on the GPU is added.
+
+Writes OUT/ablation.md (the table, the targets, the plots), OUT/ablation.json and the plots
+OUT/sweep/*.png. The quick config runs the whole chain at tiny sizes in minutes (the test);
+its figures are real measurements of barely trained models, not of the method.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from training import prune as prune_lib
+from training import sweep as sweep_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BEST = "best.safetensors"
+REPORT_MD = "ablation.md"
+REPORT_JSON = "ablation.json"
+EVAL_JSON = "eval.json"
+
+# section -> {key: default}; a key not listed here is an error naming it
+SCHEMA: Dict[str, Dict[str, Any]] = {
+    "teacher": {"config": "training/configs/teacher.yaml", "overrides": {}},
+    "baseline": {"config": "training/configs/baseline.yaml", "distil": True, "overrides": {}},
+    "student": {"config": "training/configs/student.yaml", "overrides": {}},
+    "prune": {"method": "all", "target": "sparsity", "amount": 0.5, "importance": "l2",
+              "allocation": "local", "iterative": 1, "finetune_iters": 200, "distil": True,
+              "overrides": {}},
+    "quantise": {"fp16": True, "int8": True, "calib_images": 32},
+    "sweep": {"enabled": True, "methods": ["filter", "channel", "neuron", "head", "all",
+                                           "unstructured"],
+              "amounts": [0.25, 0.5, 0.75], "finetune_iters": 100, "overrides": {}},
+    "evaluate": {"threads": None, "eval_limit": None, "latency_runs": 20},
+}
+TARGET_SPEEDUP = 1.5  # the pruned student on ONNX Runtime, over the unpruned one
+TARGET_MIOU_DROP = 0.02  # largest mIoU loss accepted from pruning and from int8
+
+
+class AblationError(ValueError):
+    """A config or run that cannot go on; the message names the section, key or stage."""
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------
+def load_ablation_config(path: str) -> Dict[str, Dict[str, Any]]:
+    """The YAML at ``path`` over SCHEMA's defaults, every section and key checked."""
+    if not os.path.isfile(path):
+        raise AblationError("config file %s does not exist" % path)
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as e:
+        raise AblationError("config file %s is not valid YAML: %s" % (path, e))
+    if not isinstance(data, dict):
+        raise AblationError("config file %s must hold a mapping of sections" % path)
+    config: Dict[str, Dict[str, Any]] = {}
+    for section, defaults in SCHEMA.items():
+        given = data.get(section) or {}
+        if not isinstance(given, dict):
+            raise AblationError("%s: section %r must be a mapping" % (path, section))
+        unknown = sorted(set(given) - set(defaults))
+        if unknown:
+            raise AblationError("%s: unknown key(s) %s in section %r; known: %s"
+                                % (path, ", ".join(unknown), section, ", ".join(defaults)))
+        config[section] = dict(defaults, **given)
+    extra = sorted(set(data) - set(SCHEMA))
+    if extra:
+        raise AblationError("%s: unknown section(s) %s; known: %s"
+                            % (path, ", ".join(extra), ", ".join(SCHEMA)))
+    return config
+
+
+def override_list(overrides: Dict[str, Any]) -> List[str]:
+    """{"iters": 2, "fm_stages": [0, 1]} -> ["iters=2", "fm_stages=[0, 1]"] (YAML values)."""
+    out = []
+    for key, value in (overrides or {}).items():
+        text = value if isinstance(value, str) else yaml.safe_dump(
+            value, default_flow_style=True).strip()
+        if text.endswith("\n...") or text.endswith("..."):
+            text = text.split("\n")[0]
+        out.append("%s=%s" % (key, text))
+    return out
+
+
+def _train_config_path(section: Dict[str, Any]) -> str:
+    path = section["config"]
+    return path if os.path.isabs(path) else os.path.join(ROOT, path)
+
+
+def prune_settings(section: Dict[str, Any], amount: Optional[float] = None,
+                   method: Optional[str] = None) -> prune_lib.PruneSettings:
+    return prune_lib.PruneSettings(
+        method=method or section["method"],
+        amount=float(section["amount"] if amount is None else amount),
+        target=section["target"], importance=section["importance"],
+        allocation=section["allocation"], iterative=int(section["iterative"]),
+        finetune_iters=int(section["finetune_iters"]))
+
+
+def check_config(config: Dict[str, Dict[str, Any]], data: str) -> None:
+    """Every train config loads with its overrides, every pruning request is valid and the
+    dataset has its splits: before the first (long) stage."""
+    from training import config as config_lib
+    from training.data import DatasetError, find_pairs
+    for name in ("teacher", "baseline", "student"):
+        path = _train_config_path(config[name])
+        try:
+            config_lib.load_config(path, override_list(config[name]["overrides"]))
+        except config_lib.ConfigError as e:
+            raise AblationError("section %r: %s" % (name, e))
+    try:
+        prune_settings(config["prune"]).validate()
+        for key in ("prune", "sweep"):
+            config_lib.parse_overrides(override_list(config[key]["overrides"]))
+        if config["sweep"]["enabled"]:
+            for method in config["sweep"]["methods"]:
+                for amount in config["sweep"]["amounts"]:
+                    prune_settings(config["prune"], amount, method).validate()
+    except (prune_lib.PruneError, config_lib.ConfigError) as e:
+        raise AblationError("%s (in the ablation config)" % e)
+    for split in ("train", "val"):
+        try:
+            find_pairs(data, split)
+        except DatasetError as e:
+            raise AblationError("--data: %s" % e)
+
+
+# --------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------
+class Stages:
+    """Runs named stages once: a stage whose output exists is reused when resuming."""
+
+    def __init__(self, out: str, resume: bool) -> None:
+        self.out, self.resume = out, resume
+        self.seconds: Dict[str, float] = {}
+
+    def run(self, name: str, output: str, work: Callable[[], Any]) -> str:
+        if self.resume and os.path.exists(output):
+            print("== %s: reusing %s" % (name, output), file=sys.stderr, flush=True)
+            return output
+        print("== %s" % name, file=sys.stderr, flush=True)
+        started = time.time()
+        work()
+        self.seconds[name] = round(time.time() - started, 1)
+        if not os.path.exists(output):
+            raise AblationError("stage %s finished without writing %s" % (name, output))
+        return output
+
+
+def train_run(config_path: str, data: str, out: str, overrides: Sequence[str],
+              teacher: Optional[str] = None) -> None:
+    """One ``python -m training train`` run, in this process."""
+    from training.train import train
+    args = argparse.Namespace(config=config_path, data=data, out=out, teacher=teacher,
+                              resume=False, overrides=list(overrides))
+    status = train(args)
+    if status:
+        raise AblationError("training %s failed (exit status %s)" % (out, status))
+
+
+def measure_row(stages: Stages, name: str, checkpoint: str, data: str, out: str,
+                evaluation: Dict[str, Any], precision: str = "fp32",
+                calib_images: int = 32) -> Dict[str, Any]:
+    """Export ``checkpoint`` at ``precision``, evaluate it with ONNX Runtime; cached in
+    OUT/<name>/eval.json."""
+    row_dir = os.path.join(out, name)
+    path = os.path.join(row_dir, EVAL_JSON)
+
+    def work() -> None:
+        os.makedirs(row_dir, exist_ok=True)
+        result = sweep_lib.export_and_evaluate(
+            checkpoint, data, os.path.join(row_dir, "model.onnx"), precision=precision,
+            calib_dir=data if precision == "int8" else None, threads=evaluation["threads"],
+            eval_limit=evaluation["eval_limit"], latency_runs=evaluation["latency_runs"],
+            calib_images=calib_images)
+        result["checkpoint"] = os.path.abspath(checkpoint)
+        sweep_lib._write_json(path, result)
+
+    stages.run("measure %s" % name, path, work)
+    with open(path, "r", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def measure_cuda_fp16(stages: Stages, checkpoint: str, data: str, out: str,
+                      evaluation: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """PyTorch half precision on the GPU (only where CUDA is available)."""
+    import torch
+    if not torch.cuda.is_available():
+        return None
+    from training.evaluate import evaluate
+    row_dir = os.path.join(out, "fp16_cuda")
+    path = os.path.join(row_dir, EVAL_JSON)
+
+    def work() -> None:
+        os.makedirs(row_dir, exist_ok=True)
+        result = evaluate(checkpoint, data, "val", backend="pytorch", device="cuda",
+                          precision="fp16", limit=evaluation["eval_limit"], progress=False)
+        sweep_lib._write_json(path, result)
+
+    stages.run("measure fp16 (PyTorch, CUDA)", path, work)
+    with open(path, "r", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def run_ablation(config_path: str, data: str, out: str, resume: bool = False
+                 ) -> Dict[str, Any]:
+    """Every stage, then the report; returns the JSON report."""
+    config = load_ablation_config(config_path)
+    check_config(config, data)
+    if os.path.isdir(out) and os.listdir(out) and not resume:
+        raise AblationError("%s already holds runs; pass --resume to reuse its finished stages, "
+                            "or choose another --out" % out)
+    os.makedirs(out, exist_ok=True)
+    started = time.time()
+    stages = Stages(out, resume)
+    run_dir = lambda name: os.path.join(out, name)  # noqa: E731
+    best = lambda name: os.path.join(out, name, BEST)  # noqa: E731
+    t, b, s, p = config["teacher"], config["baseline"], config["student"], config["prune"]
+
+    teacher = stages.run("teacher", best("teacher"), lambda: train_run(
+        _train_config_path(t), data, run_dir("teacher"), override_list(t["overrides"])))
+    stages.run("baseline", best("baseline"), lambda: train_run(
+        _train_config_path(b), data, run_dir("baseline"), override_list(b["overrides"]),
+        teacher if b["distil"] else None))
+    stages.run("student", best("student"), lambda: train_run(
+        _train_config_path(s), data, run_dir("student"), override_list(s["overrides"])))
+    student_kd = stages.run("student_kd", best("student_kd"), lambda: train_run(
+        _train_config_path(s), data, run_dir("student_kd"), override_list(s["overrides"]),
+        teacher))
+    prune_teacher = teacher if p["distil"] else None
+
+    # The sweep (the plots); its point for the ablation's method and amount is the pruned row.
+    sw = config["sweep"]
+    sweep_rows: List[Dict[str, Any]] = []
+    pruned_ckpt = None
+    settings = prune_settings(p)
+    sweep_shares_point = (sw["enabled"] and settings.method in sw["methods"]
+                          and settings.amount in [float(a) for a in sw["amounts"]]
+                          and int(sw["finetune_iters"]) == settings.finetune_iters
+                          and settings.iterative == 1 and sw["overrides"] == p["overrides"])
+    if sw["enabled"]:
+        sweep_dir = run_dir("sweep")
+        stages.run("sweep", os.path.join(sweep_dir, sweep_lib.CSV_NAME), lambda: sweep_lib.run_sweep(
+            student_kd, data, sweep_dir, sw["methods"], [float(a) for a in sw["amounts"]],
+            settings.target, settings.importance, settings.allocation,
+            int(sw["finetune_iters"]), prune_teacher, None, override_list(sw["overrides"]),
+            config["evaluate"]["threads"], config["evaluate"]["eval_limit"],
+            config["evaluate"]["latency_runs"], resume=resume))
+        sweep_rows = sweep_lib.read_csv(os.path.join(sweep_dir, sweep_lib.CSV_NAME))
+        if sweep_shares_point:
+            pruned_ckpt = os.path.join(sweep_dir, sweep_lib.point_name(
+                settings.method, settings.amount), BEST)
+    if pruned_ckpt is None:
+        pruned_ckpt = stages.run("pruned", best("pruned"), lambda: prune_lib.run_prune(
+            student_kd, data, run_dir("pruned"), settings, teacher=prune_teacher,
+            overrides=override_list(p["overrides"]), progress=False))
+
+    ev, q = config["evaluate"], config["quantise"]
+    rows: List[Tuple[str, str, Dict[str, Any]]] = []  # (key, label, measurement)
+    rows.append(("teacher", "Teacher (reference)",
+                 measure_row(stages, "eval_teacher", teacher, data, out, ev)))
+    rows.append(("baseline", "ResNet18%s (reference)" % (" + KD" if b["distil"] else ""),
+                 measure_row(stages, "eval_baseline", best("baseline"), data, out, ev)))
+    rows.append(("student", "Student",
+                 measure_row(stages, "eval_student", best("student"), data, out, ev)))
+    rows.append(("student_kd", "+ KD",
+                 measure_row(stages, "eval_student_kd", student_kd, data, out, ev)))
+    if sweep_shares_point:  # measured by the sweep already: the same file, the same way
+        point = os.path.join(run_dir("sweep"), sweep_lib.point_name(settings.method,
+                                                                     settings.amount))
+        with open(os.path.join(point, sweep_lib.EVAL_JSON), "r", encoding="utf-8") as handle:
+            pruned_row = json.load(handle)
+    else:
+        pruned_row = measure_row(stages, "eval_pruned", pruned_ckpt, data, out, ev)
+    rows.append(("pruned", "+ KD + pruning", pruned_row))
+    if q["fp16"]:
+        rows.append(("fp16", "+ KD + pruning + fp16 (ONNX, CPU)",
+                     measure_row(stages, "eval_fp16", pruned_ckpt, data, out, ev, "fp16")))
+        cuda = measure_cuda_fp16(stages, pruned_ckpt, data, out, ev)
+        if cuda is not None:
+            rows.append(("fp16_cuda", "+ KD + pruning + fp16 (PyTorch, CUDA)", cuda))
+    if q["int8"]:
+        rows.append(("int8", "+ KD + pruning + int8 (ONNX, CPU)",
+                     measure_row(stages, "eval_int8", pruned_ckpt, data, out, ev, "int8",
+                                 int(q["calib_images"]))))
+
+    # One interleaved timing pass over every ONNX file of the report: latencies measured one
+    # file after another drift with the load of a shared machine; these compare.
+    files = {("row", i): r[2]["export"]["out"] for i, r in enumerate(rows)
+             if r[2].get("export")}
+    files.update({("sweep", i): os.path.join(run_dir("sweep"), str(r["onnx"]))
+                  for i, r in enumerate(sweep_rows)})
+    print("== timing %d ONNX files, interleaved" % len(files), file=sys.stderr, flush=True)
+    for (kind, i), latency in sweep_lib.interleaved_latency_ms(
+            files, ev["threads"], ev["latency_runs"]).items():
+        sweep_lib.set_latency(rows[i][2] if kind == "row" else sweep_rows[i], latency)
+    if sweep_rows:
+        sweep_lib.finish_rows(sweep_rows)
+        sweep_lib.write_csv(sweep_rows, os.path.join(run_dir("sweep"), sweep_lib.CSV_NAME))
+        sweep_lib.plot(sweep_rows, run_dir("sweep"))
+
+    from lpcv_segmentation.model import read_metadata
+    archs = {key: read_metadata(path)["arch"] for key, path in
+             (("teacher", teacher), ("baseline", best("baseline")),
+              ("student", best("student")))}
+    report = {
+        "command": "python -m training ablation --config %s --data %s --out %s"
+                   % (os.path.relpath(config_path, ROOT) if config_path.startswith(ROOT)
+                      else config_path, data, out),
+        "config": config,
+        "archs": archs,
+        "pruning": {"settings": vars(settings), "checkpoint": os.path.abspath(pruned_ckpt)},
+        "rows": [{"key": k, "label": label, **measurement} for k, label, measurement in rows],
+        "sweep": sweep_rows,
+        "plots": [os.path.join("sweep", name) for name in sweep_lib.PLOTS] if sw["enabled"] else [],
+        "stage_seconds": stages.seconds,
+        "seconds": round(time.time() - started, 1),
+    }
+    report["targets"] = targets(report)
+    reference = next((r for r in sweep_rows if r["method"] == sweep_lib.BASE_NAME), None)
+    if sweep_shares_point and reference is not None:
+        # the fair comparison: the unpruned + KD model fine-tuned exactly as the pruned one
+        report["targets"].append(compare(
+            pruned_row, reference, "+ KD + pruning vs + KD fine-tuned the same %d iterations"
+            % settings.finetune_iters, TARGET_SPEEDUP))
+    sweep_lib._write_json(os.path.join(out, REPORT_JSON), report)
+    with open(os.path.join(out, REPORT_MD), "w", encoding="utf-8") as handle:
+        handle.write(markdown(report))
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+def _row(report: Dict[str, Any], key: str) -> Optional[Dict[str, Any]]:
+    return next((r for r in report["rows"] if r["key"] == key), None)
+
+
+def compare(row: Dict[str, Any], ref: Dict[str, Any], what: str, goal: float) -> Dict[str, Any]:
+    """Speed-up of ``row`` over ``ref`` (ONNX Runtime latency) and its mIoU change."""
+    speedup = float(ref["latency_ms"]) / float(row["latency_ms"])
+    change = float(row["miou"] or 0.0) - float(ref["miou"] or 0.0)
+    return {"what": what, "speedup": speedup, "speedup_goal": goal, "miou_change": change,
+            "speedup_met": speedup >= goal if goal > 1.0 else speedup > goal,
+            "miou_met": change >= -TARGET_MIOU_DROP}
+
+
+def targets(report: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The issue's targets, measured on this run: pruning >= 1.5x faster on ONNX Runtime with
+    at most 0.02 mIoU lost; int8 faster than fp32 with at most 0.02 mIoU lost."""
+    out = []
+    pairs = [("pruned", "student_kd", "+ KD + pruning vs + KD", TARGET_SPEEDUP),
+             ("int8", "pruned", "int8 vs fp32 (+ KD + pruning), ONNX Runtime CPU", 1.0)]
+    for key, ref_key, what, goal in pairs:
+        row, ref = _row(report, key), _row(report, ref_key)
+        if row is not None and ref is not None:
+            out.append(compare(row, ref, what, goal))
+    return out
+
+
+def _f(value: Any, pattern: str) -> str:
+    return "-" if value is None else pattern % value
+
+
+def markdown(report: Dict[str, Any]) -> str:
+    archs = report["archs"]
+    lines = [
+        "# Ablation (the paper's table 2)",
+        "",
+        "Command: `%s`" % report["command"],
+        "",
+        "Teacher %s, student %s, baseline %s. Every model is exported to ONNX and evaluated on "
+        "the val split with ONNX Runtime on the CPU; latency is the median forward pass (ms) "
+        "over %d rounds in which every ONNX file of this report (sweep included) runs once in "
+        "turn; score = Dice / latency (s). Pruning: %s, fine-tuned %d iterations%s."
+        % (archs["teacher"], archs["student"], archs["baseline"],
+           report["config"]["evaluate"]["latency_runs"],
+           "%s, %s %.2f, importance %s, %s allocation" % (
+               report["pruning"]["settings"]["method"], report["pruning"]["settings"]["target"],
+               report["pruning"]["settings"]["amount"],
+               report["pruning"]["settings"]["importance"],
+               report["pruning"]["settings"]["allocation"]),
+           report["pruning"]["settings"]["finetune_iters"],
+           " with distillation" if report["config"]["prune"]["distil"] else ""),
+        "",
+        "| model | input | params | GMACs | mIoU | Dice | ORT latency (ms) | score |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            r["label"], r.get("input_size", "-"), _f(r["params"] and r["params"] / 1e6, "%.2fM"),
+            _f(r["gmacs"], "%.3f"), _f(r["miou"], "%.4f"), _f(r["dice"], "%.4f"),
+            _f(r["latency_ms"], "%.1f"), _f(r["score"], "%.2f")))
+    lines.append("")
+    for t in report["targets"]:
+        lines.append("- %s: %.2fx faster (target %s %.1fx): %s; mIoU %+.4f (target >= -%.2f): %s"
+                     % (t["what"], t["speedup"], ">=" if t["speedup_goal"] > 1 else ">",
+                        t["speedup_goal"], "met" if t["speedup_met"] else "**MISSED**",
+                        t["miou_change"], TARGET_MIOU_DROP,
+                        "met" if t["miou_met"] else "**MISSED**"))
+    if report["sweep"]:
+        lines += ["", "## Sparsity sweep (from + KD)", "",
+                  "| method | amount | params | param. sparsity | GMACs | mIoU | Dice | ORT ms "
+                  "| speed-up |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in report["sweep"]:
+            lines.append("| %s | %.2f | %.2fM | %.2f | %.3f | %.4f | %.4f | %.1f | %.2fx |" % (
+                r["method"], r["amount"], r["params"] / 1e6, r["param_sparsity"], r["gmacs"],
+                r["miou"] or 0.0, r["dice"] or 0.0, r["latency_ms"], r["speedup"]))
+        lines += ["", "Unstructured pruning zeroes weights but keeps every shape: it gives no "
+                  "speed-up in dense inference (its latency is the unpruned model's).", ""]
+        lines += ["![%s](%s)" % (os.path.splitext(os.path.basename(p))[0], p)
+                  for p in report["plots"]]
+    lines += ["", "Wall time: %.0f s." % report["seconds"], ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, metavar="CFG",
+                        help="ablation config (training/configs/ablation.yaml, or "
+                             "ablation_quick.yaml for a minutes-long run)")
+    parser.add_argument("--data", required=True, metavar="DIR", help="dataset (LPCV layout)")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="writes DIR/ablation.md, ablation.json, the run folders and plots")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the stages DIR already finished")
+
+
+def main(args: argparse.Namespace) -> int:
+    from lpcv_segmentation.model import CheckpointError
+    from training.config import ConfigError
+    from training.data import DatasetError
+    from training.export import ExportError
+    from training.train import TrainingError
+    try:
+        run_ablation(args.config, args.data, args.out, args.resume)
+    except (AblationError, prune_lib.PruneError, sweep_lib.SweepError, ConfigError,
+            DatasetError, CheckpointError, ExportError, TrainingError) as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 2
+    with open(os.path.join(args.out, REPORT_MD), "r", encoding="utf-8") as handle:
+        print(handle.read())
+    print("wrote %s and %s" % (os.path.join(args.out, REPORT_MD),
+                               os.path.join(args.out, REPORT_JSON)))
+    return 0
