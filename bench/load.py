@@ -73,6 +73,7 @@ def run_load(work: Path, model: str, backend: str = "onnxruntime", size: int = 5
         "profile": profile, "size": size, "rate_hz": rate, "duration_s": duration,
         "window_s": window, "sent": sent["sent"], "counters": counts, "balanced": balanced,
         "node_alive_after": alive, "node_exit_code": graph.node_exit_code,
+        "node_exit_log": graph.exit_log_tail,
         "masks_received": len(masks),
         "output_rate_hz": (counts["processed"] / span) if counts else None,
         "p95_first_ms": percentile(first, 95), "p95_last_ms": percentile(last, 95),
@@ -138,6 +139,9 @@ def section(results: List[Dict[str, object]], model: str) -> Tuple[str, List[Tar
             fmt(r["peak_rss_mb"], "%.0f")])
         # Without the profile few frames arrive, so only the accounting is a target there.
         targets += targets_of(r) if r["profile"] else targets_of(r)[3:]
+    exits = ["The node (%s the profile) exited with code %s after SIGINT; its log ends:\n\n"
+             "```\n%s\n```" % ("with" if r["profile"] else "without", r["node_exit_code"],
+                               r["node_exit_log"]) for r in results if r.get("node_exit_log")]
     first = results[0]
     body = "\n\n".join([
         "Model %s (%s back end), camera %dx%d rgb8 at %g Hz, best-effort QoS, drone.yaml "
@@ -151,7 +155,7 @@ def section(results: List[Dict[str, object]], model: str) -> Tuple[str, List[Tar
                        rows),
     ] + (["Without the profile only the accounting and the share are targets: many frames "
           "never reach the node, so its latency and memory say little there."]
-         if any(not r["profile"] for r in results) else []))
+         if any(not r["profile"] for r in results) else []) + exits)
     return body, targets
 
 

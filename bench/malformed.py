@@ -313,6 +313,7 @@ def run_input_type(work: Path, model: str, backend: str, input_type: str, bad: i
                                  % (input_type, result["error"], graph.log_tail()))
         result["node_alive_after"] = graph.node_alive()
     result["node_exit_code"] = graph.node_exit_code
+    result["node_exit_log"] = graph.exit_log_tail
     return result
 
 
@@ -364,6 +365,11 @@ def section(results: Dict[str, Dict[str, object]], model: str) -> Tuple[str, Lis
         reasons = ", ".join("%s %d" % item for item in sorted(result["rejected_by_reason"].items()))
         details.append("- %s: sent %s; the node's rejection reasons: %s."
                        % (input_type, kinds, reasons or "none"))
+    for input_type, result in results.items():
+        if result.get("node_exit_log"):
+            details.append("\nThe %s node exited with code %s after SIGINT; its log ends:\n\n"
+                           "```\n%s\n```" % (input_type, result["node_exit_code"],
+                                              result["node_exit_log"]))
     body = "\n\n".join([
         "Model %s. Each input type ran in its own node (reliable QoS); the driver sent one "
         "frame at a time and waited for its mask or its rejection." % model,

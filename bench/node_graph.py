@@ -125,6 +125,7 @@ class NodeGraph:
         self.listener = None
         self._children = []  # everything started, stopped in reverse order by close()
         self.node_exit_code: Optional[int] = None
+        self.exit_log_tail = ""
 
     # -- start and stop ---------------------------------------------------------------------
     def __enter__(self) -> "NodeGraph":
@@ -167,17 +168,15 @@ class NodeGraph:
         return process
 
     def close(self) -> Optional[int]:
-        """Stop every process (the node last but one: the listener hears its last words)."""
+        """Stop every process (the node last but one: the listener hears its last words).
+        A node that does not exit with 0 leaves the end of its log in ``exit_log_tail``."""
         for process in reversed(self._children):
             code = stop(process)
             if process is self.node:
                 self.node_exit_code = code
         self._children = []
-        return self.node_exit_code
-
-    def stop_node(self) -> Optional[int]:
-        """SIGINT the node now; its exit code (0 after a clean shutdown)."""
-        self.node_exit_code = stop(self.node)
+        if self.node_exit_code not in (None, 0):
+            self.exit_log_tail = self.log_tail(15)
         return self.node_exit_code
 
     # -- what the processes said ------------------------------------------------------------
