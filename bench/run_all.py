@@ -37,7 +37,7 @@ DOC = ROOT / "docs" / "BENCHMARKS.md"
 DEFAULT_ONNX = "models/default.onnx"
 DEFAULT_CHECKPOINT = "models/default.safetensors"
 UNPRUNED = "runs/default_model/student/best.safetensors"
-UNDISTILLED = "runs/ablation/baseline/best.safetensors"
+UNDISTILLED = "runs/ablation/student/best.safetensors"
 BUDGET_S = 15 * 60
 
 
@@ -309,7 +309,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="the default student's checkpoint (PyTorch back end, back ends)")
     parser.add_argument("--unpruned", default=UNPRUNED, help="the student before pruning")
     parser.add_argument("--undistilled", default=UNDISTILLED,
-                        help="the student trained without the teacher")
+                        help="the student trained without the teacher (python -m training "
+                             "ablation --out runs/ablation writes it there)")
     parser.add_argument("--load-input-size", type=int, default=512,
                         help="input size the load bench runs --checkpoint at (exported)")
     parser.add_argument("--out", default=str(DOC), help="the document to (re)write")
