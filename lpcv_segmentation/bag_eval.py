@@ -323,13 +323,13 @@ class LiveListener:
         received = time.monotonic()
         stamp = stamp_to_ns(msg.header.stamp)
         with self.lock:
-            self.last_event = received
             if self.recorder is not None:
                 self.recorder.write_image_msg(self.mask_topic, msg, time.time_ns())
             sent = self.sent.pop(stamp, None)
-            if sent is None:
+            if sent is None:  # not ours (another camera on the node?): counted, not waited for
                 self.unpaired_outputs += 1
                 return
+            self.last_event = received
             if msg.encoding != "mono8" or len(msg.data) != msg.height * msg.step:
                 self.bad_outputs += 1
                 return
@@ -341,7 +341,6 @@ class LiveListener:
 
     def _on_detections(self, msg) -> None:
         with self.lock:
-            self.last_event = time.monotonic()
             if self.recorder is not None:
                 self.recorder.write_string(self.detections_topic, msg.data, time.time_ns())
             self.detection_messages += 1
@@ -562,7 +561,8 @@ def evaluate_live(bag: Path, model: Optional[str] = None, rate: float = 1.0,
         executor.shutdown(timeout_sec=2.0)
         ros_node.destroy_node()
         rclpy.try_shutdown(context=context)
-        spin_thread.join(timeout=2.0)
+        if spin_thread.ident is not None:
+            spin_thread.join(timeout=2.0)
         if recorder is not None:
             recorder.close()
 
@@ -760,6 +760,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (BagError, EvalError) as error:
         print("bag_eval: error: %s" % error, file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("bag_eval: interrupted; no report written", file=sys.stderr)
+        return 130
     write_report(args.json, report)
     for line in summary_lines(report):
         print(line)

@@ -188,3 +188,6 @@ def main(args: argparse.Namespace) -> int:
     except DemoError as error:
         print("demo: error: %s" % error, file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("demo: interrupted", file=sys.stderr)
+        return 130
