@@ -19,6 +19,7 @@ agreement with fp32 and the mIoU of both on the dataset's val split (or the cali
 images when there is no val split). The file is written only once the check has passed.
 """
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -163,11 +164,13 @@ def quantize_int8(fp32_path: str, out_path: str, calibration: Sequence[np.ndarra
         level = root.level
         root.setLevel(logging.ERROR)  # per-tensor chatter from the quantiser on the root logger
         try:
-            quantize_static(prepared, out_path, ArrayCalibrationReader(calibration),
-                            quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            op_types_to_quantize=list(INT8_OP_TYPES),
-                            calibrate_method=methods[method])
+            # the histogram calibrators print progress to stdout: keep stdout for reports
+            with contextlib.redirect_stdout(sys.stderr):
+                quantize_static(prepared, out_path, ArrayCalibrationReader(calibration),
+                                quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                op_types_to_quantize=list(INT8_OP_TYPES),
+                                calibrate_method=methods[method])
         finally:
             root.setLevel(level)
     # quantize_static keeps metadata_props only on some versions: copy ours across.
