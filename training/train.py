@@ -29,7 +29,6 @@ NCCL on GPUs), and only rank 0 writes files.
 """
 import argparse
 import csv
-import math
 import os
 import random
 import sys
@@ -123,7 +122,14 @@ def resolve_config(args: argparse.Namespace) -> Dict[str, Any]:
                                 % (saved, run_dir))
         base = config_lib.read_yaml(str(saved))
         base["stop_after"] = None  # a one-off request of the interrupted invocation
-        return config_lib.load_config(None, overrides, base=base)
+        config = config_lib.load_config(None, overrides, base=base)
+        if os.environ.get("RANK", "0") == "0":
+            if args.config:
+                print("resuming with %s (--config %s is not read again)" % (saved, args.config),
+                      file=sys.stderr)
+            for change in config_lib.diff(base, config):
+                print("resume override: %s" % change, file=sys.stderr)
+        return config
     if not args.config:
         raise ConfigError("--config is required for a new run (e.g. training/configs/student.yaml)")
     if (run_dir / STATE).exists():
@@ -275,11 +281,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer,
 # --------------------------------------------------------------------------------------
 def build_datasets(data: str, config: Dict[str, Any],
                    ctx: DistContext) -> Tuple[SegmentationDataset, SegmentationDataset]:
-    """Train and val splits, every file checked before training starts."""
-    train_set = SegmentationDataset(
-        data, config["train_split"],
-        transform=TrainTransform(config["crop_size"], (config["scale_min"], config["scale_max"])),
-        validate=True, progress=ctx.is_main)
+    """Train and val splits, every file checked before training starts. Training images are
+    rescaled around ``input_size`` (base_size), so that at scale 1 objects have the size the
+    model sees them at in validation and on the drone, whatever the crop size."""
+    transform = TrainTransform(config["crop_size"], (config["scale_min"], config["scale_max"]),
+                               base_size=config["input_size"])
+    train_set = SegmentationDataset(data, config["train_split"], transform=transform,
+                                    validate=True, progress=ctx.is_main)
     val_set = SegmentationDataset(
         data, config["val_split"],
         transform=EvalTransform(config["input_size"], resize_label=False),
