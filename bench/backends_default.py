@@ -37,7 +37,7 @@ from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
 DEFAULT_MODELS: List[Tuple[str, str]] = [
     ("default", "models/default.safetensors"),  # pruned + distilled (python -m training default-model)
     ("unpruned", "runs/default_model/student/best.safetensors"),  # distilled, before pruning
-    ("undistilled", "runs/ablation/student/best.safetensors"),  # no teacher, no pruning
+    ("undistilled", "runs/ablation_cpu/student/best.safetensors"),  # no teacher, no pruning
 ]
 CACHE = ROOT / "runs" / "bench_cache"
 BACKENDS = ("eager", "ort_fp32", "ort_int8")

@@ -37,7 +37,7 @@ DOC = ROOT / "docs" / "BENCHMARKS.md"
 DEFAULT_ONNX = "models/default.onnx"
 DEFAULT_CHECKPOINT = "models/default.safetensors"
 UNPRUNED = "runs/default_model/student/best.safetensors"
-UNDISTILLED = "runs/ablation/student/best.safetensors"
+UNDISTILLED = "runs/ablation_cpu/student/best.safetensors"
 BUDGET_S = 15 * 60
 
 
@@ -310,7 +310,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--unpruned", default=UNPRUNED, help="the student before pruning")
     parser.add_argument("--undistilled", default=UNDISTILLED,
                         help="the student trained without the teacher (python -m training "
-                             "ablation --out runs/ablation writes it there)")
+                             "ablation --config training/configs/ablation_cpu.yaml --out runs/ablation_cpu writes it there)")
     parser.add_argument("--load-input-size", type=int, default=512,
                         help="input size the load bench runs --checkpoint at (exported)")
     parser.add_argument("--out", default=str(DOC), help="the document to (re)write")
