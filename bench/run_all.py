@@ -309,8 +309,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="the default student's checkpoint (PyTorch back end, back ends)")
     parser.add_argument("--unpruned", default=UNPRUNED, help="the student before pruning")
     parser.add_argument("--undistilled", default=UNDISTILLED,
-                        help="the student trained without the teacher (python -m training "
-                             "ablation --config training/configs/ablation_cpu.yaml --out runs/ablation_cpu writes it there)")
+                        help="the student trained without the teacher (written there by "
+                             "python -m training ablation --config "
+                             "training/configs/ablation_cpu.yaml --out runs/ablation_cpu)")
     parser.add_argument("--load-input-size", type=int, default=512,
                         help="input size the load bench runs --checkpoint at (exported)")
     parser.add_argument("--out", default=str(DOC), help="the document to (re)write")
