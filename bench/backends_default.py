@@ -35,7 +35,8 @@ from matmul_rate import matmul_runner  # noqa: E402
 from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
 
 DEFAULT_MODELS: List[Tuple[str, str]] = [
-    ("default", "models/default.safetensors"),  # pruned + distilled (python -m training default-model)
+    # pruned + distilled (python -m training default-model)
+    ("default", "models/default.safetensors"),
     ("unpruned", "runs/default_model/student/best.safetensors"),  # distilled, before pruning
     ("undistilled", "runs/ablation_cpu/student/best.safetensors"),  # no teacher, no pruning
 ]

@@ -25,8 +25,8 @@ from typing import Dict, List, Optional, Tuple
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
-from node_graph import (MemorySampler, NodeGraph, NodeGraphError, counters, is_balanced,  # noqa: E402
-                        percentile, proc_memory_mb)
+from node_graph import (MemorySampler, NodeGraph, NodeGraphError,  # noqa: E402
+                        counters, is_balanced, percentile, proc_memory_mb)
 from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
 
 DEFAULT_MODEL = BENCH.parent / "models" / "default.onnx"

@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 # The camera and listener processes, the process environment and the test scene are the node
 # tests' own (test/ros_helpers.py); the benches drive the node the same way the tests do.
 sys.path.insert(0, str(REPO / "test"))
-from ros_helpers import HELPERS, random_domain_id, ros_env, scene_rgb, start, stop  # noqa: E402,F401
+from ros_helpers import (HELPERS, random_domain_id, ros_env, scene_rgb,  # noqa: E402,F401
+                         start, stop)
 
 PARAMS_FILE = REPO / "config" / "drone.yaml"
 CAMERA_TOPIC = "/camera/image_raw"

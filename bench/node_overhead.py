@@ -3,11 +3,12 @@
 The bare back end is the model's ``run(x)`` on the pre-processed test scene, timed in this
 process. The node runs with config/drone.yaml in its own process and gets the same 512x512
 scene from the test camera in bursts at half the rate the bare model sustains, so it is idle
-between frames; bare blocks and node bursts alternate (drift on a shared machine touches both
-sides alike), and the node sits idle while the bare back end is timed; its time per frame is the sum of its per-stage medians from /diagnostics
-(conversion, preprocess, inference, postprocess including the outputs it builds, publish)
-over all frames. Measured with the outputs of drone.yaml (mask, colour mask, overlay,
-detections) and with the mask and detections only. Target: at most 1.10x.
+between frames. Bare blocks and node bursts alternate (drift on a shared machine touches both
+sides alike; the node sits idle while the bare back end is timed). The node's time per frame
+is the sum of its per-stage medians from /diagnostics (conversion, preprocess, inference,
+postprocess including the outputs it builds, publish) over all frames. Measured with the
+outputs of drone.yaml (mask, colour mask, overlay, detections) and with the mask and
+detections only. Target: at most 1.10x.
 
     .venv/bin/python bench/node_overhead.py
     .venv/bin/python bench/node_overhead.py --model MODEL.onnx --frames 20
@@ -111,8 +112,8 @@ def section(result: Dict[str, object]) -> Tuple[str, List[Target]]:
     body = "\n\n".join([
         "Model %s (%s back end), %dx%d rgb8 frames, reliable QoS, in %d bursts at half the "
         "rate the bare back end sustains, each burst after a block of bare back-end runs in "
-        "the bench process (bare = median of the blocks' medians). Node figures: per-stage medians (ms) from its "
-        "/diagnostics over all frames; node total = their sum; bare = median of `run(x)`; "
+        "the bench process. Node figures: per-stage medians (ms) from its /diagnostics over "
+        "all frames; node total = their sum; bare = median of the blocks' `run(x)` medians; "
         "node / own inference = the same ratio against the node's inference stage, which was "
         "timed in the same moments." % (
             result["model"], result["backend"], result["size"], result["size"],
