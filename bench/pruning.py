@@ -5,9 +5,9 @@ at 288 and 512 input, side by side in one run: the unpruned model, the structure
 (training.prune ``--method all --amount 0.5`` unless ``--pruned CKPT``), and the same
 unpruned model with 50 % of its weights zeroed by unstructured magnitude pruning. For each:
 parameters, GMACs, PyTorch eager latency and ONNX Runtime (CPU) latency, and each as a ratio
-to the unpruned model. Latency is the median over interleaved rounds (every model in turn runs
-a short block of timed calls per round), so drift on a shared machine touches all of them
-alike; only the model's forward pass on a pre-processed 1x3xSxS input is timed, after warm-up.
+to the unpruned model. Latency is the median over interleaved rounds (every model once per
+round, in turn), so drift on a shared machine touches all of them alike; only the model's
+forward pass on a pre-processed 1x3xSxS input is timed, after warm-up.
 
 Without checkpoints the models have random weights: speed does not depend on the values
 (accuracy is measured by ``python -m training ablation``). Target: the structured-pruned
@@ -15,7 +15,7 @@ student runs at least 1.5x faster on ONNX Runtime than the unpruned one.
 
     .venv/bin/python bench/pruning.py
     .venv/bin/python bench/pruning.py --checkpoint runs/student/best.safetensors \\
-        --pruned runs/pruned/best.safetensors --sizes 288 512 --threads 2 --rounds 6
+        --pruned runs/pruned/best.safetensors --sizes 288 512 --threads 2 --rounds 15
 """
 import argparse
 import copy
