@@ -179,3 +179,15 @@ def test_ground_truth_of_wrong_size_stops_the_evaluation(tiny_onnx, tmp_path):
     assert result.returncode == 1
     assert "/camera/gt_mask at stamp %d is 24x8 (WxH)" % START_NS in result.stderr
     assert str(bag) in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.ros
+def test_node_that_cannot_start_is_reported(flight, tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_text("not an ONNX file")
+    result = bag_eval("--bag", flight, "--json", tmp_path / "r.json", "--mode", "live",
+                      "--model", bad, "--quiet")
+    assert result.returncode == 1
+    assert "segmentation node exited with code 1" in result.stderr
+    assert str(bad) in result.stderr  # the tail of the node's log says what failed
+    assert "Traceback" not in result.stderr and not (tmp_path / "r.json").exists()
