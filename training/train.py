@@ -691,7 +691,7 @@ class Trainer:
                     means = (window / window_count).tolist()
                     postfix = {n: "%.4f" % v for n, v in zip(names, means)}
                     postfix.update(lr="%.2e" % lr,
-                                   img_s="%.1f" % (window_count * images_per_step / elapsed))
+                                   img_s="%.3g" % (window_count * images_per_step / elapsed))
                     bar.set_postfix(postfix, refresh=False)
                     if metrics_log is not None:
                         metrics_log.scalars(self.iteration, dict(zip(names, means), lr=lr), "train")
