@@ -424,7 +424,7 @@ class TensorRTBackend:
         x = np.ascontiguousarray(x, dtype=in_dtype)
         self._check(cudart.cudaMemcpyAsync(in_ptr, x.ctypes.data, x.nbytes,
                                            kind.cudaMemcpyHostToDevice, self._stream))
-        if not self.context.execute_async_v3(self._stream):
+        if not self.context.execute_async_v3(int(self._stream)):
             raise RuntimeError("%s: TensorRT execution failed" % self.model_path)
         out_ptr, out_shape, out_dtype = self._buffers[self.output_name]
         out = np.empty(out_shape, dtype=out_dtype)
