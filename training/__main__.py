@@ -49,7 +49,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                      description=(module.__doc__ or help_text).strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
+    # Intermixed: `key=value` overrides may stand before or after the options.
+    args = parser.parse_intermixed_args(argv[1:])
     return int(module.main(args) or 0)
 
 
