@@ -351,6 +351,11 @@ def model_card(report: Dict[str, Any]) -> str:
                      % (title, what, _f(r.get("miou")), _f(r.get("dice")),
                         "n/a" if params is None else "%.2fM" % (params / 1e6),
                         _f(r.get("gmacs"), 2), _f(r.get("latency_ms"), 1)))
+    iou = fp32.get("per_class_iou") or {}
+    good = [name for name, value in iou.items() if value is not None and value >= 0.3]
+    found = ("Classes `default.onnx` segments with an IoU of at least 0.3 on these scenes: %s; "
+             "it misses the others (per-class IoU in `default_model.json`)."
+             % (", ".join(good) if good else "none"))
     files = "\n".join("- `%s` (%.1f MB)" % (name, info["bytes"] / 1e6)
                       for name, info in report["files"].items())
     machine = report["machine"]
@@ -396,6 +401,8 @@ and run folders in `{work}/`):
 
 {table}
 
+{found}
+
 mIoU: dataset-level confusion matrix; Dice: the LPCV 2023 challenge's per-image mean Dice.
 Latency: median forward pass per image after warm-up on this CPU with {threads} thread(s)
 (`python -m training evaluate`), model only (no pre/post-processing); PyTorch eager for the
@@ -438,6 +445,7 @@ Built {built} with Python {python}, torch {torch}, onnxruntime {ort}.
         p_amount=s["prune"]["amount"], p_iters=s["prune"]["finetune_iters"],
         p_before=prune["before"]["params"] / 1e6, p_after=prune["after"]["params"] / 1e6,
         g_before=prune["before"]["gmacs"], g_after=prune["after"]["gmacs"], table="\n".join(table),
+        found=found,
         threads=(s.get("latency") or {}).get("threads", "default"), files=files,
         built=report["built"], python=machine["python"], torch=machine["torch"],
         ort=machine["onnxruntime"])
