@@ -41,6 +41,7 @@ import numpy as np
 from .bagio import (CAMERA_TOPIC, DETECTIONS_TOPIC, GT_TOPIC, MASK_TOPIC, BagError, BagWriter,
                     Frame, FrameReader, stamp_to_ns)
 from .classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, palette
+from .fileio import write_json_atomic
 from .imaging import overlay
 from .metrics import SegmentationMetrics
 
@@ -747,10 +748,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
 
 def write_report(path: Path, report: Dict[str, object]) -> None:
     """Write atomically, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(str(tmp), str(path))
+    write_json_atomic(path, report)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

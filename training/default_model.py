@@ -33,6 +33,8 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from lpcv_segmentation.fileio import write_json_atomic, write_text_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "training" / "configs" / "default_model.yaml"
 DEFAULT_OUT = ROOT / "models"
@@ -280,8 +282,8 @@ def build(settings: Dict[str, Any], out: Path, work: Path, resume: bool = False,
     }
     if "fp16" in models:
         report["export"]["fp16"] = json.loads((work / "export_fp16.json").read_text())
-    _write_text(out / REPORT_NAME, json.dumps(report, indent=2, default=str) + "\n")
-    _write_text(out / CARD_NAME, model_card(report))
+    write_json_atomic(out / REPORT_NAME, report)
+    write_text_atomic(out / CARD_NAME, model_card(report))
     return report
 
 
@@ -310,10 +312,6 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,7 +485,7 @@ def main(args: argparse.Namespace) -> int:
             print("default-model: error: cannot read %s: %s" % (report_path, error),
                   file=sys.stderr)
             return 1
-        _write_text(args.out / CARD_NAME, model_card(report))
+        write_text_atomic(args.out / CARD_NAME, model_card(report))
         print("wrote %s" % (args.out / CARD_NAME))
         return 0
     try:

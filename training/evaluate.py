@@ -21,7 +21,6 @@ With --overlays N the first N images are also written as PNGs ``image | label |
 prediction`` in the class colours, with a legend of the classes shown.
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -32,6 +31,7 @@ import cv2
 import numpy as np
 
 from lpcv_segmentation.classes import CLASS_NAMES, IGNORE_INDEX, palette
+from lpcv_segmentation.fileio import write_json_atomic
 from lpcv_segmentation.metrics import SegmentationMetrics
 
 IGNORE_COLOR = (255, 255, 255)  # label pixels without annotation, in overlays
@@ -238,14 +238,8 @@ def evaluate(model_path: str, data: str, split: str = "val", backend: str = "aut
 
 def write_json(result: Dict[str, Any], path: str) -> None:
     """Write atomically (temporary file, then rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(folder, exist_ok=True)
-        tmp = "%s.tmp.%d" % (path, os.getpid())
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
+        write_json_atomic(path, result)
     except OSError as exc:
         raise EvaluateError("cannot write %s: %s" % (path, exc))
 

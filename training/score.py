@@ -10,7 +10,6 @@ Example:
   python -m training score --pred runs/val_pred --gt LPCVC_Val/GT/val --json val_score.json
 """
 import argparse
-import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lpcv_segmentation.classes import IGNORE_INDEX, NUM_CLASSES
+from lpcv_segmentation.fileio import write_json_atomic
 from lpcv_segmentation.labels_io import LabelFileError, read_label_png
 from lpcv_segmentation.metrics import SegmentationMetrics, confusion_matrix
 
@@ -95,15 +95,6 @@ def score_dirs(pred_dir: str, gt_dir: str, workers: int = 1,
     return metrics
 
 
-def write_json(path: str, data: Dict[str, object]) -> None:
-    """Write atomically, so a reader never sees half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def _fmt(value: object) -> str:
@@ -118,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
         return 1
     summary = metrics.summary()
     if args.json:
-        write_json(args.json, summary)
+        write_json_atomic(args.json, summary)
     print("images %d  mIoU %s  Dice %s  pixel acc %s"
           % (summary["images"], _fmt(summary["miou"]), _fmt(summary["dice"]),
              _fmt(summary["pixel_acc"])))
