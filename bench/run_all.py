@@ -129,23 +129,48 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def model_rows(args: argparse.Namespace) -> List[List[str]]:
-    """What each model file is (from its own metadata), or that it is missing."""
-    rows = []
-    for role, given in (("node, memory (ONNX Runtime)", args.model),
-                        ("default student, memory (PyTorch)", args.checkpoint),
-                        ("unpruned student", args.unpruned),
-                        ("undistilled student", args.undistilled)):
+MODEL_ROLES = (("node, memory (ONNX Runtime)", "model"),
+               ("default student, memory (PyTorch)", "checkpoint"),
+               ("unpruned student", "unpruned"),
+               ("undistilled student", "undistilled"))
+
+
+def model_facts(args: argparse.Namespace) -> Dict[str, Optional[Dict[str, str]]]:
+    """{role: facts from the file itself (size, sha256, metadata), or None when missing}."""
+    facts: Dict[str, Optional[Dict[str, str]]] = {}
+    for role, option in MODEL_ROLES:
+        given = getattr(args, option)
         path = Path(given) if Path(given).is_absolute() else ROOT / given
         if not path.is_file():
-            rows.append([role, "`%s`" % given, "**not available: missing**", "-", "-", "-", "-"])
+            facts[role] = None
             continue
         meta = _metadata(path)
-        rows.append([role, "`%s`" % given, "%.1f MB, sha256 %s" % (path.stat().st_size / 1e6,
-                                                                   _sha256(path)),
-                     str(meta.get("arch", "?")), str(meta.get("input_size", "?")),
-                     "%.2fM" % (meta["params"] / 1e6) if meta.get("params") else "?",
-                     str(meta.get("precision", "fp32"))])
+        facts[role] = {"file": given, "size_mb": "%.1f" % (path.stat().st_size / 1e6),
+                       "sha256": _sha256(path), "arch": str(meta.get("arch", "?")),
+                       "input": str(meta.get("input_size", "?")),
+                       "params": "%.2fM" % (meta["params"] / 1e6) if meta.get("params")
+                       else "?", "precision": str(meta.get("precision", "fp32"))}
+    return facts
+
+
+def model_rows(args: argparse.Namespace, before: Dict[str, Optional[Dict[str, str]]],
+               after: Dict[str, Optional[Dict[str, str]]]) -> List[List[str]]:
+    """The models as they were when the run started; a file that changed while the benches
+    ran is flagged (benches that ran before and after the change measured different files)."""
+    rows = []
+    for role, option in MODEL_ROLES:
+        facts = before[role]
+        if facts is None:
+            rows.append([role, "`%s`" % getattr(args, option),
+                         "**not available: missing**", "-", "-", "-", "-"])
+            continue
+        note = "%s MB, sha256 %s" % (facts["size_mb"], facts["sha256"])
+        if after.get(role) != facts:
+            now = after.get(role)
+            note += " (**changed during the run**: now %s)" % (
+                "missing" if now is None else "sha256 %s" % now["sha256"])
+        rows.append([role, "`%s`" % facts["file"], note, facts["arch"], facts["input"],
+                     facts["params"], facts["precision"]])
     return rows
 
 
@@ -247,7 +272,9 @@ def target_rows(outcomes: Sequence[Outcome]) -> List[List[str]]:
 
 
 def document(outcomes: Sequence[Outcome], args: argparse.Namespace, facts: Dict[str, str],
-             started: datetime.datetime, wall_s: float, loads: Sequence[Sequence[float]]) -> str:
+             started: datetime.datetime, wall_s: float, loads: Sequence[Sequence[float]],
+             models_before: Dict[str, Optional[Dict[str, str]]],
+             models_after: Dict[str, Optional[Dict[str, str]]]) -> str:
     mode = " --quick" if args.quick else ""
     targets = target_rows(outcomes)
     missed = [row for row in targets if "MISSED" in row[4]]
@@ -278,7 +305,7 @@ def document(outcomes: Sequence[Outcome], args: argparse.Namespace, facts: Dict[
         "## Models measured",
         "",
         markdown_table(["role", "file", "file facts", "arch", "input", "params", "precision"],
-                       model_rows(args)),
+                       model_rows(args, models_before, models_after)),
         "",
         "## Targets",
         "",
@@ -327,6 +354,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     started = datetime.datetime.now(datetime.timezone.utc)
     loads = [os.getloadavg()]
     facts = machine()
+    models_before = model_facts(args)
     begin = time.monotonic()
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="bench_run_all_") as work:
@@ -334,7 +362,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             outcomes.append(run_step(step, step.quick if args.quick else step.full, Path(work)))
     wall_s = time.monotonic() - begin
     loads.append(os.getloadavg())
-    text = document(outcomes, args, facts, started, wall_s, loads)
+    text = document(outcomes, args, facts, started, wall_s, loads, models_before,
+                    model_facts(args))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
