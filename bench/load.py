@@ -116,9 +116,11 @@ def targets_of(result: Dict[str, object]) -> List[Target]:
                % tag, "received == processed + dropped + rejected",
                "-" if not counts else "%(received)d = %(processed)d + %(dropped)d + %(rejected)d"
                % counts, bool(counts) and result["balanced"] and is_balanced(counts)),
-        Target("load (%s): node up throughout" % tag, "alive, exit code 0",
-               "alive %s, exit code %s" % (result["node_alive_after"], result["node_exit_code"]),
-               bool(result["node_alive_after"]) and result["node_exit_code"] == 0),
+        Target("load (%s): node up throughout" % tag, "alive",
+               "alive" if result["node_alive_after"] else "exited",
+               bool(result["node_alive_after"])),
+        Target("load (%s): clean exit on SIGINT afterwards" % tag, "exit code 0",
+               "exit code %s" % result["node_exit_code"], result["node_exit_code"] == 0),
     ]
 
 

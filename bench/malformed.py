@@ -321,7 +321,8 @@ def check(result: Dict[str, object]) -> Dict[str, bool]:
     """The behaviour asked for, one verdict each."""
     counts = result["counters"] or {}
     return {
-        "node stayed up": bool(result["node_alive_after"]) and result["node_exit_code"] == 0,
+        "node stayed up": bool(result["node_alive_after"]),
+        "clean exit on SIGINT afterwards": result["node_exit_code"] == 0,
         "every frame reached the node": counts.get("received") == result["sent"],
         "every bad frame counted as rejected": (counts.get("rejected") == result["bad_sent"]
                                                 and not result["bad_with_mask"]
@@ -384,7 +385,9 @@ def section(results: Dict[str, Dict[str, object]], model: str) -> Tuple[str, Lis
 def _evidence(name: str, result: Dict[str, object]) -> str:
     counts = result["counters"] or {}
     if name == "node stayed up":
-        return "alive %s, exit code %s" % (result["node_alive_after"], result["node_exit_code"])
+        return "alive after the last frame" if result["node_alive_after"] else "exited"
+    if name == "clean exit on SIGINT afterwards":
+        return "exit code %s" % result["node_exit_code"]
     if name == "every frame reached the node":
         return "%s of %d" % (counts.get("received"), result["sent"])
     if name == "every bad frame counted as rejected":
