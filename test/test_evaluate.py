@@ -18,13 +18,7 @@ from training.train import val_loader, validate
 KEYS = ("miou", "dice", "pixel_acc", "per_class_iou", "params", "gmacs", "latency_ms", "score")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One thread: on a busy machine two OpenMP threads spin-wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,7 @@ from training.losses import (CrossEntropy, FeatureDistillation, FeatureGeneratio
                              build_supervised_loss)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One thread: on a busy machine two OpenMP threads spin-wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def _batch(seed=0, n=2, c=5, h=6, w=7):

@@ -33,14 +33,7 @@ TINY = ["arch=mobilevit_xxs", "decoder_channels=16", "input_size=64", "crop_size
         "batch_size=4", "workers=0", "warmup_iters=2", "lr=2e-3"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Train on one thread: on a busy machine two OpenMP threads that keep being descheduled
-    spin-wait for each other and run several times slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def train_cli(data, out, *overrides, config=STUDENT_YAML, teacher=None, resume=False):
