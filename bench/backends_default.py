@@ -4,8 +4,13 @@ For each model: PyTorch eager (fp32), ONNX Runtime fp32 and ONNX Runtime int8 la
 forward pass on a pre-processed 1x3xSxS input (S = the model's own input size), and the
 GMAC/s each achieves against the machine's fp32 matrix-multiply rate measured in the same
 run (bench/matmul_rate.py), i.e. how close the model comes to the hardware limit. Everything
-is timed in interleaved rounds (the matrix product and every model/back end once per round,
-in turn), so drift on a shared machine touches all of them alike; latencies are medians.
+is timed in interleaved rounds: per round, the matrix product and every model/back end in turn
+run one untimed call (it absorbs the previous runner's threads winding down) and a short block
+of timed calls, so drift on a shared machine touches all of them alike; latencies are medians.
+
+PyTorch's OpenMP threads are told to sleep when idle (OMP_WAIT_POLICY=PASSIVE, set before torch
+is imported): with the default spinning, eager inference on 2 threads ran 3x to 50x slower here
+whenever another process used the CPU, which measures the contention, not the model.
 
 ONNX files: ``<checkpoint stem>.onnx`` / ``<stem>_int8.onnx`` beside the checkpoint when they
 exist (models/default.onnx), else exported here into runs/bench_cache/ (fp32 with
@@ -20,7 +25,11 @@ import argparse
 import contextlib
 import hashlib
 import os
+import statistics
 import sys
+
+# Before torch is imported (libgomp reads it once): see the module docstring.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -30,7 +39,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
-from common import interleaved, load_average, set_threads  # noqa: E402
+from common import load_average, set_threads, timed  # noqa: E402
 from matmul_rate import matmul_runner  # noqa: E402
 from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
 
@@ -47,9 +56,12 @@ CALIBRATION_SEED = 7000
 
 
 def _cache_name(checkpoint: str, size: int, suffix: str) -> Path:
-    """A cache file tied to the checkpoint's path, size on disk and modification time."""
+    """A cache file tied to the checkpoint (path, size on disk, modification time), the input
+    size and the export code (training/export.py), so a change to any of them re-exports."""
     stat = os.stat(checkpoint)
-    key = "%s:%d:%d:%d" % (os.path.abspath(checkpoint), stat.st_size, stat.st_mtime_ns, size)
+    exporter = hashlib.sha1((ROOT / "training" / "export.py").read_bytes()).hexdigest()
+    key = "%s:%d:%d:%d:%s" % (os.path.abspath(checkpoint), stat.st_size, stat.st_mtime_ns, size,
+                              exporter)
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     return CACHE / ("%s_%d_%s%s" % (Path(checkpoint).stem, size, digest, suffix))
 
@@ -140,8 +152,23 @@ def prepare(name: str, checkpoint: str, size: Optional[int], threads: int
             "onnx_origin": {p: f[1] for p, f in files.items()}, "runners": runners}
 
 
+def interleaved_blocks(runners: Dict[str, Callable[[], Any]], rounds: int, block: int
+                       ) -> Dict[str, Dict[str, float]]:
+    """Per round, each runner in turn: one untimed call, then ``block`` timed calls
+    (``common.timed``). {name: {"median_ms": median of the blocks' medians, "min_ms": fastest
+    call, "cpu_median_ms": median of the blocks' process-CPU medians}}."""
+    blocks: Dict[str, List[Any]] = {name: [] for name in runners}
+    for _ in range(max(1, rounds)):
+        for name, run in runners.items():
+            blocks[name].append(timed(run, block, warmup=1))
+    return {name: {"median_ms": statistics.median(t.median_ms for t in values),
+                   "min_ms": min(t.min_ms for t in values),
+                   "cpu_median_ms": statistics.median(t.cpu_median_ms for t in values)}
+            for name, values in blocks.items()}
+
+
 def run(models: List[Tuple[str, str]], size: Optional[int], threads: int, rounds: int,
-        matmul_size: int) -> Dict[str, Any]:
+        matmul_size: int, block: int = 3) -> Dict[str, Any]:
     set_threads(threads)
     prepared, missing = [], []
     for name, checkpoint in models:
@@ -156,24 +183,24 @@ def run(models: List[Tuple[str, str]], size: Optional[int], threads: int, rounds
     for p in prepared:
         for backend, runner in p["runners"].items():
             runners["%s/%s" % (p["name"], backend)] = runner
-    print("timing %d runners x %d rounds ..." % (len(runners), rounds), file=sys.stderr,
-          flush=True)
+    print("timing %d runners x %d rounds of %d ..." % (len(runners), rounds, block),
+          file=sys.stderr, flush=True)
     loads = [load_average()]
-    timings = interleaved(runners, rounds)
+    timings = interleaved_blocks(runners, rounds, block)
     loads.append(load_average())
     # Rates from each runner's fastest round: the least disturbed by other work on the machine,
     # so the model's rate and the matrix product's peak are compared like for like.
-    matmul_gmacs = matmul_flops / 2.0 / (timings["matmul"].min_ms / 1000.0) / 1e9
+    matmul_gmacs = matmul_flops / 2.0 / (timings["matmul"]["min_ms"] / 1000.0) / 1e9
     results = []
     for p in prepared:
-        ms = {b: timings["%s/%s" % (p["name"], b)].median_ms for b in BACKENDS}
-        best = {b: timings["%s/%s" % (p["name"], b)].min_ms for b in BACKENDS}
+        ms = {b: timings["%s/%s" % (p["name"], b)]["median_ms"] for b in BACKENDS}
+        best = {b: timings["%s/%s" % (p["name"], b)]["min_ms"] for b in BACKENDS}
         record = {k: v for k, v in p.items() if k != "runners"}
         record.update(ms=ms, best_ms=best,
                       gmacs_per_s={b: p["gmacs"] / (best[b] / 1000.0) for b in BACKENDS})
         results.append(record)
-    return {"threads": threads, "rounds": rounds, "matmul_size": matmul_size,
-            "matmul_ms": timings["matmul"].median_ms, "matmul_best_ms": timings["matmul"].min_ms,
+    return {"threads": threads, "rounds": rounds, "block": block, "matmul_size": matmul_size,
+            "matmul_ms": timings["matmul"]["median_ms"], "matmul_best_ms": timings["matmul"]["min_ms"],
             "matmul_gmacs_per_s": matmul_gmacs, "matmul_gflops": 2.0 * matmul_gmacs,
             "models": results, "missing": missing, "load_average": loads}
 
@@ -196,15 +223,16 @@ def section(result: Dict[str, Any]) -> Tuple[str, List[Target]]:
     for name, checkpoint in result["missing"]:
         rows.append([name, "not available: %s missing" % checkpoint] + ["-"] * 10)
     body = "\n\n".join([
-        "%d thread(s) for every back end; latencies are medians of %d interleaved rounds; "
-        "forward pass only on a pre-processed input. Machine fp32 matrix-multiply peak, timed "
-        "in the same rounds (%dx%d torch.mm, fastest round): **%.1f GFLOP/s = %.1f GMAC/s**. A "
-        "model's GMAC/s is its MACs over its fastest round, with its share of that peak (int8 "
-        "too, against the fp32 peak); fastest rounds on both sides, because they are the least "
+        "%d thread(s) for every back end (PyTorch's OpenMP threads passive when idle); "
+        "latencies are medians over %d interleaved rounds of %d timed calls each; forward "
+        "pass only on a pre-processed input. Machine fp32 matrix-multiply peak, timed in the "
+        "same rounds (%dx%d torch.mm, fastest call): **%.1f GFLOP/s = %.1f GMAC/s**. A model's "
+        "GMAC/s is its MACs over its fastest call, with its share of that peak (int8 too, "
+        "against the fp32 peak); fastest calls on both sides, because they are the least "
         "disturbed by other work on a shared machine. Load average (1 min) before and after "
         "the timing: %s."
-        % (result["threads"], result["rounds"], result["matmul_size"], result["matmul_size"],
-           result["matmul_gflops"], peak,
+        % (result["threads"], result["rounds"], result["block"], result["matmul_size"],
+           result["matmul_size"], result["matmul_gflops"], peak,
            " / ".join(fmt(v, "%.1f") for v in result["load_average"])),
         markdown_table(["model", "input", "eager ms", "ORT fp32 ms", "ORT int8 ms",
                         "ORT fp32 vs eager", "int8 vs fp32", "ORT fp32 ms vs %s"
@@ -226,7 +254,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--size", type=int, default=None,
                         help="input size (default: each model's own)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--block", type=int, default=3, help="timed calls per runner per round")
     parser.add_argument("--matmul-size", type=int, default=1024)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
@@ -238,7 +267,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             parser.error("--model takes NAME=CHECKPOINT")
         if any(len(m) != 2 for m in models):
             parser.error("--model takes NAME=CHECKPOINT, got %s" % args.model)
-    result = run(models, args.size, args.threads, args.rounds, args.matmul_size)
+    result = run(models, args.size, args.threads, args.rounds, args.matmul_size, args.block)
     body, targets = section(result)
     return finish("Back ends", body, targets, args.json, {"result": result})
 
