@@ -200,7 +200,8 @@ def run(models: List[Tuple[str, str]], size: Optional[int], threads: int, rounds
                       gmacs_per_s={b: p["gmacs"] / (best[b] / 1000.0) for b in BACKENDS})
         results.append(record)
     return {"threads": threads, "rounds": rounds, "block": block, "matmul_size": matmul_size,
-            "matmul_ms": timings["matmul"]["median_ms"], "matmul_best_ms": timings["matmul"]["min_ms"],
+            "matmul_ms": timings["matmul"]["median_ms"],
+            "matmul_best_ms": timings["matmul"]["min_ms"],
             "matmul_gmacs_per_s": matmul_gmacs, "matmul_gflops": 2.0 * matmul_gmacs,
             "models": results, "missing": missing, "load_average": loads}
 

@@ -64,7 +64,7 @@ def steps(args: argparse.Namespace) -> List[Step]:
             pruning += ["--pruned", args.checkpoint]
     return [
         Step("backends", "1. Back ends: PyTorch eager vs ONNX Runtime fp32 and int8",
-             "backends_default.py", backends + ["--rounds", "10"], backends + ["--rounds", "3"],
+             "backends_default.py", backends + ["--rounds", "6"], backends + ["--rounds", "2"],
              True, 240),
         Step("pruning", "2. Pruning: pruned vs unpruned students",
              "pruning.py", pruning + ["--rounds", "3"], pruning + ["--rounds", "2",
