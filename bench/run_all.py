@@ -196,6 +196,13 @@ class Outcome(NamedTuple):
     record: Optional[Dict[str, object]]
 
 
+def bench_env() -> Dict[str, str]:
+    """The benches' environment: OpenMP threads (PyTorch's) sleep when idle instead of spinning.
+    On a shared machine spinning threads made PyTorch eager 3x to 50x slower, and slowed
+    whatever ran beside them, so timings measured the contention rather than the model."""
+    return dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+
+
 def run_step(step: Step, arguments: List[str], work: Path) -> Outcome:
     """Run one bench; its stdout is its section, its stderr goes to the terminal as it comes."""
     json_path = work / (step.key + ".json")
@@ -208,7 +215,7 @@ def run_step(step: Step, arguments: List[str], work: Path) -> Outcome:
     tail: collections.deque = collections.deque(maxlen=30)
     start = time.monotonic()
     process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, errors="replace")
+                               text=True, errors="replace", env=bench_env())
 
     def forward() -> None:
         for line in process.stderr:
@@ -300,7 +307,9 @@ def document(outcomes: Sequence[Outcome], args: argparse.Namespace, facts: Dict[
         "`--only backends pruning overhead memory load malformed dds score`; `--model`, "
         "`--checkpoint`, `--unpruned` and `--undistilled` point the benches at other model "
         "files. The node benches start the real node, camera and listener processes, each "
-        "run in a ROS domain of its own.",
+        "run in a ROS domain of its own. Every bench runs with OMP_WAIT_POLICY=%s (PyTorch's "
+        "OpenMP threads sleep when idle: spinning ones made eager inference 3x to 50x slower "
+        "whenever another process used the CPU)." % bench_env()["OMP_WAIT_POLICY"],
         "",
         "## Models measured",
         "",
