@@ -5,9 +5,9 @@ at 288 and 512 input, side by side in one run: the unpruned model, the structure
 (training.prune ``--method all --amount 0.5`` unless ``--pruned CKPT``), and the same
 unpruned model with 50 % of its weights zeroed by unstructured magnitude pruning. For each:
 parameters, GMACs, PyTorch eager latency and ONNX Runtime (CPU) latency, and each as a ratio
-to the unpruned model. Latency is the median over interleaved rounds (every model once per
-round, in turn), so drift on a shared machine touches all of them alike; only the model's
-forward pass on a pre-processed 1x3xSxS input is timed, after warm-up.
+to the unpruned model. Latency is the median over interleaved rounds (every model in turn runs
+a short block of timed calls per round), so drift on a shared machine touches all of them
+alike; only the model's forward pass on a pre-processed 1x3xSxS input is timed, after warm-up.
 
 Without checkpoints the models have random weights: speed does not depend on the values
 (accuracy is measured by ``python -m training ablation``). Target: the structured-pruned
@@ -15,7 +15,7 @@ student runs at least 1.5x faster on ONNX Runtime than the unpruned one.
 
     .venv/bin/python bench/pruning.py
     .venv/bin/python bench/pruning.py --checkpoint runs/student/best.safetensors \\
-        --pruned runs/pruned/best.safetensors --sizes 288 512 --threads 2 --rounds 15
+        --pruned runs/pruned/best.safetensors --sizes 288 512 --threads 2 --rounds 6
 """
 import argparse
 import copy
@@ -53,14 +53,16 @@ def make_models(checkpoint: Optional[str], pruned: Optional[str], arch: str, met
     if pruned:
         structured, _ = load_checkpoint(pruned)
     else:
-        structured = prune.prune_step(copy.deepcopy(base), method, amount)
+        structured = prune.prune_step(copy.deepcopy(base), method, amount,
+                                      round_to=prune.DEFAULT_ROUND_TO)
     unstructured = copy.deepcopy(base)
     prune.prune_unstructured(unstructured, amount)
     return {"unpruned": base.eval(), "structured": structured.eval(),
             "unstructured": unstructured.eval()}
 
 
-def export_all(models: Dict[str, Any], sizes: Sequence[int], work: str) -> Dict[str, Dict[int, str]]:
+def export_all(models: Dict[str, Any], sizes: Sequence[int], work: str
+               ) -> Dict[str, Dict[int, str]]:
     """fp32 ONNX file of every model at every size (checked against PyTorch by the export)."""
     from lpcv_segmentation.model import save_checkpoint
     from training.export import export_onnx
@@ -107,6 +109,10 @@ def measure(models: Dict[str, Any], onnx: Dict[str, Dict[int, str]], sizes: Sequ
     from lpcv_segmentation.model import count_macs, count_params
     from lpcv_segmentation.runtime import Segmenter
     torch.set_num_threads(threads)
+    # Untrained weights give denormal activations, which PyTorch's CPU kernels compute up to
+    # 10x slower (ONNX Runtime flushes them to zero); flush them here too, so that eager
+    # timings of random-weight models mean what they would for trained ones.
+    torch.set_flush_denormal(True)
     results: Dict[int, Dict[str, Dict[str, float]]] = {}
     for size in sizes:
         x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
@@ -146,8 +152,8 @@ def section(results: Dict[int, Dict[str, Dict[str, float]]], args: argparse.Name
     headers = ["input", "model", "params", "GMACs", "eager ms", "ORT ms", "params ratio",
                "MACs ratio", "eager speed-up", "ORT speed-up"]
     what = ("--pruned %s" % args.pruned) if args.pruned else (
-        "training.prune --method %s --amount %s (importance l2, per layer)" % (args.method,
-                                                                             args.amount))
+        "training.prune --method %s --amount %s (importance l2, per layer, widths rounded "
+        "to multiples of 8)" % (args.method, args.amount))
     body = "\n".join([
         "## Pruning: structured vs unstructured, %s" % (args.checkpoint or args.arch),
         "",

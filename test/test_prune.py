@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from lpcv_segmentation.model import (build_model, count_params, load_checkpoint, read_metadata,
-                                     save_checkpoint)
+from lpcv_segmentation.model import build_model, count_params, load_checkpoint, save_checkpoint
 from training import prune as P
 
 SIZE = 64  # smallest input the MobileViT encoder takes (output stride 32, patch 2)
@@ -121,7 +120,7 @@ def test_head_rounding_keeps_at_least_one_head(base):
 def test_all_with_macs_target_reaches_it(base):
     model = copy.deepcopy(base)
     gmacs = P.macs_of(model)
-    settings = P.PruneSettings(method="all", amount=0.4, target="macs")
+    settings = P.PruneSettings(method="all", amount=0.4, target="macs", importance="l2")
     record = P.prune_model(model, settings, original_gmacs=gmacs)
     assert record["gmacs"] <= 0.6 * gmacs + 1e-9
     assert record["gmacs"] > 0.45 * gmacs  # bisection: not far past the target
@@ -140,12 +139,62 @@ def test_importances_and_allocations(base, importance, allocation):
 
 def test_iterative_steps_reach_the_amount(base):
     model = copy.deepcopy(base)
-    settings = P.PruneSettings(method="all", amount=0.5, iterative=2)
+    settings = P.PruneSettings(method="all", amount=0.5, iterative=2, round_to=1, importance="l1")
     first = P.prune_model(model, settings, step=0)
     second = P.prune_model(model, settings, step=1, done=first["amount"])
     assert first["params"] > second["params"]
     assert P.count_units(model)["encoder_filters"] == P.count_units(base)["encoder_filters"] // 2
     assert P.count_units(model)["heads"] == P.count_units(base)["heads"] // 2
+
+
+def test_round_to_leaves_widths_in_multiples_of_eight(base):
+    model = copy.deepcopy(base)
+    calib = (torch.randn(2, 3, SIZE, SIZE), torch.randint(0, 14, (2, SIZE, SIZE)))
+    P.prune_model(model, P.PruneSettings(method="all", amount=0.3), calib)  # taylor, round_to 8
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)
+              and m is not model.classifier and m.groups == 1]
+    widths += [m.fc1.out_features for m in P.mlp_layers(model).values()]
+    assert all(w % 8 == 0 for w in widths), widths
+    assert count_params(model) < 0.8 * count_params(base)
+    _runs(model)
+
+
+def test_pruning_a_channel_removes_exactly_its_contribution(base):
+    """Index bookkeeping across concatenations, residual adds and the FPN: zeroing a channel's
+    batch-norm scale and shift (so the channel carries 0 after its ReLU) and then pruning that
+    channel must leave the output unchanged, for every convolution group of the model."""
+    import torch_pruning as tp
+    x = torch.randn(1, 3, SIZE, SIZE)
+    graph = tp.DependencyGraph().build_dependency(copy.deepcopy(base), example_inputs=x)
+    names = []
+    for group in graph.get_all_groups(root_module_types=[nn.Conv2d]):
+        targets = [dep.target.module for dep, _ in group]
+        if any(isinstance(t, nn.LayerNorm) for t in targets) or \
+                not any(isinstance(t, nn.BatchNorm2d) for t in targets) or \
+                any(getattr(t, "out_channels", None) == 14 for t in targets):
+            continue  # LayerNorm statistics see every channel; no zero-equivalent there
+        names.append(graph._module2name[group[0].dep.target.module])
+    assert any(n.startswith("decoder.") for n in names)
+    assert any(n.startswith("encoder.") for n in names)
+    checked = 0
+    for name in names[::3]:  # a third of the groups keeps the test quick
+        model = copy.deepcopy(base)
+        modules = dict(model.named_modules())
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+        root = modules[name]
+        prune_out = graph.get_pruner_of_module(root).prune_out_channels
+        group = graph.get_pruning_group(root, prune_out, [1])
+        with torch.no_grad():
+            for dep, idxs in group:
+                if isinstance(dep.target.module, nn.BatchNorm2d):
+                    dep.target.module.weight[idxs] = 0
+                    dep.target.module.bias[idxs] = 0
+            expected = model(x)
+        group.prune()
+        with torch.no_grad():
+            assert torch.allclose(model(x), expected, atol=1e-4), name
+        checked += 1
+    assert checked >= 5
 
 
 def test_unstructured_zeroes_weights_without_changing_shapes(base):
@@ -162,7 +211,8 @@ def test_unstructured_zeroes_weights_without_changing_shapes(base):
 def test_pruned_checkpoint_reloads_with_same_outputs(base, tmp_path):
     model = _pruned(base, "all", 0.5)
     path = str(tmp_path / "pruned.safetensors")
-    save_checkpoint(path, model, {"training": {"pruning": {"heads_after": P.heads_per_layer(model)}}})
+    heads = P.heads_per_layer(model)
+    save_checkpoint(path, model, {"training": {"pruning": {"heads_after": heads}}})
     reloaded, meta = load_checkpoint(path)
     x = torch.randn(1, 3, SIZE, SIZE)
     with torch.no_grad():

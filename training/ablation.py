@@ -45,9 +45,10 @@ SCHEMA: Dict[str, Dict[str, Any]] = {
     "teacher": {"config": "training/configs/teacher.yaml", "overrides": {}},
     "baseline": {"config": "training/configs/baseline.yaml", "distil": True, "overrides": {}},
     "student": {"config": "training/configs/student.yaml", "overrides": {}},
-    "prune": {"method": "all", "target": "sparsity", "amount": 0.5, "importance": "l2",
-              "allocation": "local", "iterative": 1, "finetune_iters": 200, "distil": True,
-              "overrides": {}},
+    "prune": {"method": "all", "target": "sparsity", "amount": 0.5,
+              "importance": prune_lib.DEFAULT_IMPORTANCE,
+              "allocation": "local", "iterative": 1, "round_to": prune_lib.DEFAULT_ROUND_TO,
+              "finetune_iters": 200, "distil": True, "overrides": {}},
     "quantise": {"fp16": True, "int8": True, "calib_images": 32},
     "sweep": {"enabled": True, "methods": ["filter", "channel", "neuron", "head", "all",
                                            "unstructured"],
@@ -115,9 +116,10 @@ def prune_settings(section: Dict[str, Any], amount: Optional[float] = None,
     return prune_lib.PruneSettings(
         method=method or section["method"],
         amount=float(section["amount"] if amount is None else amount),
-        target=section["target"], importance=section["importance"],
+        target=section["target"],
+        importance=prune_lib.importance_for(method or section["method"], section["importance"]),
         allocation=section["allocation"], iterative=int(section["iterative"]),
-        finetune_iters=int(section["finetune_iters"]))
+        finetune_iters=int(section["finetune_iters"]), round_to=int(section["round_to"]))
 
 
 def check_config(config: Dict[str, Dict[str, Any]], data: str) -> None:
@@ -226,6 +228,28 @@ def measure_cuda_fp16(stages: Stages, checkpoint: str, data: str, out: str,
         return json.load(handle)
 
 
+def measure_control(stages: Stages, config: Dict[str, Dict[str, Any]],
+                    settings: prune_lib.PruneSettings, from_sweep: bool, student_kd: str,
+                    teacher: Optional[str], data: str, out: str) -> Optional[Dict[str, Any]]:
+    """The control for pruning: the unpruned + KD student fine-tuned exactly as the pruned one
+    (same iterations, config and teacher), so that the pruned row is not credited with the
+    extra training. The sweep's reference point when the sweep shares the pruned point."""
+    if settings.finetune_iters <= 0:
+        return None
+    if from_sweep:
+        path = os.path.join(out, "sweep", sweep_lib.BASE_NAME + "_0", sweep_lib.EVAL_JSON)
+        with open(path, "r", encoding="utf-8") as handle:
+            return json.load(handle)
+    control_dir = os.path.join(out, "control")
+
+    def fine_tune() -> None:
+        sweep_lib.finetune_only(student_kd, data, control_dir, settings.finetune_iters, teacher,
+                                None, override_list(config["prune"]["overrides"]))
+
+    control = stages.run("control", os.path.join(control_dir, BEST), fine_tune)
+    return measure_row(stages, "eval_control", control, data, out, config["evaluate"])
+
+
 def run_ablation(config_path: str, data: str, out: str, resume: bool = False
                  ) -> Dict[str, Any]:
     """Every stage, then the report; returns the JSON report."""
@@ -264,12 +288,16 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
                           and settings.iterative == 1 and sw["overrides"] == p["overrides"])
     if sw["enabled"]:
         sweep_dir = run_dir("sweep")
-        stages.run("sweep", os.path.join(sweep_dir, sweep_lib.CSV_NAME), lambda: sweep_lib.run_sweep(
-            student_kd, data, sweep_dir, sw["methods"], [float(a) for a in sw["amounts"]],
-            settings.target, settings.importance, settings.allocation,
-            int(sw["finetune_iters"]), prune_teacher, None, override_list(sw["overrides"]),
-            config["evaluate"]["threads"], config["evaluate"]["eval_limit"],
-            config["evaluate"]["latency_runs"], resume=resume))
+
+        def run_the_sweep() -> None:
+            sweep_lib.run_sweep(
+                student_kd, data, sweep_dir, sw["methods"], [float(a) for a in sw["amounts"]],
+                settings.target, settings.importance, settings.allocation,
+                int(sw["finetune_iters"]), prune_teacher, None, override_list(sw["overrides"]),
+                config["evaluate"]["threads"], config["evaluate"]["eval_limit"],
+                config["evaluate"]["latency_runs"], resume=resume, round_to=settings.round_to)
+
+        stages.run("sweep", os.path.join(sweep_dir, sweep_lib.CSV_NAME), run_the_sweep)
         sweep_rows = sweep_lib.read_csv(os.path.join(sweep_dir, sweep_lib.CSV_NAME))
         if sweep_shares_point:
             pruned_ckpt = os.path.join(sweep_dir, sweep_lib.point_name(
@@ -297,6 +325,11 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
     else:
         pruned_row = measure_row(stages, "eval_pruned", pruned_ckpt, data, out, ev)
     rows.append(("pruned", "+ KD + pruning", pruned_row))
+    control_row = measure_control(stages, config, settings, sweep_shares_point, student_kd,
+                                  prune_teacher, data, out)
+    if control_row is not None:
+        rows.append(("control", "+ KD, fine-tuned %d more iterations, unpruned (control)"
+                     % settings.finetune_iters, control_row))
     if q["fp16"]:
         rows.append(("fp16", "+ KD + pruning + fp16 (ONNX, CPU)",
                      measure_row(stages, "eval_fp16", pruned_ckpt, data, out, ev, "fp16")))
@@ -341,12 +374,11 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
         "seconds": round(time.time() - started, 1),
     }
     report["targets"] = targets(report)
-    reference = next((r for r in sweep_rows if r["method"] == sweep_lib.BASE_NAME), None)
-    if sweep_shares_point and reference is not None:
+    if control_row is not None:
         # the fair comparison: the unpruned + KD model fine-tuned exactly as the pruned one
         report["targets"].append(compare(
-            pruned_row, reference, "+ KD + pruning vs + KD fine-tuned the same %d iterations"
-            % settings.finetune_iters, TARGET_SPEEDUP))
+            pruned_row, control_row, "+ KD + pruning vs the control (+ KD fine-tuned the same "
+            "%d iterations, unpruned)" % settings.finetune_iters, TARGET_SPEEDUP))
     sweep_lib._write_json(os.path.join(out, REPORT_JSON), report)
     with open(os.path.join(out, REPORT_MD), "w", encoding="utf-8") as handle:
         handle.write(markdown(report))
@@ -394,11 +426,12 @@ def markdown(report: Dict[str, Any]) -> str:
         "Command: `%s`" % report["command"],
         "",
         "Teacher %s, student %s, baseline %s. Every model is exported to ONNX and evaluated on "
-        "the val split with ONNX Runtime on the CPU; latency is the median forward pass (ms) "
-        "over %d rounds in which every ONNX file of this report (sweep included) runs once in "
-        "turn; score = Dice / latency (s). Pruning: %s, fine-tuned %d iterations%s."
+        "the val split with ONNX Runtime on the CPU (%s); latency is the median of %d timed "
+        "forward passes (ms), taken in rounds in which every ONNX file of this report (sweep "
+        "included) runs a block of %d in turn; score = Dice / latency (s). Pruning: %s, fine-tuned %d iterations%s."
         % (archs["teacher"], archs["student"], archs["baseline"],
-           report["config"]["evaluate"]["latency_runs"],
+           "%s thread(s)" % (report["config"]["evaluate"]["threads"] or "default"),
+           report["config"]["evaluate"]["latency_runs"], sweep_lib.LATENCY_BLOCK,
            "%s, %s %.2f, importance %s, %s allocation" % (
                report["pruning"]["settings"]["method"], report["pruning"]["settings"]["target"],
                report["pruning"]["settings"]["amount"],

@@ -2,7 +2,7 @@
 
   python -m training sweep --checkpoint CKPT --data DIR --out DIR \\
       [--methods filter channel neuron head all unstructured] [--amounts 0.2 0.4 0.6] \\
-      [--finetune-iters N] [--teacher CKPT] [--importance l2] [--allocation local] \\
+      [--finetune-iters N] [--teacher CKPT] [--importance taylor] [--allocation local] \\
       [--threads T] [--eval-limit N] [key=value ...]
 
 Each point is ``python -m training prune`` (OUT/<method>_<amount>/) followed by an fp32 ONNX
@@ -168,12 +168,13 @@ def point_name(method: str, amount: float) -> str:
 
 
 def run_sweep(checkpoint: str, data: str, out: str, methods: Sequence[str],
-              amounts: Sequence[float], target: str = "sparsity", importance: str = "l2",
+              amounts: Sequence[float], target: str = "sparsity",
+              importance: str = prune_lib.DEFAULT_IMPORTANCE,
               allocation: str = "local", finetune_iters: int = 0, teacher: Optional[str] = None,
               config_path: Optional[str] = None, overrides: Sequence[str] = (),
               threads: Optional[int] = None, eval_limit: Optional[int] = None,
-              latency_runs: int = 20, resume: bool = False, progress: bool = True
-              ) -> List[Dict[str, Any]]:
+              latency_runs: int = 20, resume: bool = False, progress: bool = True,
+              round_to: int = prune_lib.DEFAULT_ROUND_TO) -> List[Dict[str, Any]]:
     """Every (method, amount) point plus the reference; writes the CSV and the plots."""
     # Check the whole request before the first (slow) point.
     if not methods or not amounts:
@@ -183,8 +184,9 @@ def run_sweep(checkpoint: str, data: str, out: str, methods: Sequence[str],
             raise SweepError("--methods: %r is not one of %s"
                              % (method, ", ".join(prune_lib.METHODS)))
     settings = [prune_lib.PruneSettings(method=m, amount=a, target=target,
-                                        importance=importance, allocation=allocation,
-                                        finetune_iters=finetune_iters)
+                                        importance=prune_lib.importance_for(m, importance),
+                                        allocation=allocation,
+                                        finetune_iters=finetune_iters, round_to=round_to)
                 for m in methods for a in amounts]
     try:
         for s in settings:
@@ -358,8 +360,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amounts", nargs="+", type=prune_lib._amount,
                         default=[0.2, 0.4, 0.6], metavar="A", help="amounts in (0, 1)")
     parser.add_argument("--target", choices=prune_lib.TARGETS, default="sparsity")
-    parser.add_argument("--importance", choices=prune_lib.IMPORTANCES, default="l2")
+    parser.add_argument("--importance", choices=prune_lib.IMPORTANCES,
+                        default=prune_lib.DEFAULT_IMPORTANCE)
     parser.add_argument("--allocation", choices=prune_lib.ALLOCATIONS, default="local")
+    parser.add_argument("--round-to", type=int, default=prune_lib.DEFAULT_ROUND_TO, metavar="N",
+                        help="round layer widths down to a multiple of N (default %d)"
+                             % prune_lib.DEFAULT_ROUND_TO)
     parser.add_argument("--finetune-iters", type=int, default=0, metavar="N",
                         help="fine-tuning iterations per point (and for the reference)")
     parser.add_argument("--teacher", metavar="CKPT", help="distil while fine-tuning")
@@ -384,7 +390,8 @@ def main(args: argparse.Namespace) -> int:
         rows = run_sweep(args.checkpoint, args.data, args.out, args.methods, args.amounts,
                          args.target, args.importance, args.allocation, args.finetune_iters,
                          args.teacher, args.config, args.overrides, args.threads,
-                         args.eval_limit, args.latency_runs, args.resume)
+                         args.eval_limit, args.latency_runs, args.resume,
+                         round_to=args.round_to)
     except (SweepError, prune_lib.PruneError, ConfigError, DatasetError, CheckpointError,
             ExportError) as e:
         print("error: %s" % e, file=sys.stderr)
