@@ -32,6 +32,7 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
+from common import load_average, set_threads  # noqa: E402
 from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
 
 TARGET_SPEEDUP = 1.5
@@ -87,7 +88,9 @@ def interleaved_medians(runners: Dict[str, Callable[[], Any]], rounds: int,
     """Median milliseconds per call of each runner. Each round runs every model in turn for
     one untimed and BLOCK timed calls: load drift on a shared machine touches all models
     alike, and each block keeps the runtime's worker threads awake as a model in a loop
-    has them."""
+    has them. (bench/common.py's ``interleaved`` times single calls in turn; on this busy
+    machine that made a 2-thread ONNX Runtime session of the unpruned student 6x slower than
+    in a loop, its threads asleep at every call, and the ratios meaningless.)"""
     for run in runners.values():
         for _ in range(warmup):
             run()
@@ -108,7 +111,7 @@ def measure(models: Dict[str, Any], onnx: Dict[str, Dict[int, str]], sizes: Sequ
     import torch
     from lpcv_segmentation.model import count_macs, count_params
     from lpcv_segmentation.runtime import Segmenter
-    torch.set_num_threads(threads)
+    set_threads(threads)
     # Untrained weights give denormal activations, which PyTorch's CPU kernels compute up to
     # 10x slower (ONNX Runtime flushes them to zero); flush them here too, so that eager
     # timings of random-weight models mean what they would for trained ones.
@@ -159,8 +162,9 @@ def section(results: Dict[int, Dict[str, Dict[str, float]]], args: argparse.Name
         "",
         "Structured: %s. Unstructured: %.0f %% of the conv/linear weights zeroed (global "
         "magnitude), shapes unchanged. %d thread(s); median of %d runs per model, in %d "
-        "interleaved rounds of %d; speed-up = unpruned ms / model ms."
-        % (what, 100 * sparsity, args.threads, args.rounds * BLOCK, args.rounds, BLOCK),
+        "interleaved rounds of %d; speed-up = unpruned ms / model ms. Load average at the "
+        "end: %s." % (what, 100 * sparsity, args.threads, args.rounds * BLOCK, args.rounds,
+                      BLOCK, fmt(load_average(), "%.1f")),
         "",
         markdown_table(headers, rows),
         "",
