@@ -39,6 +39,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
+from lpcv_segmentation.fileio import atomic_path  # noqa: E402
 from common import load_average, set_threads, timed  # noqa: E402
 from matmul_rate import matmul_runner  # noqa: E402
 from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
@@ -100,10 +101,9 @@ def int8_onnx(checkpoint: str, fp32_path: str, size: int) -> Tuple[str, str]:
     if not cached.is_file():
         CACHE.mkdir(parents=True, exist_ok=True)
         print("quantising %s to int8 ..." % fp32_path, file=sys.stderr, flush=True)
-        tmp = str(cached) + ".tmp.onnx"
-        with contextlib.redirect_stdout(sys.stderr):  # the calibrator prints its progress
+        with atomic_path(cached, suffix=".onnx") as tmp, \
+                contextlib.redirect_stdout(sys.stderr):  # the calibrator prints its progress
             quantize_int8(fp32_path, tmp, calibration_inputs(fp32_path))
-        os.replace(tmp, cached)
     return str(cached), "quantised here (static QDQ, %d synthetic scenes)" % CALIBRATION_SCENES
 
 

@@ -4,11 +4,12 @@ A bench prints its section (tables, then one line per target: met or MISSED with
 figure) to stdout and, with ``--json PATH``, writes {"title", "command", "targets", ...} so
 that bench/run_all.py can list every target in one table at the top of docs/BENCHMARKS.md.
 """
-import json
 import os
 import shlex
 import sys
 from typing import Dict, List, NamedTuple, Optional, Sequence
+
+from lpcv_segmentation.fileio import write_json_atomic
 
 
 class Target(NamedTuple):
@@ -57,8 +58,5 @@ def finish(title: str, body: str, targets: Sequence[Target], json_path: Optional
         record = {"title": title, "command": command_line(), "body": body,
                   "targets": [t._asdict() for t in targets]}
         record.update(extra or {})
-        tmp = json_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=1, default=str)
-        os.replace(tmp, json_path)
+        write_json_atomic(json_path, record, indent=1)
     return 0

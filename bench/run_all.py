@@ -31,6 +31,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
+from lpcv_segmentation.fileio import write_text_atomic  # noqa: E402
 from report import markdown_table  # noqa: E402
 
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -374,10 +375,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     text = document(outcomes, args, facts, started, wall_s, loads, models_before,
                     model_facts(args))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    write_text_atomic(out, text)
     print("\nwrote %s (%.1f min); targets missed: %d; benches not completed: %d"
           % (out, wall_s / 60.0, sum("MISSED" in r[4] for r in target_rows(outcomes)),
              sum(o.code != 0 for o in outcomes)), file=sys.stderr)

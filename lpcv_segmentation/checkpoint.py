@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lpcv_segmentation.classes import class_table
+from lpcv_segmentation.fileio import atomic_path
 from lpcv_segmentation.model import (ARCHS, SegModel, apply_structure, build_model,
                                      capture_structure, count_params)
 
@@ -61,14 +62,8 @@ def save_checkpoint(path: str, model: SegModel, meta: Optional[Dict[str, Any]] =
     full.update(meta or {})
     full.update(own)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    try:
+    with atomic_path(path) as tmp:
         save_file(state, tmp, metadata={METADATA_KEY: json.dumps(full, default=str)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def read_tensor_file(path: str) -> Tuple[Dict[str, Any], Dict[str, str]]:

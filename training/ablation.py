@@ -31,6 +31,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from lpcv_segmentation.fileio import write_json_atomic
+
 from training import prune as prune_lib
 from training import sweep as sweep_lib
 
@@ -200,7 +202,7 @@ def measure_row(stages: Stages, name: str, checkpoint: str, data: str, out: str,
             eval_limit=evaluation["eval_limit"], latency_runs=evaluation["latency_runs"],
             calib_images=calib_images)
         result["checkpoint"] = os.path.abspath(checkpoint)
-        sweep_lib._write_json(path, result)
+        write_json_atomic(path, result)
 
     stages.run("measure %s" % name, path, work)
     with open(path, "r", encoding="utf-8") as handle:
@@ -221,7 +223,7 @@ def measure_cuda_fp16(stages: Stages, checkpoint: str, data: str, out: str,
         os.makedirs(row_dir, exist_ok=True)
         result = evaluate(checkpoint, data, "val", backend="pytorch", device="cuda",
                           precision="fp16", limit=evaluation["eval_limit"], progress=False)
-        sweep_lib._write_json(path, result)
+        write_json_atomic(path, result)
 
     stages.run("measure fp16 (PyTorch, CUDA)", path, work)
     with open(path, "r", encoding="utf-8") as handle:
@@ -379,7 +381,7 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
         report["targets"].append(compare(
             pruned_row, control_row, "+ KD + pruning vs the control (+ KD fine-tuned the same "
             "%d iterations, unpruned)" % settings.finetune_iters, TARGET_SPEEDUP))
-    sweep_lib._write_json(os.path.join(out, REPORT_JSON), report)
+    write_json_atomic(os.path.join(out, REPORT_JSON), report)
     with open(os.path.join(out, REPORT_MD), "w", encoding="utf-8") as handle:
         handle.write(markdown(report))
     return report

@@ -13,6 +13,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
+from lpcv_segmentation.fileio import write_yaml_atomic
+
 # Every key a run understands, with its default. The type of the default is the type an
 # override is coerced to (None means "any YAML value"). Keep in sync with docs/training.md.
 DEFAULTS: Dict[str, Any] = {
@@ -203,11 +205,8 @@ def validate(config: Dict[str, Any]) -> None:
 
 def save_config(config: Dict[str, Any], path: str) -> None:
     """Write the effective config as YAML (atomically: temporary file, then rename)."""
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write("# Effective configuration of this run (defaults + file + overrides).\n")
-        yaml.safe_dump(dict(config), handle, sort_keys=False, default_flow_style=None)
-    os.replace(tmp, path)
+    write_yaml_atomic(path, config, header="# Effective configuration of this run "
+                                           "(defaults + file + overrides).\n")
 
 
 def diff(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:

@@ -23,7 +23,6 @@ import copy
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from lpcv_segmentation.fileio import write_json_atomic, write_text_atomic
+from lpcv_segmentation.fileio import copy_file_atomic, write_json_atomic, write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "training" / "configs" / "default_model.yaml"
@@ -263,9 +262,7 @@ def build(settings: Dict[str, Any], out: Path, work: Path, resume: bool = False,
     if "fp16" in models:
         shipped["default_fp16.onnx"] = models["fp16"]
     for name, source in shipped.items():
-        tmp = out / (name + ".tmp")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, out / name)
+        copy_file_atomic(source, out / name)
     report = {
         "command": "python -m training default-model" + (" --quick" if quick else ""),
         "quick": quick,

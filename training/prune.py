@@ -41,7 +41,6 @@ training config with lr x 0.5; --config and key=value change it.
 """
 import argparse
 import copy
-import json
 import math
 import os
 import sys
@@ -54,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lpcv_segmentation.classes import IGNORE_INDEX
+from lpcv_segmentation.fileio import write_json_atomic
 
 # --------------------------------------------------------------------------------------------
 # What can be asked for
@@ -727,16 +727,8 @@ def run_prune(checkpoint: str, data_dir: str, out_dir: str, settings: PruneSetti
             save_checkpoint(path, model, dict(meta, training=training))
     report = {"checkpoint": os.path.abspath(checkpoint), "out": os.path.abspath(out_dir),
               "before": before, "after": after, "pruning": record}
-    _write_json(os.path.join(out_dir, "prune.json"), report)
+    write_json_atomic(os.path.join(out_dir, "prune.json"), report)
     return report
-
-
-def _write_json(path: str, data: Dict[str, Any]) -> None:
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, default=str)
-        handle.write("\n")
-    os.replace(tmp, path)
 
 
 def format_summary(report: Dict[str, Any]) -> str:

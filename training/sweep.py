@@ -30,6 +30,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+from lpcv_segmentation.fileio import write_csv_atomic, write_json_atomic
 from training import prune as prune_lib
 
 CSV_NAME = "sweep.csv"
@@ -140,12 +141,6 @@ def export_and_evaluate(checkpoint: str, data: str, onnx_path: str, precision: s
     return result
 
 
-def _write_json(path: str, data: Dict[str, Any]) -> None:
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, default=str)
-        handle.write("\n")
-    os.replace(tmp, path)
 
 
 def finetune_only(checkpoint: str, data: str, out_dir: str, iters: int, teacher: Optional[str],
@@ -230,7 +225,7 @@ def run_sweep(checkpoint: str, data: str, out: str, methods: Sequence[str],
                                      threads=threads, eval_limit=eval_limit,
                                      latency_runs=latency_runs)
         result["checkpoint"] = os.path.abspath(measured)
-        _write_json(os.path.join(point_dir, EVAL_JSON), result)
+        write_json_atomic(os.path.join(point_dir, EVAL_JSON), result)
         row = {
             "method": BASE_NAME if s is None else s.method,
             "amount": 0.0 if s is None else s.amount,
@@ -242,7 +237,7 @@ def run_sweep(checkpoint: str, data: str, out: str, methods: Sequence[str],
             "score": result["score"], "images": result["images"],
             "onnx": os.path.relpath(os.path.join(point_dir, "model.onnx"), out),
         }
-        _write_json(point_json, row)
+        write_json_atomic(point_json, row)
         rows.append(row)
     retime(rows, out, threads, latency_runs)
     finish_rows(rows)
@@ -268,14 +263,7 @@ def finish_rows(rows: List[Dict[str, Any]]) -> None:
 
 
 def write_csv(rows: Sequence[Dict[str, Any]], path: str) -> None:
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(CSV_COLUMNS), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("%.6g" % v if isinstance(v, float) else v)
-                             for k, v in row.items()})
-    os.replace(tmp, path)
+    write_csv_atomic(path, rows, CSV_COLUMNS, float_format="%.6g")
 
 
 def read_csv(path: str) -> List[Dict[str, Any]]:

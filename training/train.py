@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from lpcv_segmentation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lpcv_segmentation.fileio import atomic_path
 from lpcv_segmentation.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, check_class_table
 from lpcv_segmentation.metrics import SegmentationMetrics
 from lpcv_segmentation.model import SegModel, build_model, check_input_size, count_params
@@ -377,16 +378,8 @@ def restore_rng(state: Dict[str, Any]) -> None:
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename over ``path``:
     a reader (or a run killed at any moment) sees the old file or the new one, never half."""
-    tmp = path.with_name("%s.tmp.%d" % (path.name, os.getpid()))
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:
