@@ -8,8 +8,9 @@ random weights (latency does not depend on the weight values), exported here wit
 ``training.export`` (dynamo exporter, the same graph ``python -m training export`` writes).
 
 Timing: both back ends get the same pre-processed input and the same thread count; each is
-warmed up, then timed once per round in turn (``bench/common.py``), and the median is reported.
-The machine is shared, so absolute figures drift; the ratios are what to read.
+warmed up, then timed in block-interleaved rounds (``lpcv_segmentation.timing``), and the
+median is reported. The machine is shared, so absolute figures drift; the ratios are what to
+read.
 
     .venv/bin/python bench/backends.py                      # 3 students x (288, 512)
     .venv/bin/python bench/backends.py --archs mobilevit_xxs --sizes 288 --repeats 10 --int8
@@ -98,7 +99,7 @@ def measure_one(arch: str, size: int, args: argparse.Namespace, work: str) -> Di
     max_diff = float(np.abs(fp32.infer(x) - reference).max())
     print("timing %s at %d px (%d rounds) ..." % (arch, size, args.repeats), file=sys.stderr,
           flush=True)
-    timings = interleaved(runners, args.repeats, args.warmup)
+    timings = interleaved(runners, args.repeats, args.block, args.warmup)
     row: Dict[str, Any] = {"arch": arch, "size": size, "params": count_params(model),
                            "gmacs": count_macs(model, size), "max_abs_diff": max_diff,
                            "load": load_average()}
@@ -134,12 +135,13 @@ def render(rows: List[Dict[str, Any]], args: argparse.Namespace) -> str:
         table.append(line)
     loads = [r["load"] for r in rows if r.get("load") is not None]
     note = ("%d-channel decoder, random weights, batch 1, forward pass only (pre-processed "
-            "input). Median of %d interleaved rounds after %d warm-up calls, %d thread%s for "
-            "both back ends%s. ms: wall clock; CPU ms: CPU time of the process per call (all "
-            "threads). ORT %% of matmul rate: the model's GMACs per CPU-second in ONNX Runtime "
+            "input). Median of %d interleaved rounds of %d calls after %d warm-up calls, "
+            "%d thread%s for both back ends%s. ms: wall clock; CPU ms: CPU time of the process "
+            "per call (all threads). ORT %% of matmul rate: the model's GMACs per CPU-second in ONNX Runtime "
             "over those of a %dx%d fp32 matrix product (torch.mm, bench/matmul_rate.py) timed "
-            "in the same rounds: how close to the hardware limit it runs. Load average (1 min) while timing: %s on %d cores."
-            % (args.decoder_channels, args.repeats, args.warmup, args.threads,
+            "in the same rounds: how close to the hardware limit it runs. Load average (1 min) "
+            "while timing: %s on %d cores."
+            % (args.decoder_channels, args.repeats, args.block, args.warmup, args.threads,
                "" if args.threads == 1 else "s",
                ", OMP_WAIT_POLICY=PASSIVE" if args.omp_passive else "", MATMUL_SIZE, MATMUL_SIZE,
                "%.1f-%.1f" % (min(loads), max(loads)) if loads else "n/a", os.cpu_count() or 0))
@@ -174,6 +176,8 @@ def main() -> int:
                         help="UPerNet decoder width (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=5,
                         help="timed rounds per model (default %(default)s)")
+    parser.add_argument("--block", type=int, default=3,
+                        help="timed calls per back end per round (default %(default)s)")
     parser.add_argument("--warmup", type=int, default=2,
                         help="untimed calls per back end first (default %(default)s)")
     parser.add_argument("--threads", type=int, default=2,

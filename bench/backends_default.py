@@ -5,12 +5,11 @@ forward pass on a pre-processed 1x3xSxS input (S = the model's own input size), 
 GMAC/s each achieves against the machine's fp32 matrix-multiply rate measured in the same
 run (bench/matmul_rate.py), i.e. how close the model comes to the hardware limit. Everything
 is timed in interleaved rounds: per round, the matrix product and every model/back end in turn
-run one untimed call (it absorbs the previous runner's threads winding down) and a short block
-of timed calls, so drift on a shared machine touches all of them alike; latencies are medians.
+run one untimed call and a short block of timed calls (``lpcv_segmentation.timing``).
 
-PyTorch's OpenMP threads are told to sleep when idle (OMP_WAIT_POLICY=PASSIVE, set before torch
-is imported): with the default spinning, eager inference on 2 threads ran 3x to 50x slower here
-whenever another process used the CPU, which measures the contention, not the model.
+PyTorch's OpenMP threads sleep when idle (OMP_WAIT_POLICY=PASSIVE, set before torch is
+imported), so that the bench measures the model rather than contention for the CPU (measured:
+docs/BENCHMARKS.md, "How the benches time").
 
 ONNX files: ``<checkpoint stem>.onnx`` / ``<stem>_int8.onnx`` beside the checkpoint when they
 exist (models/default.onnx), else exported here into runs/bench_cache/ (fp32 with
@@ -25,7 +24,6 @@ import argparse
 import contextlib
 import hashlib
 import os
-import statistics
 import sys
 
 # Before torch is imported (libgomp reads it once): see the module docstring.
@@ -40,7 +38,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 from lpcv_segmentation.fileio import atomic_path  # noqa: E402
-from common import load_average, set_threads, timed  # noqa: E402
+from common import interleaved, load_average, set_threads  # noqa: E402
 from matmul_rate import matmul_runner  # noqa: E402
 from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
 
@@ -152,21 +150,6 @@ def prepare(name: str, checkpoint: str, size: Optional[int], threads: int
             "onnx_origin": {p: f[1] for p, f in files.items()}, "runners": runners}
 
 
-def interleaved_blocks(runners: Dict[str, Callable[[], Any]], rounds: int, block: int
-                       ) -> Dict[str, Dict[str, float]]:
-    """Per round, each runner in turn: one untimed call, then ``block`` timed calls
-    (``common.timed``). {name: {"median_ms": median of the blocks' medians, "min_ms": fastest
-    call, "cpu_median_ms": median of the blocks' process-CPU medians}}."""
-    blocks: Dict[str, List[Any]] = {name: [] for name in runners}
-    for _ in range(max(1, rounds)):
-        for name, run in runners.items():
-            blocks[name].append(timed(run, block, warmup=1))
-    return {name: {"median_ms": statistics.median(t.median_ms for t in values),
-                   "min_ms": min(t.min_ms for t in values),
-                   "cpu_median_ms": statistics.median(t.cpu_median_ms for t in values)}
-            for name, values in blocks.items()}
-
-
 def run(models: List[Tuple[str, str]], size: Optional[int], threads: int, rounds: int,
         matmul_size: int, block: int = 3) -> Dict[str, Any]:
     set_threads(threads)
@@ -186,7 +169,8 @@ def run(models: List[Tuple[str, str]], size: Optional[int], threads: int, rounds
     print("timing %d runners x %d rounds of %d ..." % (len(runners), rounds, block),
           file=sys.stderr, flush=True)
     loads = [load_average()]
-    timings = interleaved_blocks(runners, rounds, block)
+    timings = {name: t._asdict()
+               for name, t in interleaved(runners, rounds, block, warmup=0).items()}
     loads.append(load_average())
     # Rates from each runner's fastest round: the least disturbed by other work on the machine,
     # so the model's rate and the matrix product's peak are compared like for like.

@@ -5,9 +5,9 @@ at 288 and 512 input, side by side in one run: the unpruned model, the structure
 (training.prune ``--method all --amount 0.5`` unless ``--pruned CKPT``), and the same
 unpruned model with 50 % of its weights zeroed by unstructured magnitude pruning. For each:
 parameters, GMACs, PyTorch eager latency and ONNX Runtime (CPU) latency, and each as a ratio
-to the unpruned model. Latency is the median over interleaved rounds (every model in turn runs
-a short block of timed calls per round), so drift on a shared machine touches all of them
-alike; only the model's forward pass on a pre-processed 1x3xSxS input is timed, after warm-up.
+to the unpruned model. Latency is the median over block-interleaved rounds
+(``lpcv_segmentation.timing``); only the model's forward pass on a pre-processed 1x3xSxS input
+is timed, after warm-up.
 
 Without checkpoints the models have random weights: speed does not depend on the values
 (accuracy is measured by ``python -m training ablation``). Target: the structured-pruned
@@ -20,10 +20,8 @@ student runs at least 1.5x faster on ONNX Runtime than the unpruned one.
 import argparse
 import copy
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -32,7 +30,7 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
-from common import load_average, set_threads  # noqa: E402
+from common import BLOCK, interleaved, load_average, set_threads  # noqa: E402
 from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
 
 TARGET_SPEEDUP = 1.5
@@ -80,31 +78,6 @@ def export_all(models: Dict[str, Any], sizes: Sequence[int], work: str
     return paths
 
 
-BLOCK = 5  # timed runs of one model in a row per round (after one untimed run)
-
-
-def interleaved_medians(runners: Dict[str, Callable[[], Any]], rounds: int,
-                        warmup: int = 2) -> Dict[str, float]:
-    """Median milliseconds per call of each runner. Each round runs every model in turn for
-    one untimed and BLOCK timed calls: load drift on a shared machine touches all models
-    alike, and each block keeps the runtime's worker threads awake as a model in a loop
-    has them. (bench/common.py's ``interleaved`` times single calls in turn; on this busy
-    machine that made a 2-thread ONNX Runtime session of the unpruned student 6x slower than
-    in a loop, its threads asleep at every call, and the ratios meaningless.)"""
-    for run in runners.values():
-        for _ in range(warmup):
-            run()
-    times: Dict[str, List[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
-            run()
-            for _ in range(BLOCK):
-                start = time.perf_counter()
-                run()
-                times[name].append(1000.0 * (time.perf_counter() - start))
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def measure(models: Dict[str, Any], onnx: Dict[str, Dict[int, str]], sizes: Sequence[int],
             threads: int, rounds: int) -> Dict[int, Dict[str, Dict[str, float]]]:
     """{size: {variant: {params, gmacs, eager_ms, ort_ms}}}"""
@@ -129,11 +102,11 @@ def measure(models: Dict[str, Any], onnx: Dict[str, Dict[int, str]], sizes: Sequ
                     return model(tensor)
             return run
 
-        eager_ms = interleaved_medians({n: eager(m) for n, m in models.items()}, rounds)
-        ort_ms = interleaved_medians({n: (lambda s=s: s.infer(x)) for n, s in segmenters.items()},
-                                     rounds)
+        eager_ms = interleaved({n: eager(m) for n, m in models.items()}, rounds)
+        ort_ms = interleaved({n: (lambda s=s: s.infer(x)) for n, s in segmenters.items()},
+                             rounds)
         results[size] = {n: {"params": float(count_params(m)), "gmacs": count_macs(m, size),
-                             "eager_ms": eager_ms[n], "ort_ms": ort_ms[n]}
+                             "eager_ms": eager_ms[n].median_ms, "ort_ms": ort_ms[n].median_ms}
                          for n, m in models.items()}
         print("measured %d px" % size, file=sys.stderr, flush=True)
     return results

@@ -40,6 +40,23 @@ DEFAULT_CHECKPOINT = "models/default.safetensors"
 UNPRUNED = "runs/default_model/student/best.safetensors"
 UNDISTILLED = "runs/ablation_cpu/student/best.safetensors"
 BUDGET_S = 15 * 60
+# The method and the measurements behind it (kept here, not in the timer's comments).
+TIMING_METHOD = (
+    "Every latency here, in the sweep and in the ablation comes from one timer, "
+    "`lpcv_segmentation.timing.interleaved`: after warm-up, each round runs every model in "
+    "turn for one untimed call and a block of timed calls, and a latency is the median of "
+    "all its timed calls. Interleaving makes drift in the machine's load touch every model "
+    "alike, so ratios measured in one run compare. Blocks, not single calls: timing single "
+    "calls in turn made a 2-thread ONNX Runtime session of the unpruned student 6x slower "
+    "than the same session in a loop on this shared machine (its worker threads asleep at "
+    "every call), which made the ratios meaningless; the untimed call absorbs the previous "
+    "runner's threads winding down. PyTorch's OpenMP threads sleep when idle "
+    "(OMP_WAIT_POLICY=PASSIVE): spinning ones made eager inference on 2 threads 3x to 50x "
+    "slower whenever another process used the CPU, which measured the contention, not the "
+    "model. On a machine busier than its cores, multi-threaded wall times suffer unevenly "
+    "(a thread pool waits at every barrier for a descheduled thread), while the CPU time of "
+    "a single-threaded run stays close to the work done; benches that report CPU time do so "
+    "for that reason.")
 
 
 class Step(NamedTuple):
@@ -308,9 +325,12 @@ def document(outcomes: Sequence[Outcome], args: argparse.Namespace, facts: Dict[
         "`--only backends pruning overhead memory load malformed dds score`; `--model`, "
         "`--checkpoint`, `--unpruned` and `--undistilled` point the benches at other model "
         "files. The node benches start the real node, camera and listener processes, each "
-        "run in a ROS domain of its own. Every bench runs with OMP_WAIT_POLICY=%s (PyTorch's "
-        "OpenMP threads sleep when idle: spinning ones made eager inference 3x to 50x slower "
-        "whenever another process used the CPU)." % bench_env()["OMP_WAIT_POLICY"],
+        "run in a ROS domain of its own. Every bench runs with OMP_WAIT_POLICY=%s."
+        % bench_env()["OMP_WAIT_POLICY"],
+        "",
+        "## How the benches time",
+        "",
+        TIMING_METHOD,
         "",
         "## Models measured",
         "",

@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from lpcv_segmentation import timing
 from lpcv_segmentation.fileio import write_json_atomic
 
 from training import prune as prune_lib
@@ -350,7 +351,7 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
     files.update({("sweep", i): os.path.join(run_dir("sweep"), str(r["onnx"]))
                   for i, r in enumerate(sweep_rows)})
     print("== timing %d ONNX files, interleaved" % len(files), file=sys.stderr, flush=True)
-    for (kind, i), latency in sweep_lib.interleaved_latency_ms(
+    for (kind, i), latency in sweep_lib.onnx_latency_ms(
             files, ev["threads"], ev["latency_runs"]).items():
         sweep_lib.set_latency(rows[i][2] if kind == "row" else sweep_rows[i], latency)
     if sweep_rows:
@@ -433,7 +434,7 @@ def markdown(report: Dict[str, Any]) -> str:
         "included) runs a block of %d in turn; score = Dice / latency (s). Pruning: %s, fine-tuned %d iterations%s."
         % (archs["teacher"], archs["student"], archs["baseline"],
            "%s thread(s)" % (report["config"]["evaluate"]["threads"] or "default"),
-           report["config"]["evaluate"]["latency_runs"], sweep_lib.LATENCY_BLOCK,
+           report["config"]["evaluate"]["latency_runs"], timing.BLOCK,
            "%s, %s %.2f, importance %s, %s allocation" % (
                report["pruning"]["settings"]["method"], report["pruning"]["settings"]["target"],
                report["pruning"]["settings"]["amount"],

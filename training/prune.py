@@ -73,8 +73,7 @@ TARGETS: Tuple[str, ...] = ("sparsity", "macs")
 ALLOCATIONS: Tuple[str, ...] = ("local", "global")
 IMPORTANCES: Tuple[str, ...] = ("l1", "l2", "lamp", "taylor")
 GRADIENT_IMPORTANCES: Tuple[str, ...] = ("taylor",)
-# Taylor ranks by what a unit does to the loss on real images; on the +KD student of
-# ablation_cpu.yaml, all 0.3 before fine-tuning kept val mIoU 0.101 with taylor, 0.056 with l2.
+# Taylor ranks by what a unit does to the loss on real images (measured: docs/compression.md)
 DEFAULT_IMPORTANCE = "taylor"
 
 # prunable unit kind -> the key of ``count_units`` that counts it
@@ -84,10 +83,8 @@ UNIT_COUNTERS: Dict[str, str] = {
     "filter": "encoder_filters",
     "channel": "decoder_channels",
 }
-# Channels left in a layer are rounded down to a multiple of this: ONNX Runtime's CPU kernels
-# (blocked NCHW8c/16c layouts) and GPU kernels run such widths much faster. Measured on the
-# +KD student at 256 px, 1 thread: all 0.3 without rounding 20.7 ms, rounded to 8 15.9 ms
-# (unpruned 25.1 ms).
+# Channels left in a layer are rounded down to a multiple of this: ONNX Runtime's blocked
+# kernels run such widths faster (measured: docs/compression.md, "Widths")
 DEFAULT_ROUND_TO = 8
 MAX_LAYER_RATIO = 0.9  # never remove more than this share of one layer in one step
 MAX_MACS_AMOUNT = 0.95  # the largest fraction the MACs search tries

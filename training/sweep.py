@@ -30,6 +30,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+from lpcv_segmentation import timing
 from lpcv_segmentation.fileio import write_csv_atomic, write_json_atomic
 from training import prune as prune_lib
 
@@ -55,40 +56,11 @@ class SweepError(ValueError):
 # --------------------------------------------------------------------------------------------
 # Measuring one model file (shared with the ablation)
 # --------------------------------------------------------------------------------------------
-def ort_latency_ms(onnx_path: str, threads: Optional[int] = None, runs: int = 20,
-                   warmup: int = 3) -> float:
-    """Median milliseconds of the ONNX Runtime (CPU) forward pass on a 1x3xSxS input after
-    warm-up: the challenge's latency (the model only), over enough runs to be steady even
-    when the val split is small."""
-    import statistics
-
-    import numpy as np
-
-    from lpcv_segmentation.runtime import Segmenter
-    segmenter = Segmenter(onnx_path, backend="onnxruntime", device="cpu", threads=threads)
-    size = segmenter.input_size
-    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-    segmenter.warmup(warmup)
-    times = []
-    for _ in range(max(1, int(runs))):
-        start = time.perf_counter()
-        segmenter.infer(x)
-        times.append(1000.0 * (time.perf_counter() - start))
-    return statistics.median(times)
-
-
-LATENCY_BLOCK = 5  # timed runs of one file in a row (after a warm-up run) per round
-
-
-def interleaved_latency_ms(onnx_paths: Dict[str, str], threads: Optional[int] = None,
-                           runs: int = 20, warmup: int = 3) -> Dict[str, float]:
-    """Median ONNX Runtime (CPU) milliseconds of each file over ``runs`` timed runs, taken in
-    rounds: each round runs every file in turn for one untimed and LATENCY_BLOCK timed runs.
-    Load on a shared machine then touches every file alike, while each block keeps the
-    session's worker threads awake as a single model in a loop has them (timing single runs
-    in turn makes every run wait for sleeping threads)."""
-    import statistics
-
+def onnx_latency_ms(onnx_paths: Dict[Any, str], threads: Optional[int] = None,
+                    runs: int = 20, warmup: int = 3) -> Dict[Any, float]:
+    """Median ONNX Runtime (CPU) milliseconds of each file's forward pass on a 1x3xSxS input
+    (the challenge's latency: the model only), over about ``runs`` timed runs per file taken
+    in block-interleaved rounds (``lpcv_segmentation.timing``), so that the files compare."""
     import numpy as np
 
     from lpcv_segmentation.runtime import Segmenter
@@ -97,18 +69,10 @@ def interleaved_latency_ms(onnx_paths: Dict[str, str], threads: Optional[int] = 
         segmenter = Segmenter(path, backend="onnxruntime", device="cpu", threads=threads)
         size = segmenter.input_size
         x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-        segmenter.warmup(warmup)
-        runners[key] = (segmenter, x)
-    times: Dict[str, List[float]] = {key: [] for key in runners}
-    rounds = max(1, -(-int(runs) // LATENCY_BLOCK))
-    for _ in range(rounds):
-        for key, (segmenter, x) in runners.items():
-            segmenter.infer(x)
-            for _ in range(LATENCY_BLOCK):
-                start = time.perf_counter()
-                segmenter.infer(x)
-                times[key].append(1000.0 * (time.perf_counter() - start))
-    return {key: statistics.median(values) for key, values in times.items()}
+        runners[key] = (lambda s=segmenter, x=x: s.infer(x))
+    rounds = max(1, -(-int(runs) // timing.BLOCK))
+    return {key: t.median_ms
+            for key, t in timing.interleaved(runners, rounds, warmup=warmup).items()}
 
 
 def set_latency(row: Dict[str, Any], latency_ms: float) -> None:
@@ -124,7 +88,7 @@ def export_and_evaluate(checkpoint: str, data: str, onnx_path: str, precision: s
                         calib_images: int = 32) -> Dict[str, Any]:
     """Export ``checkpoint`` to ONNX (``precision``; int8 calibrated on ``calib_dir``) with
     training.export, evaluate that file on the val split with ONNX Runtime on the CPU
-    (training.evaluate), and time it (``ort_latency_ms``). Returns the evaluation with
+    (training.evaluate), and time it (``onnx_latency_ms``). Returns the evaluation with
     ``latency_ms`` and ``score`` from that timing (the evaluation's own per-image median is
     kept as ``eval_latency_ms``) plus ``export``, the export's report."""
     from training.evaluate import evaluate
@@ -134,13 +98,11 @@ def export_and_evaluate(checkpoint: str, data: str, onnx_path: str, precision: s
     result = evaluate(onnx_path, data, "val", backend="onnxruntime", device="cpu",
                       precision=precision, threads=threads, limit=eval_limit, progress=False)
     result["eval_latency_ms"] = result["latency_ms"]
-    result["latency_ms"] = ort_latency_ms(onnx_path, threads, latency_runs)
+    result["latency_ms"] = onnx_latency_ms({"model": onnx_path}, threads, latency_runs)["model"]
     result["score"] = (None if result["dice"] is None
                        else result["dice"] / (result["latency_ms"] / 1000.0))
     result["export"] = report
     return result
-
-
 
 
 def finetune_only(checkpoint: str, data: str, out_dir: str, iters: int, teacher: Optional[str],
@@ -247,10 +209,10 @@ def run_sweep(checkpoint: str, data: str, out: str, methods: Sequence[str],
 
 
 def retime(rows: List[Dict[str, Any]], out: str, threads: Optional[int], rounds: int) -> None:
-    """Time every point's ONNX file again in one interleaved pass (see interleaved_latency_ms)
-    so that the latencies of the sweep compare with each other."""
+    """Time every point's ONNX file again in one interleaved pass (``onnx_latency_ms``) so
+    that the latencies of the sweep compare with each other."""
     paths = {i: os.path.join(out, str(r["onnx"])) for i, r in enumerate(rows)}
-    for i, latency in interleaved_latency_ms(paths, threads, rounds).items():
+    for i, latency in onnx_latency_ms(paths, threads, rounds).items():
         set_latency(rows[i], latency)
 
 
