@@ -17,10 +17,11 @@ read.
 """
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -29,6 +30,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 from common import interleaved, load_average, set_threads  # noqa: E402
+import peer as peer_lib  # noqa: E402
 from matmul_rate import matmul_runner  # noqa: E402
 from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
 
@@ -68,7 +70,8 @@ def export_model(model: Any, size: int, path: str, int8_path: str = "") -> None:
         quantize_int8(path, int8_path, scenes)
 
 
-def measure_one(arch: str, size: int, args: argparse.Namespace, work: str) -> Dict[str, Any]:
+def measure_one(arch: str, size: int, threads: int, args: argparse.Namespace, work: str,
+                peer_path: Optional[str] = None) -> Dict[str, Any]:
     import torch
 
     from lpcv_segmentation.model import build_model, count_macs, count_params
@@ -77,8 +80,9 @@ def measure_one(arch: str, size: int, args: argparse.Namespace, work: str) -> Di
     model = build_model(arch, decoder_channels=args.decoder_channels, input_size=size).eval()
     onnx_path = os.path.join(work, "%s_%d.onnx" % (arch, size))
     int8_path = os.path.join(work, "%s_%d_int8.onnx" % (arch, size)) if args.int8 else ""
-    print("exporting %s at %d px ..." % (arch, size), file=sys.stderr, flush=True)
-    export_model(model, size, onnx_path, int8_path)
+    if not os.path.isfile(onnx_path):  # exported once, timed at every thread count
+        print("exporting %s at %d px ..." % (arch, size), file=sys.stderr, flush=True)
+        export_model(model, size, onnx_path, int8_path)
 
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     tensor = torch.from_numpy(x)
@@ -87,20 +91,23 @@ def measure_one(arch: str, size: int, args: argparse.Namespace, work: str) -> Di
         with torch.inference_mode():
             model(tensor)
 
-    fp32 = Segmenter(onnx_path, backend="onnxruntime", threads=args.threads)
+    fp32 = Segmenter(onnx_path, backend="onnxruntime", threads=threads)
     matmul, matmul_flops = matmul_runner(MATMUL_SIZE)  # the hardware ceiling, timed alongside
     runners: Dict[str, Callable[[], Any]] = {"eager": eager, "ort": lambda: fp32.infer(x),
                                              "matmul": matmul}
     if int8_path:
-        int8 = Segmenter(int8_path, backend="onnxruntime", threads=args.threads)
+        int8 = Segmenter(int8_path, backend="onnxruntime", threads=threads)
         runners["int8"] = lambda: int8.infer(x)
+    if peer_path:
+        runners["peer"] = peer_lib.runner(peer_path, threads)
     with torch.inference_mode():
         reference = model(tensor).numpy()
     max_diff = float(np.abs(fp32.infer(x) - reference).max())
-    print("timing %s at %d px (%d rounds) ..." % (arch, size, args.repeats), file=sys.stderr,
-          flush=True)
+    print("timing %s at %d px, %d thread(s) (%d rounds) ..."
+          % (arch, size, threads, args.repeats), file=sys.stderr, flush=True)
     timings = interleaved(runners, args.repeats, args.block, args.warmup)
-    row: Dict[str, Any] = {"arch": arch, "size": size, "params": count_params(model),
+    row: Dict[str, Any] = {"arch": arch, "size": size, "threads": threads,
+                           "params": count_params(model),
                            "gmacs": count_macs(model, size), "max_abs_diff": max_diff,
                            "load": load_average()}
     for name, timing in timings.items():
@@ -115,15 +122,15 @@ def measure_one(arch: str, size: int, args: argparse.Namespace, work: str) -> Di
     return row
 
 
-def render(rows: List[Dict[str, Any]], args: argparse.Namespace) -> str:
-    headers = ["model", "input", "params", "GMACs", "eager ms", "ORT ms", "eager / ORT",
+def render(rows: List[Dict[str, Any]], args: argparse.Namespace, peer: peer_lib.Peer) -> str:
+    headers = ["threads", "model", "input", "params", "GMACs", "eager ms", "ORT ms", "eager / ORT",
                "eager CPU ms", "ORT CPU ms", "eager / ORT (CPU)", "ORT % of matmul rate",
                "max logit diff"]
     if args.int8:
         headers += ["ORT int8 ms", "int8 CPU ms", "fp32 / int8 (CPU)"]
     table = []
-    for r in rows:
-        line = ["UPerNet-%s" % r["arch"], r["size"], "%.2fM" % (r["params"] / 1e6),
+    for index, r in enumerate(rows):
+        line = [r["threads"], "UPerNet-%s" % r["arch"], r["size"], "%.2fM" % (r["params"] / 1e6),
                 "%.2f" % r["gmacs"], fmt(r["eager_ms"]), fmt(r["ort_ms"]),
                 fmt(ratio(r["eager_ms"], r["ort_ms"]), "%.1fx"), fmt(r["eager_cpu_ms"]),
                 fmt(r["ort_cpu_ms"]), fmt(ratio(r["eager_cpu_ms"], r["ort_cpu_ms"]), "%.1fx"),
@@ -133,34 +140,45 @@ def render(rows: List[Dict[str, Any]], args: argparse.Namespace) -> str:
             line += [fmt(r.get("int8_ms")), fmt(r.get("int8_cpu_ms")),
                      fmt(ratio(r["ort_cpu_ms"], r.get("int8_cpu_ms")), "%.2fx")]
         table.append(line)
+        last_of_threads = index + 1 == len(rows) or rows[index + 1]["threads"] != r["threads"]
+        same = [p for p in rows if p["threads"] == r["threads"] and "peer_ms" in p]
+        if last_of_threads and same:  # the peer's median over every model's rounds
+            peer_ms = [p["peer_ms"] for p in same]
+            peer_cpu = [p["peer_cpu_ms"] for p in same]
+            table.append([r["threads"], peer_lib.LABEL, peer_lib.input_size(peer.path), "-",
+                          "-", "-", fmt(statistics.median(peer_ms)), "-", "-",
+                          fmt(statistics.median(peer_cpu)), "-", "-", "-"]
+                         + ["-"] * (3 if args.int8 else 0))
     loads = [r["load"] for r in rows if r.get("load") is not None]
     note = ("%d-channel decoder, random weights, batch 1, forward pass only (pre-processed "
             "input). Median of %d interleaved rounds of %d calls after %d warm-up calls, "
-            "%d thread%s for both back ends%s. ms: wall clock; CPU ms: CPU time of the process "
-            "per call (all threads). ORT %% of matmul rate: the model's GMACs per CPU-second in ONNX Runtime "
-            "over those of a %dx%d fp32 matrix product (torch.mm, bench/matmul_rate.py) timed "
-            "in the same rounds: how close to the hardware limit it runs. Load average (1 min) "
-            "while timing: %s on %d cores."
-            % (args.decoder_channels, args.repeats, args.block, args.warmup, args.threads,
-               "" if args.threads == 1 else "s",
+            "%s thread(s) for both back ends%s; the peer is timed in the rounds of every "
+            "model (its row: the median over them). ms: wall clock; CPU ms: CPU time of the "
+            "process per call (all threads). ORT %% of matmul rate: the model's GMACs per "
+            "CPU-second in ONNX Runtime over those of a %dx%d fp32 matrix product (torch.mm, "
+            "bench/matmul_rate.py) timed in the same rounds: how close to the hardware limit "
+            "it runs. Load average (1 min) while timing: %s on %d cores."
+            % (args.decoder_channels, args.repeats, args.block, args.warmup,
+               " and ".join(map(str, args.threads)),
                ", OMP_WAIT_POLICY=PASSIVE" if args.omp_passive else "", MATMUL_SIZE, MATMUL_SIZE,
                "%.1f-%.1f" % (min(loads), max(loads)) if loads else "n/a", os.cpu_count() or 0))
-    return markdown_table(headers, table) + "\n\n" + note
+    return markdown_table(headers, table) + "\n\n" + note + " " + peer.line()
 
 
 def targets(rows: List[Dict[str, Any]], args: argparse.Namespace) -> List[Target]:
     from lpcv_segmentation.model import DEFAULT_ARCH
     out = []
-    default = [r for r in rows if r["arch"] == DEFAULT_ARCH and r["size"] == 288]
-    if default:
-        speedup = ratio(default[0]["eager_ms"], default[0]["ort_ms"])
+    for default in [r for r in rows if r["arch"] == DEFAULT_ARCH and r["size"] == 288]:
+        threads = default["threads"]
+        speedup = ratio(default["eager_ms"], default["ort_ms"])
         out.append(Target("ONNX Runtime vs PyTorch eager (wall clock, %d thread%s), %s at 288"
-                          % (args.threads, "" if args.threads == 1 else "s", DEFAULT_ARCH),
+                          % (threads, "" if threads == 1 else "s", DEFAULT_ARCH),
                           ">= %.0fx" % TARGET_SPEEDUP, fmt(speedup, "%.1fx"),
                           speedup is not None and speedup >= TARGET_SPEEDUP))
         if args.int8:
-            gain = ratio(default[0]["ort_cpu_ms"], default[0].get("int8_cpu_ms"))
-            out.append(Target("ONNX Runtime int8 vs fp32 (CPU time), %s at 288" % DEFAULT_ARCH,
+            gain = ratio(default["ort_cpu_ms"], default.get("int8_cpu_ms"))
+            out.append(Target("ONNX Runtime int8 vs fp32 (CPU time), %s at 288, %d thread(s)"
+                              % (DEFAULT_ARCH, threads),
                               "> 1x (faster)", fmt(gain, "%.2fx"), gain is not None and gain > 1))
     return out
 
@@ -180,8 +198,9 @@ def main() -> int:
                         help="timed calls per back end per round (default %(default)s)")
     parser.add_argument("--warmup", type=int, default=2,
                         help="untimed calls per back end first (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=2,
-                        help="intra-op threads for both back ends (default %(default)s)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="intra-op thread counts for both back ends, each timed in its "
+                             "own rounds (default: 1 2)")
     parser.add_argument("--omp-passive", action="store_true",
                         help="OMP_WAIT_POLICY=PASSIVE for PyTorch: its OpenMP threads sleep "
                              "instead of spinning between operators (fairer on a busy machine)")
@@ -189,12 +208,14 @@ def main() -> int:
                         help="also time an int8 ONNX model (static QDQ, synthetic calibration)")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--markdown", metavar="FILE", help="also write the table to FILE")
+    peer_lib.add_argument(parser)
     args = parser.parse_args()
-    if args.repeats < 1 or args.threads < 1 or not args.archs or not args.sizes:
+    peer = peer_lib.resolve(parser, args.peer)
+    if args.repeats < 1 or min(args.threads) < 1 or not args.archs or not args.sizes:
         parser.error("--repeats and --threads must be >= 1; --archs and --sizes not empty")
     if args.omp_passive:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read when torch's OpenMP library loads
-    set_threads(args.threads)
+    set_threads(args.threads[0])
     from lpcv_segmentation.model import ARCHS, check_input_size
     for arch in args.archs:
         if arch not in ARCHS:
@@ -207,10 +228,12 @@ def main() -> int:
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_backends_") as work:
-        for arch in args.archs:
-            for size in args.sizes:
-                rows.append(measure_one(arch, size, args, work))
-    body = render(rows, args)
+        for threads in args.threads:
+            set_threads(threads)
+            for arch in args.archs:
+                for size in args.sizes:
+                    rows.append(measure_one(arch, size, threads, args, work, peer.path))
+    body = render(rows, args, peer)
     if args.markdown:
         Path(args.markdown).write_text(body + "\n")
     return finish("Back ends per student variant: PyTorch eager vs ONNX Runtime", body,

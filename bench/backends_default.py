@@ -16,6 +16,9 @@ exist (models/default.onnx), else exported here into runs/bench_cache/ (fp32 wit
 ``training.export.export_onnx``; int8 with its ``quantize_int8``, calibrated on synthetic
 scenes from ``training.synth``). A model whose checkpoint is missing gets a row saying so.
 
+The LPCV 2023 2nd-place network (``--peer``, bench/peer.py) is timed in the same rounds, at its
+own input size, and gets a row in every table.
+
     .venv/bin/python bench/backends_default.py
     .venv/bin/python bench/backends_default.py --model default=models/default.safetensors \\
         --model unpruned=runs/default_model/student/best.safetensors --rounds 10
@@ -39,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 from lpcv_segmentation.fileio import atomic_path  # noqa: E402
 from common import interleaved, load_average, set_threads  # noqa: E402
+import peer as peer_lib  # noqa: E402
 from matmul_rate import matmul_runner  # noqa: E402
 from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
 
@@ -51,6 +55,7 @@ DEFAULT_MODELS: List[Tuple[str, str]] = [
 CACHE = ROOT / "runs" / "bench_cache"
 BACKENDS = ("eager", "ort_fp32", "ort_int8")
 CALIBRATION_SCENES = 16
+TARGET_VS_PEER = 2.0  # issue 11: the default model at most 2x the peer's latency, 1 thread
 CALIBRATION_SEED = 7000
 
 
@@ -151,7 +156,8 @@ def prepare(name: str, checkpoint: str, size: Optional[int], threads: int
 
 
 def run(models: List[Tuple[str, str]], size: Optional[int], threads: int, rounds: int,
-        matmul_size: int, block: int = 3) -> Dict[str, Any]:
+        matmul_size: int, block: int = 3, peer_path: Optional[str] = None) -> Dict[str, Any]:
+    """Every model and back end (and the peer, when given) timed at ``threads`` threads."""
     set_threads(threads)
     prepared, missing = [], []
     for name, checkpoint in models:
@@ -166,6 +172,8 @@ def run(models: List[Tuple[str, str]], size: Optional[int], threads: int, rounds
     for p in prepared:
         for backend, runner in p["runners"].items():
             runners["%s/%s" % (p["name"], backend)] = runner
+    if peer_path:
+        runners["peer"] = peer_lib.runner(peer_path, threads)
     print("timing %d runners x %d rounds of %d ..." % (len(runners), rounds, block),
           file=sys.stderr, flush=True)
     loads = [load_average()]
@@ -187,12 +195,32 @@ def run(models: List[Tuple[str, str]], size: Optional[int], threads: int, rounds
             "matmul_ms": timings["matmul"]["median_ms"],
             "matmul_best_ms": timings["matmul"]["min_ms"],
             "matmul_gmacs_per_s": matmul_gmacs, "matmul_gflops": 2.0 * matmul_gmacs,
-            "models": results, "missing": missing, "load_average": loads}
+            "models": results, "missing": missing, "load_average": loads,
+            "peer": None if not peer_path else {
+                "path": peer_path, "size": peer_lib.input_size(peer_path),
+                "ms": timings["peer"]["median_ms"], "best_ms": timings["peer"]["min_ms"]}}
 
 
-def section(result: Dict[str, Any]) -> Tuple[str, List[Target]]:
+def section(results: List[Dict[str, Any]], peer: peer_lib.Peer) -> Tuple[str, List[Target]]:
+    """One table per thread count (the peer's row in each), then the models measured."""
+    parts, targets = [], []
+    for result in results:
+        part, target = thread_table(result)
+        parts.append(part)
+        targets += target
+    parts.append(peer.line())
+    parts.append("Models measured:\n\n" + markdown_table(
+        ["model", "arch", "checkpoint", "input", "params", "GMACs", "ONNX files"],
+        [[m["name"], m["arch"], m["checkpoint"], m["size"], "%.2fM" % (m["params"] / 1e6),
+          "%.3f" % m["gmacs"],
+          "fp32 %s; int8 %s" % (m["onnx_origin"]["fp32"], m["onnx_origin"]["int8"])]
+         for m in results[0]["models"]]))
+    return "\n\n".join(parts), targets
+
+
+def thread_table(result: Dict[str, Any]) -> Tuple[str, List[Target]]:
     peak = result["matmul_gmacs_per_s"]
-    rows, cost_rows = [], []
+    rows = []
     reference = result["models"][0] if result["models"] else None
     for m in result["models"]:
         ms, rate = m["ms"], m["gmacs_per_s"]
@@ -201,13 +229,21 @@ def section(result: Dict[str, Any]) -> Tuple[str, List[Target]]:
             fmt(ratio(ms["ort_fp32"], ms["ort_int8"]), "%.2fx"),
             fmt(ratio(ms["ort_fp32"], reference["ms"]["ort_fp32"]), "%.2fx")]
             + ["%.1f (%.0f%%)" % (rate[b], 100.0 * rate[b] / peak) for b in BACKENDS])
-        cost_rows.append([m["name"], m["arch"], m["checkpoint"], m["size"],
-                          "%.2fM" % (m["params"] / 1e6), "%.3f" % m["gmacs"],
-                          "fp32 %s; int8 %s" % (m["onnx_origin"]["fp32"],
-                                                m["onnx_origin"]["int8"])])
     for name, checkpoint in result["missing"]:
         rows.append([name, "not available: %s missing" % checkpoint] + ["-"] * 10)
+    peer, targets = result.get("peer"), []
+    if peer:
+        rows.append([peer_lib.LABEL, peer["size"], "-", fmt(peer["ms"], "%.1f"), "-", "-", "-",
+                     fmt(ratio(peer["ms"], reference["ms"]["ort_fp32"]) if reference else None,
+                         "%.2fx"), "-", "-", "-"])
+        if reference and result["threads"] == 1:
+            vs_peer = ratio(reference["ms"]["ort_fp32"], peer["ms"])
+            targets.append(Target("%s vs the peer, ONNX Runtime fp32, 1 thread (issue 11)"
+                                  % reference["name"], "<= %.1fx the peer's latency"
+                                  % TARGET_VS_PEER, fmt(vs_peer, "%.2fx"),
+                                  None if vs_peer is None else vs_peer <= TARGET_VS_PEER))
     body = "\n\n".join([
+        "### %d thread%s" % (result["threads"], "" if result["threads"] == 1 else "s"),
         "%d thread(s) for every back end (PyTorch's OpenMP threads passive when idle); "
         "latencies are medians over %d interleaved rounds of %d timed calls each; forward "
         "pass only on a pre-processed input. Machine fp32 matrix-multiply peak, timed in the "
@@ -223,11 +259,8 @@ def section(result: Dict[str, Any]) -> Tuple[str, List[Target]]:
                         "ORT fp32 vs eager", "int8 vs fp32", "ORT fp32 ms vs %s"
                         % (reference["name"] if reference else "first"),
                         "eager GMAC/s", "ORT fp32 GMAC/s", "ORT int8 GMAC/s"], rows),
-        "Models measured:\n\n" + markdown_table(
-            ["model", "arch", "checkpoint", "input", "params", "GMACs", "ONNX files"],
-            cost_rows),
     ])
-    return body, []
+    return body, targets
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -238,12 +271,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                         % ", ".join("%s=%s" % m for m in DEFAULT_MODELS))
     parser.add_argument("--size", type=int, default=None,
                         help="input size (default: each model's own)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="thread counts, one table each (default: 1 2)")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--block", type=int, default=3, help="timed calls per runner per round")
     parser.add_argument("--matmul-size", type=int, default=1024)
     parser.add_argument("--json", help="also write the results here")
+    peer_lib.add_argument(parser)
     args = parser.parse_args(argv)
+    peer = peer_lib.resolve(parser, args.peer)
     models = DEFAULT_MODELS
     if args.model:
         try:
@@ -252,9 +288,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             parser.error("--model takes NAME=CHECKPOINT")
         if any(len(m) != 2 for m in models):
             parser.error("--model takes NAME=CHECKPOINT, got %s" % args.model)
-    result = run(models, args.size, args.threads, args.rounds, args.matmul_size, args.block)
-    body, targets = section(result)
-    return finish("Back ends", body, targets, args.json, {"result": result})
+    results = [run(models, args.size, threads, args.rounds, args.matmul_size, args.block,
+                   peer.path) for threads in args.threads]
+    body, targets = section(results, peer)
+    return finish("Back ends", body, targets, args.json, {"results": results,
+                                                          "peer": peer._asdict()})
 
 
 if __name__ == "__main__":

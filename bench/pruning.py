@@ -11,11 +11,13 @@ is timed, after warm-up.
 
 Without checkpoints the models have random weights: speed does not depend on the values
 (accuracy is measured by ``python -m training ablation``). Target: the structured-pruned
-student runs at least 1.5x faster on ONNX Runtime than the unpruned one.
+student runs at least 1.5x faster on ONNX Runtime than the unpruned one. The LPCV 2023
+2nd-place network (``--peer``, bench/peer.py) is timed in the ONNX Runtime rounds and gets a row
+at every size and thread count.
 
     .venv/bin/python bench/pruning.py
     .venv/bin/python bench/pruning.py --checkpoint runs/student/best.safetensors \\
-        --pruned runs/pruned/best.safetensors --sizes 288 512 --threads 2 --rounds 6
+        --pruned runs/pruned/best.safetensors --sizes 288 512 --threads 1 2 --rounds 6
 """
 import argparse
 import copy
@@ -23,7 +25,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -31,10 +33,12 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 from common import BLOCK, interleaved, load_average, set_threads  # noqa: E402
+import peer as peer_lib  # noqa: E402
 from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
 
 TARGET_SPEEDUP = 1.5
 VARIANTS = ("unpruned", "structured", "unstructured")
+PEER = "peer"  # its key in the results, beside the variants
 
 
 def make_models(checkpoint: Optional[str], pruned: Optional[str], arch: str, method: str,
@@ -79,8 +83,10 @@ def export_all(models: Dict[str, Any], sizes: Sequence[int], work: str
 
 
 def measure(models: Dict[str, Any], onnx: Dict[str, Dict[int, str]], sizes: Sequence[int],
-            threads: int, rounds: int) -> Dict[int, Dict[str, Dict[str, float]]]:
-    """{size: {variant: {params, gmacs, eager_ms, ort_ms}}}"""
+            threads: int, rounds: int, peer_path: Optional[str] = None
+            ) -> Dict[int, Dict[str, Dict[str, float]]]:
+    """{size: {variant: {params, gmacs, eager_ms, ort_ms}}}, plus {"peer": {"ort_ms", "size"}}
+    at each size when ``peer_path`` is given (timed in the ONNX Runtime rounds)."""
     import torch
     from lpcv_segmentation.model import count_macs, count_params
     from lpcv_segmentation.runtime import Segmenter
@@ -103,30 +109,55 @@ def measure(models: Dict[str, Any], onnx: Dict[str, Dict[int, str]], sizes: Sequ
             return run
 
         eager_ms = interleaved({n: eager(m) for n, m in models.items()}, rounds)
-        ort_ms = interleaved({n: (lambda s=s: s.infer(x)) for n, s in segmenters.items()},
-                             rounds)
+        ort_runners = {n: (lambda s=s: s.infer(x)) for n, s in segmenters.items()}
+        if peer_path:
+            ort_runners[PEER] = peer_lib.runner(peer_path, threads)
+        ort_ms = interleaved(ort_runners, rounds)
         results[size] = {n: {"params": float(count_params(m)), "gmacs": count_macs(m, size),
                              "eager_ms": eager_ms[n].median_ms, "ort_ms": ort_ms[n].median_ms}
                          for n, m in models.items()}
+        if peer_path:
+            results[size][PEER] = {"ort_ms": ort_ms[PEER].median_ms,
+                                   "size": float(peer_lib.input_size(peer_path))}
         print("measured %d px" % size, file=sys.stderr, flush=True)
     return results
 
 
-def section(results: Dict[int, Dict[str, Dict[str, float]]], args: argparse.Namespace,
-            sparsity: float) -> (str, List[Target]):
-    rows = []
-    for size, by_variant in results.items():
-        ref = by_variant["unpruned"]
-        for name in VARIANTS:
-            r = by_variant[name]
-            rows.append([size, name, fmt(r["params"] / 1e6, "%.2fM"), fmt(r["gmacs"], "%.3f"),
-                         fmt(r["eager_ms"], "%.1f"), fmt(r["ort_ms"], "%.1f"),
-                         fmt(ratio(r["params"], ref["params"]), "%.2f"),
-                         fmt(ratio(r["gmacs"], ref["gmacs"]), "%.2f"),
-                         fmt(ratio(ref["eager_ms"], r["eager_ms"]), "%.2fx"),
-                         fmt(ratio(ref["ort_ms"], r["ort_ms"]), "%.2fx")])
-    headers = ["input", "model", "params", "GMACs", "eager ms", "ORT ms", "params ratio",
-               "MACs ratio", "eager speed-up", "ORT speed-up"]
+def size_rows(threads: int, size: int, by_variant: Dict[str, Dict[str, float]]
+              ) -> List[List[Any]]:
+    """The table rows of one thread count and input size: every variant, then the peer."""
+    ref, rows = by_variant["unpruned"], []
+    for name in VARIANTS:
+        r = by_variant[name]
+        rows.append([threads, size, name, fmt(r["params"] / 1e6, "%.2fM"),
+                     fmt(r["gmacs"], "%.3f"), fmt(r["eager_ms"], "%.1f"),
+                     fmt(r["ort_ms"], "%.1f"), fmt(ratio(r["params"], ref["params"]), "%.2f"),
+                     fmt(ratio(r["gmacs"], ref["gmacs"]), "%.2f"),
+                     fmt(ratio(ref["eager_ms"], r["eager_ms"]), "%.2fx"),
+                     fmt(ratio(ref["ort_ms"], r["ort_ms"]), "%.2fx")])
+    peer = by_variant.get(PEER)
+    if peer:
+        rows.append([threads, int(peer["size"]), peer_lib.LABEL, "-", "-", "-",
+                     fmt(peer["ort_ms"], "%.1f"), "-", "-", "-",
+                     fmt(ratio(ref["ort_ms"], peer["ort_ms"]), "%.2fx")])
+    return rows
+
+
+def section(by_threads: Dict[int, Dict[int, Dict[str, Dict[str, float]]]],
+            args: argparse.Namespace, sparsity: float, peer: peer_lib.Peer
+            ) -> Tuple[str, List[Target]]:
+    rows, targets = [], []
+    for threads, results in by_threads.items():
+        for size, by_variant in results.items():
+            rows += size_rows(threads, size, by_variant)
+            speedup = ratio(by_variant["unpruned"]["ort_ms"],
+                            by_variant["structured"]["ort_ms"])
+            targets.append(Target("structured-pruned student, ONNX Runtime at %d px, %d "
+                                  "thread%s" % (size, threads, "" if threads == 1 else "s"),
+                                  ">= %.1fx faster" % TARGET_SPEEDUP, fmt(speedup, "%.2fx"),
+                                  None if speedup is None else speedup >= TARGET_SPEEDUP))
+    headers = ["threads", "input", "model", "params", "GMACs", "eager ms", "ORT ms",
+               "params ratio", "MACs ratio", "eager speed-up", "ORT speed-up"]
     what = ("--pruned %s" % args.pruned) if args.pruned else (
         "training.prune --method %s --amount %s (importance l2, per layer, widths rounded "
         "to multiples of 8)" % (args.method, args.amount))
@@ -134,22 +165,18 @@ def section(results: Dict[int, Dict[str, Dict[str, float]]], args: argparse.Name
         "## Pruning: structured vs unstructured, %s" % (args.checkpoint or args.arch),
         "",
         "Structured: %s. Unstructured: %.0f %% of the conv/linear weights zeroed (global "
-        "magnitude), shapes unchanged. %d thread(s); median of %d runs per model, in %d "
-        "interleaved rounds of %d; speed-up = unpruned ms / model ms. Load average at the "
-        "end: %s." % (what, 100 * sparsity, args.threads, args.rounds * BLOCK, args.rounds,
-                      BLOCK, fmt(load_average(), "%.1f")),
+        "magnitude), shapes unchanged. %s thread(s); median of %d runs per model, in %d "
+        "interleaved rounds of %d; speed-up = unpruned ms / model ms (for the peer: unpruned "
+        "ORT ms / peer ms, the peer at its own input size, timed in the same rounds). %s Load "
+        "average at the end: %s." % (
+            what, 100 * sparsity, " and ".join(map(str, by_threads)), args.rounds * BLOCK,
+            args.rounds, BLOCK, peer.line(), fmt(load_average(), "%.1f")),
         "",
         markdown_table(headers, rows),
         "",
         "Unstructured pruning removes no MACs: dense inference runs the same operations on "
         "zeros, so its speed-up stays at about 1.0x.",
     ])
-    targets = []
-    for size, by_variant in results.items():
-        speedup = ratio(by_variant["unpruned"]["ort_ms"], by_variant["structured"]["ort_ms"])
-        targets.append(Target("structured-pruned student, ONNX Runtime at %d px" % size,
-                              ">= %.1fx faster" % TARGET_SPEEDUP, fmt(speedup, "%.2fx"),
-                              None if speedup is None else speedup >= TARGET_SPEEDUP))
     return body, targets
 
 
@@ -163,12 +190,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--amount", type=float, default=0.5,
                         help="structured amount without --pruned, and the unstructured sparsity")
     parser.add_argument("--sizes", type=int, nargs="+", default=[288, 512])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="thread counts, each timed in its own rounds (default: 1 2)")
     parser.add_argument("--rounds", type=int, default=6,
                         help="rounds of %d timed runs per model (default 6)" % BLOCK)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the JSON record here")
+    peer_lib.add_argument(parser)
     args = parser.parse_args(argv)
+    peer = peer_lib.resolve(parser, args.peer)
 
     from training import prune
     models = make_models(args.checkpoint, args.pruned, args.arch, args.method, args.amount,
@@ -176,11 +206,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     sparsity = prune.weight_sparsity(models["unstructured"])
     with tempfile.TemporaryDirectory(prefix="bench_pruning_") as work:
         onnx = export_all(models, args.sizes, work)
-        results = measure(models, onnx, args.sizes, args.threads, args.rounds)
-    body, targets = section(results, args, sparsity)
+        results = {threads: measure(models, onnx, args.sizes, threads, args.rounds, peer.path)
+                   for threads in args.threads}
+    body, targets = section(results, args, sparsity, peer)
     return finish("Pruning", body, targets, args.json,
-                  {"results": {str(k): v for k, v in results.items()},
-                   "unstructured_sparsity": sparsity})
+                  {"results": {str(t): {str(k): v for k, v in r.items()}
+                               for t, r in results.items()},
+                   "unstructured_sparsity": sparsity, "peer": peer._asdict()})
 
 
 if __name__ == "__main__":

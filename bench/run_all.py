@@ -75,19 +75,21 @@ def steps(args: argparse.Namespace) -> List[Step]:
     load_model = ["--checkpoint", args.checkpoint, "--input-size", str(args.load_input_size)]
     backends = ["--model", "default=%s" % args.checkpoint, "--model", "unpruned=%s" % args.unpruned,
                 "--model", "undistilled=%s" % args.undistilled]
-    pruning = []
+    peer = ["--peer", args.peer] if args.peer else []  # else each bench finds the default
+    backends += peer
+    pruning = list(peer)
     if Path(args.unpruned).is_file() or (ROOT / args.unpruned).is_file():
-        pruning = ["--checkpoint", args.unpruned]
+        pruning += ["--checkpoint", args.unpruned]
         if Path(args.checkpoint).is_file() or (ROOT / args.checkpoint).is_file():
             pruning += ["--pruned", args.checkpoint]
     return [
         Step("backends", "1. Back ends: PyTorch eager vs ONNX Runtime fp32 and int8",
              "backends_default.py", backends + ["--rounds", "6"], backends + ["--rounds", "2"],
-             True, 240),
+             True, 480),
         Step("pruning", "2. Pruning: pruned vs unpruned students",
              "pruning.py", pruning + ["--rounds", "3"], pruning + ["--rounds", "2",
                                                                     "--sizes", "288"],
-             True, 600),
+             True, 900),
         Step("overhead", "3. Node overhead: the node vs the bare back end", "node_overhead.py",
              node_model + ["--frames", "32", "--rounds", "4"],
              node_model + ["--frames", "8", "--rounds", "2", "--repeats", "3"], True, 240),
@@ -372,6 +374,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--load-input-size", type=int, default=512,
                         help="input size the load bench runs --checkpoint at (exported)")
     parser.add_argument("--out", default=str(DOC), help="the document to (re)write")
+    parser.add_argument("--peer", metavar="FILE",
+                        help="the LPCV 2023 2nd-place ONNX file the latency benches time beside "
+                             "our models (default: theirs, ../shared/peers/... when it exists; "
+                             "'none' to skip)")
     args = parser.parse_args(argv)
     plan = steps(args)
     if args.only:
