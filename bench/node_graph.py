@@ -1,10 +1,11 @@
 """The segmentation node in a ROS graph of child processes, for the node benches.
 
 ``NodeGraph`` starts ``python -m lpcv_segmentation.node`` with config/drone.yaml plus the
-parameters given, and (optionally) the listener of test/ros_helpers.py, which records the
-node's outputs and /diagnostics in a JSON-lines file. Every graph gets a ROS domain of its
-own; the large-frame Fast DDS profile is applied to all its processes unless ``profile=False``.
-The camera of test/ros_helpers.py sends the frames. The node's memory is read from
+parameters given, and (optionally) the listener script of test/ros_helpers.py, which records
+the node's outputs and /diagnostics in a JSON-lines file; the camera script there sends the
+frames. The processes are the package's harness (``lpcv_segmentation.node_process``): every
+graph holds a ROS domain no other graph on the machine holds, and the large-frame Fast DDS
+profile is applied to all its processes unless ``profile=False``. The node's memory is read from
 /proc/<pid>/status, and whether it loaded torch from /proc/<pid>/maps. Every process started
 here is stopped by ``close()`` (SIGINT, then SIGKILL for that process only).
 """
@@ -17,11 +18,13 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
-# The camera and listener processes, the process environment and the test scene are the node
-# tests' own (test/ros_helpers.py); the benches drive the node the same way the tests do.
-sys.path.insert(0, str(REPO / "test"))
-from ros_helpers import (HELPERS, random_domain_id, ros_env, scene_rgb,  # noqa: E402,F401
-                         start, stop)
+sys.path.insert(0, str(REPO))
+from lpcv_segmentation.node_process import (ChildProcess, DomainLease,  # noqa: E402
+                                            NodeProcess, graph_env, stop)
+from lpcv_segmentation.scene import scene_rgb  # noqa: E402,F401  (node_overhead's input)
+
+# The camera and listener: scripts the node tests run too (started as processes, not imported).
+HELPERS = REPO / "test" / "ros_helpers.py"
 
 PARAMS_FILE = REPO / "config" / "drone.yaml"
 CAMERA_TOPIC = "/camera/image_raw"
@@ -92,20 +95,6 @@ class MemorySampler:
 
 
 # -- the graph -----------------------------------------------------------------------------------
-def node_arguments(model: str, backend: str, params: Optional[Dict[str, object]] = None
-                   ) -> List[str]:
-    """``--ros-args`` for the node: drone.yaml, then the model, back end, topic, overrides."""
-    values: Dict[str, object] = {"model_path": model, "backend": backend,
-                                 "input_topic": CAMERA_TOPIC}
-    values.update(params or {})
-    args = ["--ros-args", "--params-file", str(PARAMS_FILE)]
-    for name, value in values.items():
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        args += ["-p", "%s:=%s" % (name, value)]
-    return args
-
-
 class NodeGraph:
     """A running node (and listener) in a ROS domain of its own; a context manager.
 
@@ -117,14 +106,16 @@ class NodeGraph:
                  listener: bool = True, domain: Optional[int] = None) -> None:
         self.work = Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
-        self.domain = random_domain_id() if domain is None else domain
-        self.env = ros_env(self.domain, profile=profile)
+        self._lease: Optional[DomainLease] = DomainLease(domain)
+        self.domain = self._lease.id
+        self.env = graph_env(self.domain, profile=profile, pythonpath=[REPO])
         self.events_path = self.work / "listener" / "events.jsonl"
-        self._args = node_arguments(model, backend, params)
+        self._node_options = dict(model=model, backend=backend, input_topic=CAMERA_TOPIC,
+                                  params_file=PARAMS_FILE, params=dict(params or {}))
         self._with_listener = listener
-        self.node = None
-        self.listener = None
-        self._children = []  # everything started, stopped in reverse order by close()
+        self.node: Optional[subprocess.Popen] = None
+        self.listener: Optional[subprocess.Popen] = None
+        self._children: List[subprocess.Popen] = []  # stopped in reverse order by close()
         self.node_exit_code: Optional[int] = None
         self.exit_log_tail = ""
 
@@ -145,28 +136,26 @@ class NodeGraph:
         if self._with_listener:
             self.listener = self._start([sys.executable, str(HELPERS), "listen", "--out",
                                          str(self.work / "listener")], "listener.log")
-        self.node = self._start([sys.executable, "-m", "lpcv_segmentation.node"] + self._args,
-                                "node.log")
+        node = NodeProcess(self.env, self.work / "node.log", cwd=REPO, **self._node_options)
+        self._children.append(node.process)
+        self.node = node.process
         if self._with_listener:
             # label_info is latched: once the listener has it, the node is up and publishing.
             self.wait_for("the node's label info", lambda: self.events("label_info"), timeout)
         else:
             self.wait_for("the node to start", lambda: "segmenting " in self.node_log(), timeout)
 
-    def _start(self, args: List[str], log_name: str):
-        process = start(args, self.env, self.work / log_name)
-        self._children.append(process)
-        return process
+    def _start(self, args: List[str], log_name: str, stderr_to_log: bool = True
+               ) -> subprocess.Popen:
+        child = ChildProcess(args, self.env, self.work / log_name, name=log_name, cwd=REPO,
+                             stderr_to_log=stderr_to_log)
+        self._children.append(child.process)
+        return child.process
 
     def spawn(self, args: List[str], log_name: str, stderr_to_terminal: bool = False):
         """Start another process in this graph's domain (stopped by ``close()``); its stdout
         goes to ``work/log_name``, its stderr there too unless ``stderr_to_terminal``."""
-        if not stderr_to_terminal:
-            return self._start(args, log_name)
-        log = open(self.work / log_name, "w")
-        process = subprocess.Popen(args, env=self.env, stdout=log, stderr=None, cwd=REPO)
-        self._children.append(process)
-        return process
+        return self._start(args, log_name, stderr_to_log=not stderr_to_terminal)
 
     def close(self) -> Optional[int]:
         """Stop every process (the node last but one: the listener hears its last words).
@@ -176,6 +165,9 @@ class NodeGraph:
             if process is self.node:
                 self.node_exit_code = code
         self._children = []
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
         if self.node_exit_code not in (None, 0):
             self.exit_log_tail = self.log_tail(15)
         return self.node_exit_code

@@ -12,9 +12,6 @@ environment too.
 import argparse
 import array
 import json
-import os
-import random
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +21,12 @@ from typing import Dict, List, Optional
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: import the package from this checkout
+    sys.path.insert(0, str(REPO))
+from lpcv_segmentation import node_process  # noqa: E402
+from lpcv_segmentation.node_process import DomainLease, graph_env  # noqa: E402
+from lpcv_segmentation.scene import scene_labels, scene_rgb  # noqa: E402,F401  (tests use them)
+
 PROFILE = REPO / "config" / "fastdds_large_frames.xml"
 HELPERS = Path(__file__).resolve()
 
@@ -33,45 +36,19 @@ MALFORMED = ("unsupported_encoding", "data_length", "zero_size", "bad_step", "un
 
 # -- shared with the tests --------------------------------------------------------------------
 def ros_env(domain_id: int, profile: bool = True) -> Dict[str, str]:
-    """Environment for a process of one test graph: its own domain, local discovery only."""
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), RMW_IMPLEMENTATION="rmw_fastrtps_cpp",
-               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1",
-               OMP_NUM_THREADS="1", RCUTILS_LOGGING_USE_STDOUT="0",
-               RCUTILS_COLORIZED_OUTPUT="0")
-    env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
-    if profile:
-        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(PROFILE)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    return env
+    """Environment for a process of one test graph: its own domain, local discovery only
+    (``lpcv_segmentation.node_process.graph_env``, with this checkout's profile file)."""
+    return graph_env(domain_id, PROFILE if profile else False, pythonpath=[REPO])
+
+
+_LEASES: List[DomainLease] = []  # held until this process exits
 
 
 def random_domain_id() -> int:
-    """A domain for one test module, so parallel test runs on the machine never meet."""
-    return random.SystemRandom().randint(20, 101)  # 0..101 is the safe range on Linux
-
-
-def scene_labels(height: int, width: int) -> np.ndarray:
-    """A label map with known regions of detection classes, scaled to the frame size."""
-    from lpcv_segmentation.classes import class_id
-    labels = np.zeros((height, width), np.uint8)
-
-    def box(cls: str, x0: float, y0: float, x1: float, y1: float) -> None:
-        labels[int(y0 * height):int(y1 * height), int(x0 * width):int(x1 * width)] = \
-            class_id(cls)
-
-    box("road/railway/bridge", 0.0, 0.45, 1.0, 0.55)
-    box("flood/water/river/sea", 0.0, 0.0, 0.3, 0.3)
-    box("vehicle", 0.6, 0.1, 0.8, 0.3)
-    box("person", 0.1, 0.7, 0.2, 0.85)
-    box("person", 0.7, 0.7, 0.75, 0.8)
-    box("fire/flare", 0.4, 0.65, 0.55, 0.9)
-    return labels
-
-
-def scene_rgb(height: int, width: int) -> np.ndarray:
-    """The scene painted in the class colours (what the palette model segments exactly)."""
-    from lpcv_segmentation.classes import palette
-    return palette()[scene_labels(height, width)]
+    """A domain for one test graph that no other graph on the machine holds (any process,
+    any test run) for as long as this process lives: see ``node_process.DomainLease``."""
+    _LEASES.append(DomainLease())
+    return _LEASES[-1].id
 
 
 def write_palette_model(path: Path, input_size: int = 128) -> Path:
@@ -114,20 +91,12 @@ def write_palette_model(path: Path, input_size: int = 128) -> Path:
 
 def start(args: List[str], env: Dict[str, str], log: Path) -> subprocess.Popen:
     """Start a process whose stdout and stderr go to ``log`` (pipes could fill and block it)."""
-    handle = open(log, "w")
-    return subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+    return node_process.start(args, env, log, cwd=REPO)
 
 
 def stop(process: subprocess.Popen, timeout: float = 10.0) -> Optional[int]:
     """SIGINT, then wait; kill only this process if it hangs. Returns its exit code."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
+    return node_process.stop(process, timeout)
 
 
 # -- camera -------------------------------------------------------------------------------------
@@ -301,5 +270,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))  # run as a script: import the package from this checkout
     sys.exit(main())
