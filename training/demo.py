@@ -17,12 +17,11 @@ Exits non-zero, saying which step failed, if any step of the chain fails.
 """
 import argparse
 import os
-import random
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "out" / "demo"
@@ -66,8 +65,13 @@ def _isolate_ros_graph() -> str:
     """Keep the demo's graph on this machine and off other graphs' domains."""
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     if "ROS_DOMAIN_ID" not in os.environ:
-        os.environ["ROS_DOMAIN_ID"] = str(random.SystemRandom().randint(20, 99))
+        from lpcv_segmentation.node_process import DomainLease
+        _LEASES.append(DomainLease())  # held until the demo exits
+        os.environ["ROS_DOMAIN_ID"] = str(_LEASES[-1].id)
     return os.environ["ROS_DOMAIN_ID"]
+
+
+_LEASES: List[Any] = []
 
 
 class Steps:
@@ -141,7 +145,8 @@ def _relative(path: Path) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from lpcv_segmentation.bag_eval import EvalError, evaluate_live, resolve_model, write_report
+    from lpcv_segmentation.bag_eval import EvalError, LiveOptions, evaluate_live, resolve_model
+    from lpcv_segmentation.fileio import write_json_atomic
     from training.dataset_to_bag import write_flight_bag
     from training.synth import write_dataset
 
@@ -162,10 +167,10 @@ def run_demo(args: argparse.Namespace) -> int:
               seed=args.seed, val_fraction=0.0, progress=False)
     steps.run("bag", write_flight_bag, out / "data", "train", out / "flight",
               rate_hz=args.rate, progress=False)
-    report = steps.run("replay", evaluate_live, out / "flight", model, rate=1.0,
-                       record=out / "outputs", overlays_dir=out / "overlays",
-                       overlay_count=args.overlays, node_log=out / "node.log", progress=False)
-    write_report(out / "report.json", report)
+    report = steps.run("replay", evaluate_live, out / "flight", LiveOptions(
+        model=model, rate=1.0, record=out / "outputs", overlays_dir=out / "overlays",
+        overlay_count=args.overlays, node_log=out / "node.log", progress=False))
+    write_json_atomic(out / "report.json", report)
     print()
     for line in summary(report, args, model, out):
         print(line)

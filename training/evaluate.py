@@ -25,18 +25,16 @@ import os
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-import cv2
 import numpy as np
 
-from lpcv_segmentation.classes import CLASS_NAMES, IGNORE_INDEX, palette
+from lpcv_segmentation.classes import IGNORE_INDEX
 from lpcv_segmentation.fileio import write_json_atomic
 from lpcv_segmentation.metrics import SegmentationMetrics
+from lpcv_segmentation.panels import MIN_PANEL_WIDTH, overlay_panel, write_panel  # noqa: F401
 
-IGNORE_COLOR = (255, 255, 255)  # label pixels without annotation, in overlays
 WARMUP_DEFAULT = 3
-MIN_PANEL_WIDTH = 256  # overlays of smaller images are enlarged (pixel repetition)
 
 
 class EvaluateError(RuntimeError):
@@ -93,7 +91,7 @@ def _default_overlay_dir(json_path: str) -> str:
 def model_cost(segmenter: Any) -> Tuple[Optional[int], Optional[float]]:
     """(parameters, GMACs at the model's input size). The PyTorch back end holds the model
     and counts them; exported files carry them in their metadata (written by the export)."""
-    model = getattr(segmenter.backend, "model", None)
+    model = getattr(segmenter.runner, "model", None)
     if model is not None:
         from lpcv_segmentation.model import count_macs, count_params
         return count_params(model), round(count_macs(model, segmenter.input_size), 4)
@@ -106,69 +104,9 @@ def model_cost(segmenter: Any) -> Tuple[Optional[int], Optional[float]]:
 # --------------------------------------------------------------------------------------
 # Overlays
 # --------------------------------------------------------------------------------------
-def _color_lut() -> np.ndarray:
-    """(256, 3) uint8 RGB: class colours, IGNORE_COLOR for 255, grey elsewhere."""
-    lut = np.full((256, 3), 128, np.uint8)
-    colors = palette()
-    lut[:len(colors)] = colors
-    lut[IGNORE_INDEX] = IGNORE_COLOR
-    return lut
-
-
-def overlay_panel(image: np.ndarray, label: np.ndarray, prediction: np.ndarray) -> np.ndarray:
-    """RGB uint8 ``image | label | prediction`` with a legend of the classes that appear."""
-    lut = _color_lut()
-    if image.shape[1] < MIN_PANEL_WIDTH:  # enlarge small images so the legend stays legible
-        factor = -(-MIN_PANEL_WIDTH // image.shape[1])
-        image, label, prediction = (np.repeat(np.repeat(a, factor, axis=0), factor, axis=1)
-                                    for a in (image, label, prediction))
-    h, w = image.shape[:2]
-    gap = 4
-    scale = max(0.35, min(1.0, w / 400.0))
-    line = int(26 * scale) + 6
-    panels = [image, lut[label], lut[prediction]]
-    top = np.full((line, 3 * w + 2 * gap, 3), 255, np.uint8)
-    row = np.full((h, 3 * w + 2 * gap, 3), 255, np.uint8)
-    for i, (panel, name) in enumerate(zip(panels, ("image", "label", "prediction"))):
-        x = i * (w + gap)
-        row[:, x:x + w] = panel
-        cv2.putText(top, name, (x + 4, line - 8),
-                    cv2.FONT_HERSHEY_SIMPLEX, scale * 0.6, (0, 0, 0), 1, cv2.LINE_AA)
-    shown = sorted(set(np.unique(label).tolist()) | set(np.unique(prediction).tolist()))
-    entries = [(lut[c], CLASS_NAMES[c] if c < len(CLASS_NAMES) else
-                ("ignore" if c == IGNORE_INDEX else str(c))) for c in shown]
-    legend = _legend(entries, row.shape[1], scale)
-    return np.concatenate([top, row, legend], axis=0)
-
-
-def _legend(entries: Sequence[Tuple[np.ndarray, str]], width: int, scale: float) -> np.ndarray:
-    """Colour swatches with class names, wrapped over as many lines as needed."""
-    font, text_scale = cv2.FONT_HERSHEY_SIMPLEX, scale * 0.5
-    line = int(22 * scale) + 8
-    box = line - 8
-    items: List[Tuple[int, int, np.ndarray, str]] = []
-    x, y = 6, 0
-    for color, name in entries:
-        text_w = cv2.getTextSize(name, font, text_scale, 1)[0][0]
-        item_w = box + 6 + text_w + 16
-        if x + item_w > width and x > 6:
-            x, y = 6, y + 1
-        items.append((x, y, color, name))
-        x += item_w
-    legend = np.full(((y + 1) * line + 4, width, 3), 255, np.uint8)
-    for x, row, color, name in items:
-        y0 = row * line + 4
-        cv2.rectangle(legend, (x, y0), (x + box, y0 + box), tuple(int(c) for c in color), -1)
-        cv2.rectangle(legend, (x, y0), (x + box, y0 + box), (0, 0, 0), 1)
-        cv2.putText(legend, name, (x + box + 6, y0 + box - 2), font, text_scale, (0, 0, 0), 1,
-                    cv2.LINE_AA)
-    return legend
-
-
 def write_overlay(path: Path, image: np.ndarray, label: np.ndarray,
                   prediction: np.ndarray) -> None:
-    panel = overlay_panel(image, label, prediction)
-    if not cv2.imwrite(str(path), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR)):
+    if not write_panel(path, image, label, prediction):
         raise EvaluateError("cannot write overlay %s" % path)
 
 
