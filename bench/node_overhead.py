@@ -44,11 +44,11 @@ class BareBackend:
         from node_graph import scene_rgb
         self.segmenter = Segmenter(model, backend=backend)
         self.x = self.segmenter.preprocess(scene_rgb(size, size))
-        timed(lambda: self.segmenter.backend.run(self.x), 1, warmup=2)  # lazy allocations
+        timed(lambda: self.segmenter.runner.run(self.x), 1, warmup=2)  # lazy allocations
 
     def time_ms(self, repeats: int) -> float:
         """Median milliseconds of ``repeats`` runs."""
-        return timed(lambda: self.segmenter.backend.run(self.x), repeats, warmup=0).median_ms
+        return timed(lambda: self.segmenter.runner.run(self.x), repeats, warmup=0).median_ms
 
 
 def measure_outputs(work: Path, model: str, backend: str, size: int, frames: int, rounds: int,

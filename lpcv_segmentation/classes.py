@@ -36,8 +36,6 @@ NUM_CLASSES: int = len(CLASSES)
 IGNORE_INDEX: int = 255  # label value for "not annotated" (e.g. padding added by a crop)
 CLASS_NAMES: Tuple[str, ...] = tuple(c.name for c in CLASSES)
 DETECTION_CLASS_IDS: Tuple[int, ...] = tuple(c.id for c in CLASSES if c.detect)
-# The classes a rescue team cares most about; they are small and rare in the data.
-RARE_CLASS_IDS: Tuple[int, ...] = (6, 10, 13)
 
 
 def palette() -> np.ndarray:

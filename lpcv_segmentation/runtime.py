@@ -478,8 +478,8 @@ class Segmenter:
     """Pre-processing + back end + post-processing for one model file.
 
     Attributes: ``input_size`` (S of the SxS model input), ``metadata`` (the model's JSON
-    metadata), ``backend_name``, ``num_classes``, ``precision``, ``backend`` (the back-end
-    object, whose ``run(x)`` benchmarks time on their own).
+    metadata), ``backend_name`` (the back end chosen), ``num_classes``, ``precision``,
+    ``runner`` (that back end's object, whose ``run(x)`` benchmarks time on their own).
     """
 
     def __init__(self, model_path: str, backend: str = "auto", device: str = "cpu",
@@ -496,13 +496,13 @@ class Segmenter:
             raise RuntimeConfigError("model file %s does not exist" % model_path)
         self.model_path = model_path
         self.backend_name = name
-        self.backend = BACKENDS[name](model_path, device=device, precision=precision,
-                                      threads=threads, providers=providers)
-        self.metadata: Dict[str, Any] = self.backend.metadata
-        self.input_size: int = int(self.backend.input_size)
+        self.runner = BACKENDS[name](model_path, device=device, precision=precision,
+                                     threads=threads, providers=providers)
+        self.metadata: Dict[str, Any] = self.runner.metadata
+        self.input_size: int = int(self.runner.input_size)
         self.num_classes: int = int(self.metadata["num_classes"])
-        self.precision: str = self.backend.precision
-        self.device: str = self.backend.device
+        self.precision: str = self.runner.precision
+        self.device: str = self.runner.device
         self._mean = [float(v) for v in self.metadata["mean"]]
         self._std = [float(v) for v in self.metadata["std"]]
         if self.num_classes != NUM_CLASSES:
@@ -522,21 +522,21 @@ class Segmenter:
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """Logits of an already pre-processed (1, 3, S, S) input."""
-        return self.backend.run(x)
+        return self.runner.run(x)
 
     def warmup(self, iterations: int = 2) -> None:
         """Run a few blank frames so the first real frame does not pay for lazy allocation
         (and engine building with ONNX Runtime's TensorRT provider)."""
         x = np.zeros((1, 3, self.input_size, self.input_size), np.float32)
         for _ in range(max(0, int(iterations))):
-            self.backend.run(x)
+            self.runner.run(x)
 
     def segment(self, rgb: np.ndarray, with_confidence: bool = False) -> SegResult:
         """Label map (and optional confidence) of one RGB uint8 HxWx3 image at its own size."""
         t0 = time.perf_counter()
         x = self.preprocess(rgb)
         t1 = time.perf_counter()
-        logits = self.backend.run(x)
+        logits = self.runner.run(x)
         t2 = time.perf_counter()
         labels, confidence = postprocess(logits, rgb.shape[:2], with_confidence)
         t3 = time.perf_counter()

@@ -90,7 +90,7 @@ def test_fp16_export_command_at_another_input_size(tiny_checkpoint, tiny_onnx, t
     fp32_96 = Segmenter(str(tiny_checkpoint))  # PyTorch at 96 px for a like-for-like reference
     import torch
     with torch.no_grad():
-        reference = [fp32_96.backend.model(torch.from_numpy(fp16.preprocess(rgb))).numpy()
+        reference = [fp32_96.runner.model(torch.from_numpy(fp16.preprocess(rgb))).numpy()
                      for rgb in images]
     from lpcv_segmentation.runtime import postprocess
     ref_labels = [postprocess(r, rgb.shape[:2])[0] for r, rgb in zip(reference, images)]

@@ -85,7 +85,7 @@ def test_onnx_segmenter_reads_metadata_and_segments_at_source_size(tiny_onnx):
     seg = Segmenter(str(tiny_onnx), threads=1)
     assert (seg.backend_name, seg.input_size, seg.num_classes, seg.precision) == (
         "onnxruntime", 128, NUM_CLASSES, "fp32")
-    assert seg.backend.providers == ["CPUExecutionProvider"]
+    assert seg.runner.providers == ["CPUExecutionProvider"]
     assert seg.class_names == [c["name"] for c in class_table()]
     rgb = scene(7, 90, 170)
     result = seg.segment(rgb, with_confidence=True)

@@ -366,6 +366,3 @@ class SegmentationDataset(Dataset):
     def __repr__(self) -> str:
         return "SegmentationDataset(%s, split=%r, %d images, transform=%r)" % (
             self.root, self.split, len(self), self.transform)
-
-
-LPCVDataset = SegmentationDataset  # the name used in docs/ARCHITECTURE.md
