@@ -16,13 +16,11 @@ from safetensors.torch import load_file, save_file
 
 from lpcv_segmentation.classes import class_table
 from lpcv_segmentation.fileio import atomic_path
+from lpcv_segmentation.runtime import IMAGENET_MEAN, IMAGENET_STD, METADATA_KEY
 from lpcv_segmentation.model import (ARCHS, SegModel, apply_structure, build_model,
                                      capture_structure, count_params)
 
 FORMAT = "lpcv-seg/1"
-METADATA_KEY = "lpcv_segmentation"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB in [0, 1]; what timm encoders are trained with
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SAFETENSORS_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 # Metadata keys that describe the model itself: always taken from the model when saving.

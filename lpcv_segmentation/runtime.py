@@ -44,6 +44,8 @@ from lpcv_segmentation.classes import NUM_CLASSES, check_class_table
 _logger = logging.getLogger(__name__)
 
 METADATA_KEY = "lpcv_segmentation"  # ONNX metadata_props key / safetensors header key
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB in [0, 1]; what timm encoders are trained with
+IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -72,8 +74,8 @@ def preprocess(rgb: np.ndarray, size: int, mean: Sequence[float],
                std: Sequence[float]) -> np.ndarray:
     """RGB uint8 HxWx3 -> normalised float32 (1, 3, size, size).
 
-    Bilinear resize (as ``training.data.EvalTransform`` does), then ``(x / 255 - mean) / std``
-    done as one multiply-add per pixel.
+    Bilinear resize, then ``normalize``. Training's validation (``training.data.EvalTransform``)
+    calls this same function, so a model is scored on exactly the input the drone gives it.
     """
     if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError("expected an RGB image as a HxWx3 uint8 array, got %s"
@@ -83,11 +85,18 @@ def preprocess(rgb: np.ndarray, size: int, mean: Sequence[float],
     size = int(size)
     if rgb.shape[:2] != (size, size):
         rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_LINEAR)
+    return normalize(rgb, mean, std)[None]
+
+
+def normalize(rgb: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
+              std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """RGB uint8 HxWx3 -> float32 3xHxW, ``(x / 255 - mean) / std`` as one multiply-add per
+    pixel (``preprocess`` after its resize; training's augmented crops)."""
     std_arr = np.asarray(std, np.float32)
     scale = 1.0 / (255.0 * std_arr)
     shift = -np.asarray(mean, np.float32) / std_arr
     x = rgb.astype(np.float32) * scale + shift
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+    return np.ascontiguousarray(x.transpose(2, 0, 1))  # HxWx3 -> 3xHxW
 
 
 def postprocess(logits: np.ndarray, out_hw: Tuple[int, int], with_confidence: bool = False

@@ -63,8 +63,9 @@ def write_palette_model(path: Path, input_size: int = 128) -> Path:
     from onnx import TensorProto, helper, numpy_helper
 
     from lpcv_segmentation.classes import NUM_CLASSES, class_table, palette
-    mean = np.array([0.485, 0.456, 0.406], np.float32)
-    std = np.array([0.229, 0.224, 0.225], np.float32)
+    from lpcv_segmentation.runtime import IMAGENET_MEAN, IMAGENET_STD, METADATA_KEY
+    mean = np.array(IMAGENET_MEAN, np.float32)
+    std = np.array(IMAGENET_STD, np.float32)
     colours = (palette().astype(np.float32) / 255.0 - mean) / std  # (C, 3), normalised
     sharpness = 20.0  # scales the logits so that an exact colour gets a confidence near 1
     weight = (sharpness * 2.0 * colours).reshape(NUM_CLASSES, 3, 1, 1).astype(np.float32)
@@ -83,7 +84,7 @@ def write_palette_model(path: Path, input_size: int = 128) -> Path:
     metadata = {"format": "lpcv-seg/1", "arch": "palette", "num_classes": NUM_CLASSES,
                 "decoder_channels": 0, "input_size": input_size, "mean": mean.tolist(),
                 "std": std.tolist(), "classes": class_table()}
-    helper.set_model_props(model, {"lpcv_segmentation": json.dumps(metadata)})
+    helper.set_model_props(model, {METADATA_KEY: json.dumps(metadata)})
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path

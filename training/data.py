@@ -29,9 +29,8 @@ from torch.utils.data import Dataset
 
 from lpcv_segmentation.classes import IGNORE_INDEX, NUM_CLASSES
 from lpcv_segmentation.labels_io import LabelFileError, read_label_png
+from lpcv_segmentation.runtime import IMAGENET_MEAN, IMAGENET_STD, normalize, preprocess
 
-IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
 IMAGE_DIR = "IMG"
 LABEL_DIRS: Tuple[str, ...] = ("GT_Updated", "GT")  # first found wins: the corrected labels
 IMAGE_SUFFIXES = (".png",)
@@ -165,15 +164,6 @@ def read_label(path: PathLike, num_classes: int = NUM_CLASSES) -> np.ndarray:
 # Transforms: numpy in (RGB uint8 HxWx3, label uint8 HxW), numpy out (normalised float32
 # 3xHxW, int64 HxW).
 # --------------------------------------------------------------------------------------
-def normalize(image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
-              std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
-    """RGB uint8 HxWx3 -> float32 3xHxW, ``(x / 255 - mean) / std``."""
-    scale = 1.0 / (255.0 * np.asarray(std, np.float32))
-    shift = -np.asarray(mean, np.float32) / np.asarray(std, np.float32)
-    out = image.astype(np.float32) * scale + shift
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
-
-
 def _label_out(label: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(label, dtype=np.int64)
 
@@ -231,12 +221,11 @@ class EvalTransform:
     def __call__(self, image: np.ndarray, label: Optional[np.ndarray],
                  rng: Optional[np.random.Generator] = None
                  ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        resized, resized_label = resize_pair(image, label if self.resize_label else None,
-                                             self.input_size, self.input_size)
-        if not self.resize_label:
-            resized_label = label
-        return (normalize(resized, self.mean, self.std),
-                None if resized_label is None else _label_out(resized_label))
+        x = preprocess(image, self.input_size, self.mean, self.std)[0]  # the runtime's own
+        if label is not None and self.resize_label:
+            size = (self.input_size, self.input_size)
+            label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST_EXACT)
+        return x, None if label is None else _label_out(label)
 
     def __repr__(self) -> str:
         return "EvalTransform(input_size=%d)" % self.input_size
