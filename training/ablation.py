@@ -27,15 +27,17 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
 from lpcv_segmentation import timing
 from lpcv_segmentation.fileio import write_json_atomic
+from lpcv_segmentation.formatting import fmt
 
 from training import prune as prune_lib
 from training import sweep as sweep_lib
+from training.stages import StageRunner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEST = "best.safetensors"
@@ -156,26 +158,6 @@ def check_config(config: Dict[str, Dict[str, Any]], data: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Stages
 # --------------------------------------------------------------------------------------------
-class Stages:
-    """Runs named stages once: a stage whose output exists is reused when resuming."""
-
-    def __init__(self, out: str, resume: bool) -> None:
-        self.out, self.resume = out, resume
-        self.seconds: Dict[str, float] = {}
-
-    def run(self, name: str, output: str, work: Callable[[], Any]) -> str:
-        if self.resume and os.path.exists(output):
-            print("== %s: reusing %s" % (name, output), file=sys.stderr, flush=True)
-            return output
-        print("== %s" % name, file=sys.stderr, flush=True)
-        started = time.time()
-        work()
-        self.seconds[name] = round(time.time() - started, 1)
-        if not os.path.exists(output):
-            raise AblationError("stage %s finished without writing %s" % (name, output))
-        return output
-
-
 def train_run(config_path: str, data: str, out: str, overrides: Sequence[str],
               teacher: Optional[str] = None) -> None:
     """One ``python -m training train`` run, in this process."""
@@ -187,7 +169,7 @@ def train_run(config_path: str, data: str, out: str, overrides: Sequence[str],
         raise AblationError("training %s failed (exit status %s)" % (out, status))
 
 
-def measure_row(stages: Stages, name: str, checkpoint: str, data: str, out: str,
+def measure_row(stages: StageRunner, name: str, checkpoint: str, data: str, out: str,
                 evaluation: Dict[str, Any], precision: str = "fp32",
                 calib_images: int = 32) -> Dict[str, Any]:
     """Export ``checkpoint`` at ``precision``, evaluate it with ONNX Runtime; cached in
@@ -210,7 +192,7 @@ def measure_row(stages: Stages, name: str, checkpoint: str, data: str, out: str,
         return json.load(handle)
 
 
-def measure_cuda_fp16(stages: Stages, checkpoint: str, data: str, out: str,
+def measure_cuda_fp16(stages: StageRunner, checkpoint: str, data: str, out: str,
                       evaluation: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     """PyTorch half precision on the GPU (only where CUDA is available)."""
     import torch
@@ -231,7 +213,7 @@ def measure_cuda_fp16(stages: Stages, checkpoint: str, data: str, out: str,
         return json.load(handle)
 
 
-def measure_control(stages: Stages, config: Dict[str, Dict[str, Any]],
+def measure_control(stages: StageRunner, config: Dict[str, Dict[str, Any]],
                     settings: prune_lib.PruneSettings, from_sweep: bool, student_kd: str,
                     teacher: Optional[str], data: str, out: str) -> Optional[Dict[str, Any]]:
     """The control for pruning: the unpruned + KD student fine-tuned exactly as the pruned one
@@ -263,7 +245,7 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
                             "or choose another --out" % out)
     os.makedirs(out, exist_ok=True)
     started = time.time()
-    stages = Stages(out, resume)
+    stages = StageRunner(resume, error=AblationError)
     run_dir = lambda name: os.path.join(out, name)  # noqa: E731
     best = lambda name: os.path.join(out, name, BEST)  # noqa: E731
     t, b, s, p = config["teacher"], config["baseline"], config["student"], config["prune"]
@@ -417,10 +399,6 @@ def targets(report: Dict[str, Any]) -> List[Dict[str, Any]]:
     return out
 
 
-def _f(value: Any, pattern: str) -> str:
-    return "-" if value is None else pattern % value
-
-
 def markdown(report: Dict[str, Any]) -> str:
     archs = report["archs"]
     lines = [
@@ -448,9 +426,10 @@ def markdown(report: Dict[str, Any]) -> str:
     ]
     for r in report["rows"]:
         lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            r["label"], r.get("input_size", "-"), _f(r["params"] and r["params"] / 1e6, "%.2fM"),
-            _f(r["gmacs"], "%.3f"), _f(r["miou"], "%.4f"), _f(r["dice"], "%.4f"),
-            _f(r["latency_ms"], "%.1f"), _f(r["score"], "%.2f")))
+            r["label"], r.get("input_size", "-"),
+            fmt(r["params"] and r["params"] / 1e6, "%.2fM", "-"),
+            fmt(r["gmacs"], "%.3f", "-"), fmt(r["miou"], "%.4f", "-"), fmt(r["dice"], "%.4f", "-"),
+            fmt(r["latency_ms"], "%.1f", "-"), fmt(r["score"], "%.2f", "-")))
     lines.append("")
     for t in report["targets"]:
         lines.append("- %s: %.2fx faster (target %s %.1fx): %s; mIoU %+.4f (target >= -%.2f): %s"
