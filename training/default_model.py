@@ -33,6 +33,8 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from lpcv_segmentation.fileio import copy_file_atomic, write_json_atomic, write_text_atomic
+from lpcv_segmentation.formatting import fmt
+from training.stages import StageRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "training" / "configs" / "default_model.yaml"
@@ -105,7 +107,12 @@ class Chain:
             torch.set_num_threads(int(threads))  # the stages run in this process
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.stages: List[Dict[str, Any]] = []
+        self.runner = StageRunner(resume, error=DefaultModelError, say=self._say)
+
+    @property
+    def stages(self) -> List[Dict[str, Any]]:
+        """{"stage", "command", "log", "seconds" or "reused"} of every stage so far."""
+        return self.runner.records
 
     def run(self, stage: str, args: List[str], done: Path, in_process: bool = False) -> None:
         """Run ``python -m training ARGS`` unless --resume and ``done`` already exists.
@@ -115,26 +122,18 @@ class Chain:
         saves a start of Python and torch for each.
         """
         command = [sys.executable, "-m", "training"] + [str(a) for a in args]
-        if self.resume and done.exists():
-            self._say("[%s] reusing %s" % (stage, done))
-            self.stages.append({"stage": stage, "command": command, "reused": True})
-            return
         log = self.logs / ("%s.log" % stage)
-        self._say("[%s] %s" % (stage, " ".join(_shell_word(c) for c in command[1:])))
-        start = time.time()
-        code = (self._run_here if in_process else self._run_process)(command, log)
-        seconds = round(time.time() - start, 1)
-        if code != 0:
-            tail = "".join(log.read_text(errors="replace").splitlines(True)[-15:])
-            raise DefaultModelError("stage %s failed (exit %s) after %.0f s: %s\nlog %s ends "
-                                    "with:\n%s" % (stage, code, seconds, " ".join(command[1:]),
-                                                   log, tail))
-        if not done.exists():
-            raise DefaultModelError("stage %s finished but did not write %s (log %s)"
-                                    % (stage, done, log))
-        self.stages.append({"stage": stage, "command": command, "seconds": seconds,
-                            "log": str(log)})
-        self._say("[%s] done in %.0f s" % (stage, seconds))
+
+        def work() -> None:
+            start = time.time()
+            code = (self._run_here if in_process else self._run_process)(command, log)
+            if code != 0:
+                tail = "".join(log.read_text(errors="replace").splitlines(True)[-15:])
+                raise DefaultModelError("stage %s failed (exit %s) after %.0f s: %s\nlog %s "
+                                        "ends with:\n%s" % (stage, code, time.time() - start,
+                                                            " ".join(command[1:]), log, tail))
+        self.runner.run(stage, done, work, " ".join(_shell_word(c) for c in command[1:]),
+                        command=command, log=str(log))
 
     def _run_process(self, command: List[str], log: Path) -> int:
         with open(log, "wb") as handle:
@@ -314,10 +313,6 @@ def _cpu_name() -> str:
 # --------------------------------------------------------------------------------------------
 # The model card
 # --------------------------------------------------------------------------------------------
-def _f(value: Optional[float], digits: int = 3) -> str:
-    return "n/a" if value is None else "%.*f" % (digits, value)
-
-
 def model_card(report: Dict[str, Any]) -> str:
     """models/README.md: what the model is, how it was made, what it scores, and its limits."""
     s = report["settings"]
@@ -343,9 +338,9 @@ def model_card(report: Dict[str, Any]) -> str:
         r = ev[key]
         params = r.get("params")
         table.append("| %s | %s | %s | %s | %s | %s | %s |"
-                     % (title, what, _f(r.get("miou")), _f(r.get("dice")),
+                     % (title, what, fmt(r.get("miou"), "%.3f"), fmt(r.get("dice"), "%.3f"),
                         "n/a" if params is None else "%.2fM" % (params / 1e6),
-                        _f(r.get("gmacs"), 2), _f(r.get("latency_ms"), 1)))
+                        fmt(r.get("gmacs"), "%.2f"), fmt(r.get("latency_ms"), "%.1f")))
     iou = fp32.get("per_class_iou") or {}
     good = [name for name, value in iou.items() if value is not None and value >= 0.3]
     found = ("Classes `default.onnx` segments with an IoU of at least 0.3 on these scenes: %s; "
@@ -496,6 +491,7 @@ def main(args: argparse.Namespace) -> int:
     fp32 = report["evaluations"]["onnx_fp32"]
     print("default model: %s (mIoU %s, Dice %s on the synthetic val split, %.1f ms median "
           "here); card %s; %.0f s in all"
-          % (args.out / "default.onnx", _f(fp32.get("miou")), _f(fp32.get("dice")),
+          % (args.out / "default.onnx", fmt(fp32.get("miou"), "%.3f"),
+             fmt(fp32.get("dice"), "%.3f"),
              fp32.get("latency_ms") or float("nan"), args.out / CARD_NAME, report["seconds"]))
     return 0
