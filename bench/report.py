@@ -9,6 +9,7 @@ import shlex
 import sys
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
+from lpcv_segmentation import formatting
 from lpcv_segmentation.fileio import write_json_atomic
 
 
@@ -30,7 +31,8 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
 
 def fmt(value: Optional[float], pattern: str = "%.1f", missing: str = "-") -> str:
-    return missing if value is None else pattern % value
+    """``lpcv_segmentation.formatting.fmt`` with the benches' defaults."""
+    return formatting.fmt(value, pattern, missing)
 
 
 def ratio(numerator: Optional[float], denominator: Optional[float]) -> Optional[float]:

@@ -33,6 +33,7 @@ from typing import Dict, List, Optional
 
 from .bagio import CAMERA_TOPIC, DETECTIONS_TOPIC, GT_TOPIC, MASK_TOPIC, BagError
 from .fileio import write_json_atomic
+from .formatting import fmt
 from .replay_live import DEFAULT_NODE_NAME, LiveOptions, evaluate_live
 from .replay_scoring import EvalError, evaluate_offline, resolve_model
 
@@ -42,32 +43,25 @@ __all__ = ["EvalError", "LiveOptions", "evaluate_live", "evaluate_offline", "res
 MODES = ("offline", "live")
 
 
-def _fmt(value: object, digits: int = 4) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return "%.*f" % (digits, value)
-    return str(value)
-
-
 def summary_lines(report: Dict[str, object]) -> List[str]:
     """A short human-readable summary of a report."""
     latency = report.get("latency_ms") or {}
     lines = ["%s replay of %s" % (report["mode"], report["bag"]),
              "  frames %s  outputs %s  dropped %s  rejected %s  lost %s"
-             % (report["frames"], report["frames_out"], _fmt(report.get("dropped")),
-                _fmt(report.get("rejected")), _fmt(report.get("lost"))),
+             % (report["frames"], report["frames_out"], fmt(report.get("dropped"), "%s"),
+                fmt(report.get("rejected"), "%s"), fmt(report.get("lost"), "%s")),
              "  mIoU %s  Dice %s  pixel acc %s  (%s frames scored)"
-             % (_fmt(report.get("miou")), _fmt(report.get("dice")),
-                _fmt(report.get("pixel_acc")), report.get("scored_frames")),
+             % (fmt(report.get("miou")), fmt(report.get("dice")),
+                fmt(report.get("pixel_acc")), report.get("scored_frames")),
              "  latency ms p50 %s  p95 %s  max %s  (%s)"
-             % (_fmt(latency.get("p50"), 1), _fmt(latency.get("p95"), 1),
-                _fmt(latency.get("max"), 1), report.get("latency_note"))]
+             % (fmt(latency.get("p50"), "%.1f"), fmt(latency.get("p95"), "%.1f"),
+                fmt(latency.get("max"), "%.1f"), report.get("latency_note"))]
     if report["mode"] == "live":
         lines.append("  rate Hz: recorded %s x %s, played %s, output %s"
-                     % (_fmt(report.get("recorded_rate_hz"), 2), _fmt(report.get("rate_factor")),
-                        _fmt(report.get("input_rate_hz"), 2),
-                        _fmt(report.get("output_rate_hz"), 2)))
+                     % (fmt(report.get("recorded_rate_hz"), "%.2f"),
+                        fmt(report.get("rate_factor")),
+                        fmt(report.get("input_rate_hz"), "%.2f"),
+                        fmt(report.get("output_rate_hz"), "%.2f")))
     return lines
 
 

@@ -21,7 +21,9 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
+
+from lpcv_segmentation.formatting import fmt
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "out" / "demo"
@@ -94,10 +96,6 @@ class Steps:
         return result
 
 
-def _fmt(value: Optional[float], spec: str = "%.3f") -> str:
-    return "n/a" if value is None else spec % value
-
-
 def summary(report: Dict[str, object], args: argparse.Namespace, model: str,
             out: Path) -> List[str]:
     """The demo's printed summary: one table of what the flight saw."""
@@ -111,12 +109,13 @@ def summary(report: Dict[str, object], args: argparse.Namespace, model: str,
          % (report["frames_out"], report["frames"], report["dropped"], report["rejected"],
             report["lost"])),
         ("output rate", "%s Hz (camera played at %s Hz)"
-         % (_fmt(report["output_rate_hz"], "%.2f"), _fmt(report["input_rate_hz"], "%.2f"))),
+         % (fmt(report["output_rate_hz"], "%.2f"), fmt(report["input_rate_hz"], "%.2f"))),
         ("latency, end to end", "p50 %s ms, p95 %s ms, max %s ms"
-         % (_fmt(latency.get("p50"), "%.0f"), _fmt(latency.get("p95"), "%.0f"),
-            _fmt(latency.get("max"), "%.0f"))),
+         % (fmt(latency.get("p50"), "%.0f"), fmt(latency.get("p95"), "%.0f"),
+            fmt(latency.get("max"), "%.0f"))),
         ("accuracy vs ground truth", "mIoU %s, Dice %s, pixel accuracy %s (%d frames)"
-         % (_fmt(report["miou"]), _fmt(report["dice"]), _fmt(report["pixel_acc"]),
+         % (fmt(report["miou"], "%.3f"), fmt(report["dice"], "%.3f"),
+            fmt(report["pixel_acc"], "%.3f"),
             report["scored_frames"])),
     ]
     per_class = detections["per_class"]

@@ -31,6 +31,7 @@ import numpy as np
 
 from lpcv_segmentation.classes import IGNORE_INDEX
 from lpcv_segmentation.fileio import write_json_atomic
+from lpcv_segmentation.formatting import fmt
 from lpcv_segmentation.metrics import SegmentationMetrics
 from lpcv_segmentation.panels import MIN_PANEL_WIDTH, overlay_panel, write_panel  # noqa: F401
 
@@ -182,16 +183,12 @@ def write_json(result: Dict[str, Any], path: str) -> None:
         raise EvaluateError("cannot write %s: %s" % (path, exc))
 
 
-def _fmt(value: Any, pattern: str) -> str:
-    return "n/a" if value is None else pattern % value
-
-
 def format_summary(result: Dict[str, Any]) -> str:
     return ("%s (%s, %s): %d images | mIoU %s | Dice %s | pixel acc %s | %s params | %s GMACs | "
             "latency %s ms (median) | score %s"
             % (os.path.basename(result["model"]), result["backend"], result["device"],
-               result["images"], _fmt(result["miou"], "%.4f"), _fmt(result["dice"], "%.4f"),
-               _fmt(result["pixel_acc"], "%.4f"),
-               _fmt(None if result["params"] is None else result["params"] / 1e6, "%.2fM"),
-               _fmt(result["gmacs"], "%.3f"), _fmt(result["latency_ms"], "%.2f"),
-               _fmt(result["score"], "%.2f")))
+               result["images"], fmt(result["miou"], "%.4f"), fmt(result["dice"], "%.4f"),
+               fmt(result["pixel_acc"], "%.4f"),
+               fmt(None if result["params"] is None else result["params"] / 1e6, "%.2fM"),
+               fmt(result["gmacs"], "%.3f"), fmt(result["latency_ms"], "%.2f"),
+               fmt(result["score"], "%.2f")))

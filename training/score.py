@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from lpcv_segmentation.classes import IGNORE_INDEX, NUM_CLASSES
 from lpcv_segmentation.fileio import write_json_atomic
+from lpcv_segmentation.formatting import fmt
 from lpcv_segmentation.labels_io import LabelFileError, read_label_png
 from lpcv_segmentation.metrics import SegmentationMetrics, confusion_matrix
 
@@ -97,10 +98,6 @@ def score_dirs(pred_dir: str, gt_dir: str, workers: int = 1,
 
 
 
-def _fmt(value: object) -> str:
-    return "n/a" if value is None else "%.4f" % value
-
-
 def main(args: argparse.Namespace) -> int:
     try:
         metrics = score_dirs(args.pred, args.gt, workers=args.workers)
@@ -111,13 +108,13 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         write_json_atomic(args.json, summary)
     print("images %d  mIoU %s  Dice %s  pixel acc %s"
-          % (summary["images"], _fmt(summary["miou"]), _fmt(summary["dice"]),
-             _fmt(summary["pixel_acc"])))
+          % (summary["images"], fmt(summary["miou"]), fmt(summary["dice"]),
+             fmt(summary["pixel_acc"])))
     per_class = summary["per_class_iou"]
     absent = [name for name, iou in per_class.items() if iou is None]
     for name, iou in per_class.items():
         if iou is not None:
-            print("  %-28s IoU %s" % (name, _fmt(iou)))
+            print("  %-28s IoU %s" % (name, fmt(iou)))
     if absent:
         print("  absent from labels and predictions: %s" % ", ".join(absent))
     if args.json:
