@@ -230,7 +230,7 @@ def thread_table(result: Dict[str, Any]) -> Tuple[str, List[Target]]:
             fmt(ratio(ms["ort_fp32"], reference["ms"]["ort_fp32"]), "%.2fx")]
             + ["%.1f (%.0f%%)" % (rate[b], 100.0 * rate[b] / peak) for b in BACKENDS])
     for name, checkpoint in result["missing"]:
-        rows.append([name, "not available: %s missing" % checkpoint] + ["-"] * 10)
+        rows.append([name, "not available: %s missing" % checkpoint] + ["-"] * 9)
     peer, targets = result.get("peer"), []
     if peer:
         rows.append([peer_lib.LABEL, peer["size"], "-", fmt(peer["ms"], "%.1f"), "-", "-", "-",
