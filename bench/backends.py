@@ -70,7 +70,8 @@ def export_model(model: Any, size: int, path: str, int8_path: str = "") -> None:
 def measure_one(arch: str, size: int, args: argparse.Namespace, work: str) -> Dict[str, Any]:
     import torch
 
-    from lpcv_segmentation.model import build_model, count_macs, count_params
+    from lpcv_segmentation.cost import count_macs, count_params
+    from lpcv_segmentation.model import build_model
     from lpcv_segmentation.runtime import Segmenter
     torch.manual_seed(0)
     model = build_model(arch, decoder_channels=args.decoder_channels, input_size=size).eval()

@@ -7,30 +7,28 @@ code from the file: safetensors holds only tensors, and ``.pt``/``.pth`` files (
 """
 import json
 import os
-import pickle
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from lpcv_segmentation.classes import class_table
-from lpcv_segmentation.model import (ARCHS, SegModel, apply_structure, build_model,
-                                     capture_structure, count_params)
+from lpcv_segmentation.cost import count_params
+from lpcv_segmentation.model import ARCHS, SegModel, build_model
+from lpcv_segmentation.structure import apply_structure, capture_structure
+from lpcv_segmentation.weights import SAFETENSORS_SUFFIX, CheckpointError, read_tensor_file
+
+__all__ = ["FORMAT", "METADATA_KEY", "IMAGENET_MEAN", "IMAGENET_STD", "CheckpointError",
+           "model_metadata", "save_checkpoint", "read_tensor_file", "read_metadata",
+           "load_checkpoint"]
 
 FORMAT = "lpcv-seg/1"
 METADATA_KEY = "lpcv_segmentation"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB in [0, 1]; what timm encoders are trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SAFETENSORS_SUFFIX = ".safetensors"
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 # Metadata keys that describe the model itself: always taken from the model when saving.
 _MODEL_KEYS = ("format", "arch", "num_classes", "decoder_channels", "input_size", "structure", "params")
-
-
-class CheckpointError(Exception):
-    """A checkpoint or weights file that is missing, unsafe, unreadable or inconsistent.
-    The message names the file (and the first offending tensor, if any)."""
 
 
 def model_metadata(model: SegModel, **training_info: Any) -> Dict[str, Any]:
@@ -69,36 +67,6 @@ def save_checkpoint(path: str, model: SegModel, meta: Optional[Dict[str, Any]] =
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def read_tensor_file(path: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
-    """(contents, safetensors header metadata) of a .safetensors or .pt/.pth file, without
-    running code from it. Raises CheckpointError naming the file."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError("checkpoint file %s does not exist" % path)
-    if path.endswith(SAFETENSORS_SUFFIX):
-        try:
-            with safe_open(path, framework="pt") as f:
-                header = f.metadata() or {}
-            return load_file(path), header
-        except Exception as e:  # safetensors raises its own error types for a bad header
-            raise CheckpointError("%s is not a readable safetensors file: %s" % (path, e))
-    if path.endswith(PICKLE_SUFFIXES):
-        try:
-            contents = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise CheckpointError(
-                "refused to load %s: unpickling it would run code or build objects other than "
-                "tensors (torch.load weights_only=True rejected it: %s)"
-                % (path, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__))
-        except Exception as e:
-            raise CheckpointError("%s is not a readable PyTorch file: %s" % (path, e))
-        if not isinstance(contents, dict):
-            raise CheckpointError("%s holds a %s, not a dict of tensors" % (path, type(contents).__name__))
-        return contents, {}
-    raise CheckpointError("%s: unsupported checkpoint type (expected %s or %s)"
-                          % (path, SAFETENSORS_SUFFIX, "/".join(PICKLE_SUFFIXES)))
 
 
 def _split(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:

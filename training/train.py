@@ -45,8 +45,9 @@ from torch.utils.data import DataLoader, Subset
 
 from lpcv_segmentation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lpcv_segmentation.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, check_class_table
+from lpcv_segmentation.cost import count_params
 from lpcv_segmentation.metrics import SegmentationMetrics
-from lpcv_segmentation.model import SegModel, build_model, check_input_size, count_params
+from lpcv_segmentation.model import SegModel, build_model, check_input_size
 from lpcv_segmentation.runtime import postprocess
 from training import config as config_lib
 from training.config import ConfigError
