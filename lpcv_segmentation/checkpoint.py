@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from lpcv_segmentation.classes import class_table
 from lpcv_segmentation.cost import count_params
+from lpcv_segmentation.decoders import DECODERS, DEFAULT_DECODER
 from lpcv_segmentation.model import ARCHS, SegModel, build_model
 from lpcv_segmentation.structure import apply_structure, capture_structure
 from lpcv_segmentation.weights import SAFETENSORS_SUFFIX, CheckpointError, read_tensor_file
@@ -28,7 +29,8 @@ METADATA_KEY = "lpcv_segmentation"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB in [0, 1]; what timm encoders are trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Metadata keys that describe the model itself: always taken from the model when saving.
-_MODEL_KEYS = ("format", "arch", "num_classes", "decoder_channels", "input_size", "structure", "params")
+_MODEL_KEYS = ("format", "arch", "decoder", "num_classes", "decoder_channels", "input_size", "structure",
+               "params")
 
 
 def model_metadata(model: SegModel, **training_info: Any) -> Dict[str, Any]:
@@ -36,6 +38,7 @@ def model_metadata(model: SegModel, **training_info: Any) -> Dict[str, Any]:
     return {
         "format": FORMAT,
         "arch": model.arch,
+        "decoder": model.decoder_name,
         "num_classes": model.num_classes,
         "decoder_channels": model.decoder_channels,
         "input_size": model.input_size,
@@ -99,6 +102,9 @@ def _check_metadata(path: str, meta: Dict[str, Any]) -> None:
     if meta["arch"] not in ARCHS:
         raise CheckpointError("%s: unknown architecture %r; known: %s"
                               % (path, meta["arch"], ", ".join(sorted(ARCHS))))
+    if meta.get("decoder", DEFAULT_DECODER) not in DECODERS:
+        raise CheckpointError("%s: unknown decoder %r; known: %s"
+                              % (path, meta["decoder"], ", ".join(DECODERS)))
 
 
 def read_metadata(path: str) -> Dict[str, Any]:
@@ -128,8 +134,9 @@ def load_checkpoint(path: str, device: str = "cpu") -> Tuple[SegModel, Dict[str,
     path = os.fspath(path)
     state, meta = _split(path)
     try:
+        # Checkpoints written before the decoder was a choice have no "decoder": UPerNet.
         model = build_model(meta["arch"], int(meta["num_classes"]), int(meta["decoder_channels"]),
-                            int(meta["input_size"]))
+                            int(meta["input_size"]), decoder=meta.get("decoder", DEFAULT_DECODER))
         apply_structure(model, meta.get("structure") or {})
     except ValueError as e:
         raise CheckpointError("%s: metadata does not describe a model that can be built: %s" % (path, e))

@@ -1,8 +1,9 @@
 """Segmentation models over timm encoders: the encoder registry and the builder.
 
 ``build_model(arch)`` looks the encoder up in ``ARCHS`` (students ``mobilevit_s/xs/xxs``,
-teacher ``swinv2_tiny``, baseline ``resnet18``) and puts a UPerNet decoder
-(``lpcv_segmentation.decoders``) and a 1x1 classifier on it. Checkpoints:
+teacher ``swinv2_tiny``, baseline ``resnet18``) and puts a decoder from
+``lpcv_segmentation.decoders.DECODERS`` (``upernet`` or ``upernet_lite``) and a 1x1 classifier
+on it. Checkpoints:
 ``lpcv_segmentation.checkpoint``; pruned-layer records: ``lpcv_segmentation.structure``; cost:
 ``lpcv_segmentation.cost``; local encoder weights: ``lpcv_segmentation.weights``.
 
@@ -17,11 +18,11 @@ from torch import nn
 
 from lpcv_segmentation.classes import NUM_CLASSES
 from lpcv_segmentation.cost import count_macs, count_params
-from lpcv_segmentation.decoders import UPerHead, resize
+from lpcv_segmentation.decoders import DECODERS, DEFAULT_DECODER, resize
 from lpcv_segmentation.weights import load_encoder_weights
 
-__all__ = ["DEFAULT_ARCH", "EncoderSpec", "ARCHS", "check_input_size", "create_encoder", "SegModel",
-           "build_model"]
+__all__ = ["DEFAULT_ARCH", "EncoderSpec", "ARCHS", "check_input_size", "check_decoder",
+           "create_encoder", "SegModel", "build_model"]
 
 DEFAULT_ARCH = "mobilevit_xxs"
 
@@ -86,6 +87,12 @@ def _spec(arch: str) -> EncoderSpec:
     return ARCHS[arch]
 
 
+def check_decoder(decoder: str) -> None:
+    """Raise ValueError naming the decoder when it is not registered."""
+    if decoder not in DECODERS:
+        raise ValueError("unknown decoder %r; known: %s" % (decoder, ", ".join(DECODERS)))
+
+
 def create_encoder(arch: str, input_size: int) -> nn.Module:
     """The timm features_only encoder of a registered arch, randomly initialised."""
     spec = _spec(arch)
@@ -98,21 +105,22 @@ def create_encoder(arch: str, input_size: int) -> nn.Module:
 
 
 class SegModel(nn.Module):
-    """Encoder + UPerHead + classifier. ``forward`` gives logits; ``forward_features`` also
+    """Encoder + decoder + classifier. ``forward`` gives logits; ``forward_features`` also
     gives the intermediate features that distillation reads."""
 
     def __init__(self, arch: str, encoder: nn.Module, num_classes: int, decoder_channels: int,
-                 input_size: int):
+                 input_size: int, decoder: str = DEFAULT_DECODER):
         super().__init__()
         spec = _spec(arch)
         self.arch = arch
+        self.decoder_name = decoder
         self.num_classes = num_classes
         self.decoder_channels = decoder_channels  # the width it was built with (see fused_channels)
         self.input_size = input_size
         self.fixed_input_size = spec.fixed_input_size
         self.nhwc_features = spec.nhwc_features
         self.encoder = encoder
-        self.decoder = UPerHead(encoder.feature_info.channels(), decoder_channels)
+        self.decoder = DECODERS[decoder](encoder.feature_info.channels(), decoder_channels)
         self.dropout = nn.Dropout2d(0.1)
         self.classifier = nn.Conv2d(decoder_channels, num_classes, kernel_size=1)
 
@@ -140,7 +148,8 @@ class SegModel(nn.Module):
         return list(features)
 
     def forward_features(self, x: torch.Tensor) -> Dict[str, Any]:
-        """{"encoder": [per-stage NCHW features], "decoder": fused 1/4 feature, "logits": 1/4 logits}"""
+        """{"encoder": [per-stage NCHW features], "decoder": fused feature, "logits": logits}; the
+        last two at 1/4 of the input resolution (upernet) or 1/8 (upernet_lite)."""
         encoder = self.encode(x)
         decoder = self.decoder(encoder)
         logits = self.classifier(self.dropout(decoder))
@@ -154,17 +163,20 @@ class SegModel(nn.Module):
 
 
 def build_model(arch: str = DEFAULT_ARCH, num_classes: int = NUM_CLASSES, decoder_channels: int = 64,
-                input_size: int = 288, encoder_weights: Optional[str] = None) -> SegModel:
-    """A UPerNet over a registered encoder. ``encoder_weights``: optional local timm weights
-    file (.safetensors, or .pth/.pt read with weights_only=True); there is no model hub."""
+                input_size: int = 288, encoder_weights: Optional[str] = None,
+                decoder: str = DEFAULT_DECODER) -> SegModel:
+    """A segmentation model: a registered encoder and the ``decoder`` named in ``DECODERS``.
+    ``encoder_weights``: optional local timm weights file (.safetensors, or .pth/.pt read with
+    weights_only=True); there is no model hub."""
     _spec(arch)
+    check_decoder(decoder)
     if decoder_channels < 1 or num_classes < 1:
         raise ValueError("decoder_channels and num_classes must be positive, got %d and %d"
                          % (decoder_channels, num_classes))
     encoder = create_encoder(arch, input_size)
     if encoder_weights:
         load_encoder_weights(encoder, encoder_weights)
-    return SegModel(arch, encoder, num_classes, decoder_channels, input_size)
+    return SegModel(arch, encoder, num_classes, decoder_channels, input_size, decoder)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -172,24 +184,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     import argparse
     parser = argparse.ArgumentParser(prog="python -m lpcv_segmentation.model",
                                      description="Parameters and GMACs (1x3xSxS) of each registered "
-                                                 "architecture with a UPerNet decoder.")
+                                                 "architecture with the chosen decoder(s).")
     parser.add_argument("--arch", nargs="+", default=list(ARCHS), choices=list(ARCHS), metavar="ARCH",
                         help="architectures to describe (default: all of %s)" % ", ".join(ARCHS))
+    parser.add_argument("--decoder", nargs="+", default=[DEFAULT_DECODER], choices=list(DECODERS),
+                        metavar="DECODER", help="decoders to describe, of %s (default %s)"
+                        % (", ".join(DECODERS), DEFAULT_DECODER))
     parser.add_argument("--input-size", type=int, default=288, help="square input side (default 288)")
-    parser.add_argument("--decoder-channels", type=int, default=64, help="UPerNet width (default 64)")
+    parser.add_argument("--decoder-channels", type=int, default=64, help="decoder width (default 64)")
     args = parser.parse_args(argv)
-    print("| arch | role | input | decoder | params (M) | GMACs |")
-    print("|---|---|---|---|---|---|")
+    print("| arch | role | input | decoder | width | params (M) | GMACs |")
+    print("|---|---|---|---|---|---|---|")
     for arch in args.arch:
-        try:
-            model = build_model(arch, decoder_channels=args.decoder_channels, input_size=args.input_size)
-        except ValueError as e:
-            print("| %s | %s | %d | %d | - | - (%s) |" % (arch, ARCHS[arch].role, args.input_size,
-                                                         args.decoder_channels, e))
-            continue
-        print("| %s | %s | %d | %d | %.2f | %.2f |" % (arch, ARCHS[arch].role, args.input_size,
-                                                       args.decoder_channels, count_params(model) / 1e6,
-                                                       count_macs(model)))
+        for decoder in args.decoder:
+            row = "| %s | %s | %d | %s | %d |" % (arch, ARCHS[arch].role, args.input_size, decoder,
+                                                 args.decoder_channels)
+            try:
+                model = build_model(arch, decoder_channels=args.decoder_channels,
+                                    input_size=args.input_size, decoder=decoder)
+            except ValueError as e:
+                print("%s - | - (%s) |" % (row, e))
+                continue
+            print("%s %.2f | %.2f |" % (row, count_params(model) / 1e6, count_macs(model)))
     return 0
 
 

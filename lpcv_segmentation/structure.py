@@ -130,14 +130,14 @@ def _reference_model(model: SegModel) -> SegModel:
     args = (model.arch, model.num_classes, model.decoder_channels, model.input_size)
     try:
         with torch.device("meta"):
-            return build_model(*args)
+            return build_model(*args, decoder=model.decoder_name)
     except (AttributeError, TypeError, RuntimeError, NotImplementedError):  # older torch
-        return build_model(*args)
+        return build_model(*args, decoder=model.decoder_name)
 
 
 def capture_structure(model: SegModel) -> Dict[str, Dict[str, Any]]:
     """{module name: {"kind", shape fields}} for every layer whose shape differs from a freshly
-    built model of the same arch/classes/width/size (empty for an unpruned model)."""
+    built model of the same arch/decoder/classes/width/size (empty for an unpruned model)."""
     reference = _describe_all(_reference_model(model))
     current = _describe_all(model)
     return {name: d for name, d in current.items() if reference.get(name) != d}

@@ -148,11 +148,12 @@ def create_model(config: Dict[str, Any]) -> SegModel:
         model, meta = load_checkpoint(config["init"])
         for key in ("arch", "decoder_channels", "input_size"):
             config[key] = meta[key]  # the checkpoint decides the model
+        config["decoder"] = model.decoder_name
         return model.train()
     try:
         check_input_size(config["arch"], config["input_size"])
         return build_model(config["arch"], NUM_CLASSES, config["decoder_channels"],
-                           config["input_size"], config["encoder_weights"])
+                           config["input_size"], config["encoder_weights"], config["decoder"])
     except ValueError as exc:
         raise ConfigError("cannot build the model: %s" % exc)
 
