@@ -74,7 +74,8 @@ def measure_one(arch: str, size: int, threads: int, args: argparse.Namespace, wo
                 peer_path: Optional[str] = None) -> Dict[str, Any]:
     import torch
 
-    from lpcv_segmentation.model import build_model, count_macs, count_params
+    from lpcv_segmentation.cost import count_macs, count_params
+    from lpcv_segmentation.model import build_model
     from lpcv_segmentation.runtime import Segmenter
     torch.manual_seed(0)
     model = build_model(arch, decoder_channels=args.decoder_channels, input_size=size).eval()

@@ -129,7 +129,8 @@ def prepare(name: str, checkpoint: str, size: Optional[int], threads: int
             ) -> Dict[str, Any]:
     """The model in PyTorch and ONNX Runtime (fp32, int8), its cost, and a runner per back end."""
     import torch
-    from lpcv_segmentation.model import count_macs, count_params, load_checkpoint
+    from lpcv_segmentation.checkpoint import load_checkpoint
+    from lpcv_segmentation.cost import count_macs, count_params
     from lpcv_segmentation.runtime import Segmenter
     model, meta = load_checkpoint(checkpoint)
     model.eval()

@@ -46,7 +46,8 @@ def make_models(checkpoint: Optional[str], pruned: Optional[str], arch: str, met
     """{variant: model}: the unpruned student, its structured-pruned and unstructured-pruned
     versions (pruned here unless ``pruned`` names a checkpoint)."""
     import torch
-    from lpcv_segmentation.model import build_model, load_checkpoint
+    from lpcv_segmentation.checkpoint import load_checkpoint
+    from lpcv_segmentation.model import build_model
     from training import prune
     if checkpoint:
         base, _ = load_checkpoint(checkpoint)
@@ -67,7 +68,7 @@ def make_models(checkpoint: Optional[str], pruned: Optional[str], arch: str, met
 def export_all(models: Dict[str, Any], sizes: Sequence[int], work: str
                ) -> Dict[str, Dict[int, str]]:
     """fp32 ONNX file of every model at every size (checked against PyTorch by the export)."""
-    from lpcv_segmentation.model import save_checkpoint
+    from lpcv_segmentation.checkpoint import save_checkpoint
     from training.export import export_onnx
     paths: Dict[str, Dict[int, str]] = {}
     for name, model in models.items():
@@ -88,7 +89,7 @@ def measure(models: Dict[str, Any], onnx: Dict[str, Dict[int, str]], sizes: Sequ
     """{size: {variant: {params, gmacs, eager_ms, ort_ms}}}, plus {"peer": {"ort_ms", "size"}}
     at each size when ``peer_path`` is given (timed in the ONNX Runtime rounds)."""
     import torch
-    from lpcv_segmentation.model import count_macs, count_params
+    from lpcv_segmentation.cost import count_macs, count_params
     from lpcv_segmentation.runtime import Segmenter
     set_threads(threads)
     # Untrained weights give denormal activations, which PyTorch's CPU kernels compute up to

@@ -7,29 +7,29 @@ code from the file: safetensors holds only tensors, and ``.pt``/``.pth`` files (
 """
 import json
 import os
-import pickle
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from lpcv_segmentation.classes import class_table
+from lpcv_segmentation.cost import count_params
+from lpcv_segmentation.decoders import DECODERS, DEFAULT_DECODER
 from lpcv_segmentation.fileio import atomic_path
+from lpcv_segmentation.model import ARCHS, SegModel, build_model
 from lpcv_segmentation.runtime import IMAGENET_MEAN, IMAGENET_STD, METADATA_KEY
-from lpcv_segmentation.model import (ARCHS, SegModel, apply_structure, build_model,
-                                     capture_structure, count_params)
+from lpcv_segmentation.structure import apply_structure, capture_structure
+from lpcv_segmentation.weights import SAFETENSORS_SUFFIX, CheckpointError, read_tensor_file
+
+__all__ = ["FORMAT", "METADATA_KEY", "IMAGENET_MEAN", "IMAGENET_STD", "CheckpointError",
+           "model_metadata", "save_checkpoint", "read_tensor_file", "read_metadata",
+           "load_checkpoint"]
 
 FORMAT = "lpcv-seg/1"
-SAFETENSORS_SUFFIX = ".safetensors"
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 # Metadata keys that describe the model itself: always taken from the model when saving.
-_MODEL_KEYS = ("format", "arch", "num_classes", "decoder_channels", "input_size", "structure", "params")
-
-
-class CheckpointError(Exception):
-    """A checkpoint or weights file that is missing, unsafe, unreadable or inconsistent.
-    The message names the file (and the first offending tensor, if any)."""
+_MODEL_KEYS = ("format", "arch", "decoder", "num_classes", "decoder_channels", "input_size", "structure",
+               "params")
 
 
 def model_metadata(model: SegModel, **training_info: Any) -> Dict[str, Any]:
@@ -37,6 +37,7 @@ def model_metadata(model: SegModel, **training_info: Any) -> Dict[str, Any]:
     return {
         "format": FORMAT,
         "arch": model.arch,
+        "decoder": model.decoder_name,
         "num_classes": model.num_classes,
         "decoder_channels": model.decoder_channels,
         "input_size": model.input_size,
@@ -62,36 +63,6 @@ def save_checkpoint(path: str, model: SegModel, meta: Optional[Dict[str, Any]] =
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, tmp, metadata={METADATA_KEY: json.dumps(full, default=str)})
-
-
-def read_tensor_file(path: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
-    """(contents, safetensors header metadata) of a .safetensors or .pt/.pth file, without
-    running code from it. Raises CheckpointError naming the file."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError("checkpoint file %s does not exist" % path)
-    if path.endswith(SAFETENSORS_SUFFIX):
-        try:
-            with safe_open(path, framework="pt") as f:
-                header = f.metadata() or {}
-            return load_file(path), header
-        except Exception as e:  # safetensors raises its own error types for a bad header
-            raise CheckpointError("%s is not a readable safetensors file: %s" % (path, e))
-    if path.endswith(PICKLE_SUFFIXES):
-        try:
-            contents = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise CheckpointError(
-                "refused to load %s: unpickling it would run code or build objects other than "
-                "tensors (torch.load weights_only=True rejected it: %s)"
-                % (path, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__))
-        except Exception as e:
-            raise CheckpointError("%s is not a readable PyTorch file: %s" % (path, e))
-        if not isinstance(contents, dict):
-            raise CheckpointError("%s holds a %s, not a dict of tensors" % (path, type(contents).__name__))
-        return contents, {}
-    raise CheckpointError("%s: unsupported checkpoint type (expected %s or %s)"
-                          % (path, SAFETENSORS_SUFFIX, "/".join(PICKLE_SUFFIXES)))
 
 
 def _split(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
@@ -124,6 +95,9 @@ def _check_metadata(path: str, meta: Dict[str, Any]) -> None:
     if meta["arch"] not in ARCHS:
         raise CheckpointError("%s: unknown architecture %r; known: %s"
                               % (path, meta["arch"], ", ".join(sorted(ARCHS))))
+    if meta.get("decoder", DEFAULT_DECODER) not in DECODERS:
+        raise CheckpointError("%s: unknown decoder %r; known: %s"
+                              % (path, meta["decoder"], ", ".join(DECODERS)))
 
 
 def read_metadata(path: str) -> Dict[str, Any]:
@@ -153,8 +127,9 @@ def load_checkpoint(path: str, device: str = "cpu") -> Tuple[SegModel, Dict[str,
     path = os.fspath(path)
     state, meta = _split(path)
     try:
+        # Checkpoints written before the decoder was a choice have no "decoder": UPerNet.
         model = build_model(meta["arch"], int(meta["num_classes"]), int(meta["decoder_channels"]),
-                            int(meta["input_size"]))
+                            int(meta["input_size"]), decoder=meta.get("decoder", DEFAULT_DECODER))
         apply_structure(model, meta.get("structure") or {})
     except ValueError as e:
         raise CheckpointError("%s: metadata does not describe a model that can be built: %s" % (path, e))

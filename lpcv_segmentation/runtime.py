@@ -317,7 +317,7 @@ class PyTorchBackend:
                  threads: Optional[int] = None, providers: Optional[List[str]] = None) -> None:
         try:
             import torch
-            from lpcv_segmentation.model import CheckpointError, load_checkpoint
+            from lpcv_segmentation.checkpoint import CheckpointError, load_checkpoint
         except ImportError as error:
             raise RuntimeConfigError("back end 'pytorch' needs torch and timm installed (%s); "
                                      "use an ONNX model with back end onnxruntime instead" % error)

@@ -47,7 +47,7 @@ def test_fp32_onnx_contract_and_metadata(tiny_onnx, tiny_checkpoint):
     assert inputs == [("input", onnx.TensorProto.FLOAT, [1, 3, 128, 128])]
     assert outputs == [("logits", onnx.TensorProto.FLOAT, [1, NUM_CLASSES, 128, 128])]
     meta = onnx_meta(tiny_onnx)
-    from lpcv_segmentation.model import read_metadata
+    from lpcv_segmentation.checkpoint import read_metadata
     source = read_metadata(str(tiny_checkpoint))
     assert meta["classes"] == class_table()
     assert (meta["arch"], meta["input_size"], meta["precision"]) == ("mobilevit_xxs", 128, "fp32")

@@ -11,7 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from lpcv_segmentation.model import build_model, count_params, load_checkpoint, save_checkpoint
+from lpcv_segmentation.checkpoint import load_checkpoint, save_checkpoint
+from lpcv_segmentation.cost import count_params
+from lpcv_segmentation.model import build_model
 from training import prune as P
 
 SIZE = 64  # smallest input the MobileViT encoder takes (output stride 32, patch 2)

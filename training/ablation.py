@@ -341,7 +341,7 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
         sweep_lib.write_csv(sweep_rows, os.path.join(run_dir("sweep"), sweep_lib.CSV_NAME))
         sweep_lib.plot(sweep_rows, run_dir("sweep"))
 
-    from lpcv_segmentation.model import read_metadata
+    from lpcv_segmentation.checkpoint import read_metadata
     archs = {key: read_metadata(path)["arch"] for key, path in
              (("teacher", teacher), ("baseline", best("baseline")),
               ("student", best("student")))}
@@ -468,7 +468,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from lpcv_segmentation.model import CheckpointError
+    from lpcv_segmentation.checkpoint import CheckpointError
     from training.config import ConfigError
     from training.data import DatasetError
     from training.export import ExportError

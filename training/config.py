@@ -20,7 +20,8 @@ from lpcv_segmentation.fileio import write_yaml_atomic
 DEFAULTS: Dict[str, Any] = {
     # model
     "arch": "mobilevit_xxs",         # encoder: mobilevit_xxs/xs/s, swinv2_tiny, resnet18, ...
-    "decoder_channels": 64,          # UPerNet width
+    "decoder": "upernet",            # upernet | upernet_lite (lpcv_segmentation.decoders)
+    "decoder_channels": 64,          # decoder width
     "input_size": 288,               # square inference size stored in the checkpoint
     "encoder_weights": None,         # local file with ImageNet encoder weights (no hub here)
     "init": None,                    # start from this checkpoint (e.g. a pruned model)
@@ -187,6 +188,9 @@ def validate(config: Dict[str, Any]) -> None:
     for key in positive:
         if int(config[key]) <= 0:
             raise ConfigError("%s must be positive, got %r" % (key, config[key]))
+    from lpcv_segmentation.decoders import DECODERS
+    if config["decoder"] not in DECODERS:
+        raise ConfigError("decoder must be one of %s, got %r" % (", ".join(DECODERS), config["decoder"]))
     if config["workers"] < 0:
         raise ConfigError("workers must be >= 0, got %r" % config["workers"])
     if not 0.0 < config["scale_min"] <= config["scale_max"]:

@@ -94,7 +94,7 @@ def model_cost(segmenter: Any) -> Tuple[Optional[int], Optional[float]]:
     and counts them; exported files carry them in their metadata (written by the export)."""
     model = getattr(segmenter.runner, "model", None)
     if model is not None:
-        from lpcv_segmentation.model import count_macs, count_params
+        from lpcv_segmentation.cost import count_macs, count_params
         return count_params(model), round(count_macs(model, segmenter.input_size), 4)
     meta = segmenter.metadata
     params = meta.get("params")

@@ -56,7 +56,7 @@ def onnx_metadata(model: Any, meta: Dict[str, Any], input_size: int, precision: 
                   checkpoint_path: Optional[str] = None) -> Dict[str, Any]:
     """The checkpoint's metadata for an ONNX file: without ``structure`` (the graph has the
     shapes), with ``input_size``, ``precision``, ``params`` and ``gmacs`` at that size."""
-    from lpcv_segmentation.model import count_macs, count_params
+    from lpcv_segmentation.cost import count_macs, count_params
     out = {k: v for k, v in meta.items() if k != "structure"}
     out.update(input_size=int(input_size), precision=precision, params=count_params(model),
                gmacs=round(count_macs(model, int(input_size)), 4))
@@ -276,7 +276,8 @@ def evaluate_files(onnx_paths: Dict[str, str], pairs: Sequence[Tuple[Path, Path]
 # The export itself
 # --------------------------------------------------------------------------------------------
 def _load(checkpoint_path: str, input_size: Optional[int]) -> Tuple[Any, Dict[str, Any], int]:
-    from lpcv_segmentation.model import check_input_size, load_checkpoint
+    from lpcv_segmentation.checkpoint import load_checkpoint
+    from lpcv_segmentation.model import check_input_size
     model, meta = load_checkpoint(checkpoint_path)  # CheckpointError names the file
     size = int(input_size or meta["input_size"])
     try:
@@ -484,7 +485,7 @@ def _fmt(value: Optional[float]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from lpcv_segmentation.model import CheckpointError
+    from lpcv_segmentation.checkpoint import CheckpointError
     from training.data import DatasetError
 
     precision = "fp16" if args.fp16 else "int8" if args.int8 else "fp32"

@@ -319,7 +319,7 @@ def _prune_heads(model: nn.Module, ratio: float, importance: str,
                  calib: Optional[Batch]) -> None:
     """Remove round(ratio x heads) whole heads from every attention layer, ranked inside it."""
     import torch_pruning as tp
-    from lpcv_segmentation.model import sync_attention_attributes
+    from lpcv_segmentation.structure import sync_attention_attributes
     attns = list(attention_layers(model).values())
     # torch-pruning removes ceil(r x heads) heads; give it r = (n - 0.5) / heads so it removes n
     head_ratios = {a.qkv: (_heads_to_remove(a.num_heads, ratio) - 0.5) / a.num_heads
@@ -346,7 +346,7 @@ def _prune_widths(model: nn.Module, kinds: Sequence[str], ratio: float, importan
                   ) -> None:
     """Remove the fraction ``ratio`` of the channels/neurons of the groups rooted in ``kinds``."""
     import torch_pruning as tp
-    from lpcv_segmentation.model import sync_attention_attributes
+    from lpcv_segmentation.structure import sync_attention_attributes
     roots = _width_roots(model, kinds)
     if not roots or ratio <= 0.0:
         return
@@ -383,7 +383,7 @@ def prune_step(model: nn.Module, method: str, ratio: float, importance: str = "l
 
 def macs_of(model: nn.Module) -> float:
     """GMACs at the model's own input size."""
-    from lpcv_segmentation.model import count_macs
+    from lpcv_segmentation.cost import count_macs
     return float(count_macs(model, int(model.input_size)))
 
 
@@ -513,7 +513,7 @@ def apply_zero_masks(model: nn.Module, masks: Dict[str, torch.Tensor]) -> None:
 # --------------------------------------------------------------------------------------------
 def describe(model: nn.Module) -> Dict[str, Any]:
     """Size figures of a model: parameters, GMACs at its input size, units, heads per layer."""
-    from lpcv_segmentation.model import count_params
+    from lpcv_segmentation.cost import count_params
     return {"params": int(count_params(model)), "gmacs": macs_of(model),
             "units": count_units(model), "heads": heads_per_layer(model),
             "weight_sparsity": weight_sparsity(model)}
@@ -526,7 +526,7 @@ def check_inputs(checkpoint: str, data_dir: Optional[str], teacher: Optional[str
                  need_data: bool = True) -> Dict[str, Any]:
     """Check the files of a request before any work; return the checkpoint's metadata.
     Raises PruneError naming the file or folder."""
-    from lpcv_segmentation.model import CheckpointError, read_metadata
+    from lpcv_segmentation.checkpoint import CheckpointError, read_metadata
     try:
         meta = read_metadata(checkpoint)
     except CheckpointError as e:
@@ -650,7 +650,7 @@ def _resave_with_record(path: str, record: Dict[str, Any],
                         masks: Optional[Dict[str, torch.Tensor]] = None) -> None:
     """Add the pruning record to a checkpoint the training loop wrote (and re-zero the
     unstructured masks, so fine-tuning can never have revived a pruned weight)."""
-    from lpcv_segmentation.model import load_checkpoint, save_checkpoint
+    from lpcv_segmentation.checkpoint import load_checkpoint, save_checkpoint
     model, meta = load_checkpoint(path)
     if masks:
         apply_zero_masks(model, masks)
@@ -665,7 +665,7 @@ def run_prune(checkpoint: str, data_dir: str, out_dir: str, settings: PruneSetti
               overrides: Sequence[str] = (), progress: bool = True) -> Dict[str, Any]:
     """Prune ``checkpoint`` as ``settings`` ask, fine-tune, and write ``out_dir``/best and last
     .safetensors plus ``prune.json``. Every input is checked before any work. Returns the report."""
-    from lpcv_segmentation.model import load_checkpoint, save_checkpoint
+    from lpcv_segmentation.checkpoint import load_checkpoint, save_checkpoint
     settings.validate()
     if settings.finetune_iters and settings.finetune_iters < settings.iterative:
         raise PruneError("--finetune-iters %d is fewer than one iteration per --iterative step (%d)"
@@ -808,7 +808,7 @@ def main(args: argparse.Namespace) -> int:
                              allocation=args.allocation, iterative=args.iterative,
                              finetune_iters=args.finetune_iters,
                              calib_images=args.calib_images, round_to=args.round_to)
-    from lpcv_segmentation.model import CheckpointError
+    from lpcv_segmentation.checkpoint import CheckpointError
     from training.config import ConfigError
     from training.data import DatasetError
     from training.train import TrainingError

@@ -111,7 +111,7 @@ def finetune_only(checkpoint: str, data: str, out_dir: str, iters: int, teacher:
     the checkpoint to measure (the checkpoint itself when ``iters`` is 0)."""
     if iters <= 0:
         return checkpoint
-    from lpcv_segmentation.model import read_metadata
+    from lpcv_segmentation.checkpoint import read_metadata
     prune_lib._finetune(os.path.abspath(checkpoint), read_metadata(checkpoint), data, out_dir,
                         iters, teacher, config_path, overrides)
     return os.path.join(out_dir, "best.safetensors")
@@ -149,7 +149,7 @@ def run_sweep(checkpoint: str, data: str, out: str, methods: Sequence[str],
         for s in settings:
             s.validate()
         prune_lib.check_inputs(checkpoint, data, teacher)
-        from lpcv_segmentation.model import load_checkpoint
+        from lpcv_segmentation.checkpoint import load_checkpoint
         model, _ = load_checkpoint(checkpoint)
         for method in methods:
             prune_lib.check_method_applies(model, method)
@@ -332,7 +332,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from lpcv_segmentation.model import CheckpointError
+    from lpcv_segmentation.checkpoint import CheckpointError
     from training.config import ConfigError
     from training.data import DatasetError
     from training.export import ExportError

@@ -46,8 +46,9 @@ from torch.utils.data import DataLoader, Subset
 from lpcv_segmentation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lpcv_segmentation.fileio import atomic_path
 from lpcv_segmentation.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, check_class_table
+from lpcv_segmentation.cost import count_params
 from lpcv_segmentation.metrics import SegmentationMetrics
-from lpcv_segmentation.model import SegModel, build_model, check_input_size, count_params
+from lpcv_segmentation.model import SegModel, build_model, check_input_size
 from lpcv_segmentation.runtime import postprocess
 from training import config as config_lib
 from training.config import ConfigError
@@ -148,11 +149,12 @@ def create_model(config: Dict[str, Any]) -> SegModel:
         model, meta = load_checkpoint(config["init"])
         for key in ("arch", "decoder_channels", "input_size"):
             config[key] = meta[key]  # the checkpoint decides the model
+        config["decoder"] = model.decoder_name
         return model.train()
     try:
         check_input_size(config["arch"], config["input_size"])
         return build_model(config["arch"], NUM_CLASSES, config["decoder_channels"],
-                           config["input_size"], config["encoder_weights"])
+                           config["input_size"], config["encoder_weights"], config["decoder"])
     except ValueError as exc:
         raise ConfigError("cannot build the model: %s" % exc)
 
