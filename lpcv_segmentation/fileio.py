@@ -9,15 +9,19 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 def write_text_atomic(path: PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically, creating the parent folder."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: PathLike, data: Any) -> None:
     """JSON with 2-space indentation and a final newline; values json cannot encode become str."""
     write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_bytes_atomic(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, creating the parent folder."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
