@@ -123,6 +123,17 @@ def build_engine(onnx_path: str, out_path: str, precision: str = "fp16",
         raise EngineError("%s: TensorRT cannot parse it: %s" % (onnx_path, errors))
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    size = int(meta.get("input_size", 0))
+    dynamic = [network.get_input(i) for i in range(network.num_inputs)
+               if any(d < 0 for d in network.get_input(i).shape)]
+    if dynamic:  # an ONNX file with symbolic dimensions: build for the 1x3xSxS the node sends
+        if size < 1:
+            raise EngineError("%s has dynamic input dimensions and no input_size in its "
+                              "metadata" % onnx_path)
+        profile = builder.create_optimization_profile()
+        for tensor in dynamic:
+            profile.set_shape(tensor.name, *[(1, 3, size, size)] * 3)  # min, opt, max
+        config.add_optimization_profile(profile)
     if precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
     start = time.perf_counter()

@@ -418,9 +418,13 @@ class TensorRTBackend:
         self.context = self.engine.create_execution_context()
         self._stream = self._check(cudart.cudaStreamCreate())
         self._buffers: Dict[str, Tuple[int, Tuple[int, ...], Any]] = {}
-        for i in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(i)
-            shape = tuple(self.engine.get_tensor_shape(name))
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        for name in names:  # a dynamic input (-1) runs at the metadata's 1x3xSxS
+            if (self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+                    and -1 in tuple(self.engine.get_tensor_shape(name))):
+                self.context.set_input_shape(name, (1, 3, self.input_size, self.input_size))
+        for name in names:
+            shape = tuple(self.context.get_tensor_shape(name))
             dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
             nbytes = int(np.prod(shape)) * dtype.itemsize
             pointer = self._check(cudart.cudaMalloc(nbytes))
