@@ -9,7 +9,7 @@ import os
 import shutil
 from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Union
 
-__all__ = ["PathLike", "atomic_path", "write_text_atomic", "write_json_atomic",
+__all__ = ["PathLike", "atomic_path", "write_text_atomic", "write_bytes_atomic", "write_json_atomic",
            "write_csv_atomic", "write_yaml_atomic", "copy_file_atomic", "TEMP_MARKER"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -37,9 +37,14 @@ def atomic_path(path: PathLike, suffix: str = "") -> Iterator[str]:
 
 def write_text_atomic(path: PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (e.g. a serialised TensorRT engine)."""
     with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
 
 
 def write_json_atomic(path: PathLike, data: Any, indent: int = 2) -> None:

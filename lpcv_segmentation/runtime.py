@@ -18,9 +18,13 @@ Back ends (``backend=`` or from the file name with ``"auto"``):
                ``device`` (TensorRT > CUDA > CPU). Needs numpy, OpenCV and onnxruntime only:
                importing this module and running an ONNX model never imports torch.
   pytorch      ``.safetensors``/``.pt`` checkpoints; CPU or CUDA, fp32 or fp16 (CUDA only).
-  tensorrt     ``.engine``/``.plan`` files built by ``python -m training export --format
-               tensorrt``; needs the ``tensorrt`` and ``cuda-python`` packages (imported only
-               when this back end is chosen).
+  tensorrt     ``.engine``/``.plan`` files, or an ``.onnx`` file whose engine is built once
+               into ``engine_cache_dir`` (``lpcv_segmentation.engine``); needs the ``tensorrt``
+               and ``cuda-python`` packages (imported only when this back end is chosen).
+
+Engines built from an ONNX file (back end tensorrt, or ONNX Runtime's TensorRT provider) live
+in ``engine_cache_dir`` (default ``~/.cache/lpcv_segmentation``), keyed by the model's bytes,
+precision, TensorRT version and GPU (``lpcv_segmentation.engine_cache``).
 
 Precision: a PyTorch checkpoint runs at the precision asked for. An ONNX file or engine runs at
 the precision it was exported with (its metadata says which): ``precision="fp32"`` (the default)
@@ -40,6 +44,8 @@ import cv2
 import numpy as np
 
 from lpcv_segmentation.classes import NUM_CLASSES, check_class_table
+from lpcv_segmentation.engine_cache import (EngineError, check_writable, ort_trt_cache_path,
+                                            read_engine_metadata)
 
 _logger = logging.getLogger(__name__)
 
@@ -50,7 +56,6 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 PRECISIONS = ("fp32", "fp16", "int8")
 DEVICES = ("cpu", "cuda", "auto")
-ENGINE_METADATA_SUFFIX = ".json"  # an engine's metadata lives beside it: MODEL.engine.json
 
 # ONNX Runtime execution providers, best first, for device "cuda"/"auto".
 GPU_PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider",
@@ -187,7 +192,8 @@ def _check_file_precision(model_path: str, file_precision: str, requested: str,
 
 
 # --------------------------------------------------------------------------------------------
-# Back ends: each takes (model_path, device, precision, threads, providers), exposes
+# Back ends: each takes (model_path, device, precision, threads, providers,
+# engine_cache_dir), exposes
 # ``metadata`` (dict), ``input_size`` (int), ``precision`` (str), ``device`` (str) and
 # ``run(x) -> logits``.
 # --------------------------------------------------------------------------------------------
@@ -197,7 +203,8 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, model_path: str, device: str = "cpu", precision: str = "fp32",
-                 threads: Optional[int] = None, providers: Optional[List[str]] = None) -> None:
+                 threads: Optional[int] = None, providers: Optional[List[str]] = None,
+                 engine_cache_dir: Optional[str] = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as error:
@@ -205,6 +212,7 @@ class OnnxRuntimeBackend:
                                      "(pip install onnxruntime, or onnxruntime-gpu): %s" % error)
         self.model_path = model_path
         self.device = device
+        self.engine_cache_dir = engine_cache_dir
         chosen = self.choose_providers(ort.get_available_providers(), device, providers)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -253,11 +261,12 @@ class OnnxRuntimeBackend:
                           ) -> List[Any]:
         """Provider names, with options where the provider takes some."""
         out: List[Any] = []
-        cache_dir = os.path.join(os.path.dirname(os.path.abspath(model_path)), ".trt_cache")
         device_id = int(self.device.split(":")[1]) if self.device.startswith("cuda:") else 0
         for name in providers:
             if name == "TensorrtExecutionProvider":
-                # Engine builds take minutes on a Jetson; cache them beside the model.
+                # Engine builds take minutes on a Jetson: cache them per model, precision and
+                # TensorRT version, in a folder of their own so a stale one is never loaded.
+                cache_dir = self._ort_trt_cache_dir(model_path, precision)
                 out.append((name, {"device_id": device_id,
                                    "trt_fp16_enable": precision == "fp16",
                                    "trt_int8_enable": precision == "int8",
@@ -268,6 +277,18 @@ class OnnxRuntimeBackend:
             else:
                 out.append(name)
         return out
+
+    def _ort_trt_cache_dir(self, model_path: str, precision: str) -> str:
+        from lpcv_segmentation.engine import engine_key
+        try:
+            folder = ort_trt_cache_path(self.engine_cache_dir or "", model_path,
+                                        engine_key(model_path, precision, for_onnxruntime=True))
+            if not (os.path.isdir(folder) and any(n.endswith(".engine")
+                                                  for n in os.listdir(folder))):
+                check_writable(folder)  # a read-only cache that holds the engine is fine
+        except EngineError as error:
+            raise RuntimeConfigError(str(error))
+        return folder
 
     @staticmethod
     def _read_metadata(session: Any, model_path: str) -> Dict[str, Any]:
@@ -314,7 +335,8 @@ class PyTorchBackend:
     name = "pytorch"
 
     def __init__(self, model_path: str, device: str = "cpu", precision: str = "fp32",
-                 threads: Optional[int] = None, providers: Optional[List[str]] = None) -> None:
+                 threads: Optional[int] = None, providers: Optional[List[str]] = None,
+                 engine_cache_dir: Optional[str] = None) -> None:
         try:
             import torch
             from lpcv_segmentation.checkpoint import CheckpointError, load_checkpoint
@@ -359,12 +381,15 @@ class PyTorchBackend:
 
 class TensorRTBackend:
     """A serialised TensorRT engine (TensorRT 8.5+ tensor API), with the model metadata in
-    ``MODEL.engine.json`` beside it. Device buffers via cuda-python's ``cudart``."""
+    ``MODEL.engine.json`` beside it; or an ``.onnx`` file, whose engine is taken from
+    ``engine_cache_dir`` or built there first (``engine.ensure_engine``; ``built_engine`` says
+    which). Device buffers via cuda-python's ``cudart``."""
 
     name = "tensorrt"
 
     def __init__(self, model_path: str, device: str = "cuda", precision: str = "fp32",
-                 threads: Optional[int] = None, providers: Optional[List[str]] = None) -> None:
+                 threads: Optional[int] = None, providers: Optional[List[str]] = None,
+                 engine_cache_dir: Optional[str] = None) -> None:
         try:
             import tensorrt as trt
         except ImportError as error:
@@ -380,23 +405,35 @@ class TensorRTBackend:
         if device == "cpu":
             raise RuntimeConfigError("back end 'tensorrt' runs on a GPU; got device 'cpu'")
         self.model_path, self.device = model_path, "cuda"
-        self.metadata = check_metadata(self._read_metadata(model_path), model_path)
+        self.engine_path, self.built_engine = model_path, False
+        try:
+            if model_path.lower().endswith(".onnx"):
+                from lpcv_segmentation.engine import ensure_engine
+                self.engine_path, self.built_engine = ensure_engine(model_path, precision,
+                                                                    engine_cache_dir)
+            self.metadata = check_metadata(read_engine_metadata(self.engine_path), model_path)
+        except EngineError as error:
+            raise RuntimeConfigError(str(error))
         self.input_size = int(self.metadata["input_size"])
         self.precision = str(self.metadata.get("precision", "fp32"))
-        _check_file_precision(model_path, self.precision, precision, can_convert=False)
+        _check_file_precision(self.engine_path, self.precision, precision, can_convert=False)
         self._cudart = cudart
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        with open(model_path, "rb") as f:
+        with open(self.engine_path, "rb") as f:
             self.engine = runtime.deserialize_cuda_engine(f.read())
         if self.engine is None:
             raise RuntimeConfigError("%s: TensorRT cannot deserialise it (built with another "
-                                     "TensorRT version or GPU?)" % model_path)
+                                     "TensorRT version or GPU?)" % self.engine_path)
         self.context = self.engine.create_execution_context()
         self._stream = self._check(cudart.cudaStreamCreate())
         self._buffers: Dict[str, Tuple[int, Tuple[int, ...], Any]] = {}
-        for i in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(i)
-            shape = tuple(self.engine.get_tensor_shape(name))
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        for name in names:  # a dynamic input (-1) runs at the metadata's 1x3xSxS
+            if (self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+                    and -1 in tuple(self.engine.get_tensor_shape(name))):
+                self.context.set_input_shape(name, (1, 3, self.input_size, self.input_size))
+        for name in names:
+            shape = tuple(self.context.get_tensor_shape(name))
             dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
             nbytes = int(np.prod(shape)) * dtype.itemsize
             pointer = self._check(cudart.cudaMalloc(nbytes))
@@ -408,17 +445,6 @@ class TensorRTBackend:
         if self._buffers[self.input_name][1] != expected:
             raise RuntimeConfigError("%s: engine input %s, but its metadata says %s"
                                      % (model_path, self._buffers[self.input_name][1], expected))
-
-    @staticmethod
-    def _read_metadata(model_path: str) -> Dict[str, Any]:
-        path = model_path + ENGINE_METADATA_SUFFIX
-        try:
-            with open(path) as f:
-                return json.load(f)
-        except (OSError, ValueError) as error:
-            raise RuntimeConfigError("%s: cannot read the engine's metadata file %s (written by "
-                                     "python -m training export --format tensorrt): %s"
-                                     % (model_path, path, error))
 
     def _check(self, result: Tuple[Any, ...]) -> Any:
         error, value = result[0], result[1:]
@@ -493,7 +519,8 @@ class Segmenter:
 
     def __init__(self, model_path: str, backend: str = "auto", device: str = "cpu",
                  precision: str = "fp32", threads: Optional[int] = None,
-                 providers: Optional[List[str]] = None) -> None:
+                 providers: Optional[List[str]] = None,
+                 engine_cache_dir: Optional[str] = None) -> None:
         model_path = os.fspath(model_path)
         name = resolve_backend(model_path, backend)
         _check_device(device)
@@ -506,7 +533,8 @@ class Segmenter:
         self.model_path = model_path
         self.backend_name = name
         self.runner = BACKENDS[name](model_path, device=device, precision=precision,
-                                     threads=threads, providers=providers)
+                                     threads=threads, providers=providers,
+                                     engine_cache_dir=engine_cache_dir)
         self.metadata: Dict[str, Any] = self.runner.metadata
         self.input_size: int = int(self.runner.input_size)
         self.num_classes: int = int(self.metadata["num_classes"])

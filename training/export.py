@@ -32,8 +32,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from lpcv_segmentation.runtime import (ENGINE_METADATA_SUFFIX, INPUT_NAME, METADATA_KEY,
-                                       OUTPUT_NAME, RuntimeConfigError, Segmenter, preprocess)
+from lpcv_segmentation.engine import tensorrt_version
+from lpcv_segmentation.runtime import (INPUT_NAME, METADATA_KEY, OUTPUT_NAME,
+                                       RuntimeConfigError, Segmenter, preprocess)
 
 FORMATS = ("onnx", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -383,51 +384,31 @@ def export_onnx(checkpoint_path: str, out_path: str, input_size: Optional[int] =
 def export_tensorrt(checkpoint_path: str, out_path: str, input_size: Optional[int] = None,
                     precision: str = "fp32", verify_images: int = 4,
                     opset: int = DEFAULT_OPSET) -> Dict[str, Any]:
-    """Build a TensorRT engine (fp32 or fp16) from the checked ONNX export; the metadata goes
-    to ``OUT.json`` beside it. Needs the tensorrt package (ExportError says so when missing)."""
-    try:
-        import tensorrt as trt
-    except ImportError as error:
-        raise ExportError(
-            "--format tensorrt needs the tensorrt Python package, which is not installed here "
-            "(%s). Export ONNX instead and build the engine on the target (engines are specific "
-            "to the GPU and TensorRT version): python -m training export --format onnx --out "
-            "MODEL.onnx, then trtexec --onnx=MODEL.onnx --saveEngine=MODEL.engine%s, or run "
-            "the ONNX file with onnxruntime's TensorRT provider" % (error, " --fp16" if precision == "fp16" else ""))
-    if precision not in ("fp32", "fp16"):
+    """Build a TensorRT engine (fp32 or fp16) from the checked ONNX export with
+    ``lpcv_segmentation.engine.build_engine``; the metadata goes to ``OUT.json`` beside it.
+    Needs the tensorrt package (ExportError says so, before any work, when it is missing)."""
+    from lpcv_segmentation.engine import ENGINE_PRECISIONS, build_engine
+    from lpcv_segmentation.engine_cache import EngineError
+
+    if precision not in ENGINE_PRECISIONS:
         raise ExportError("--format tensorrt builds fp32 or fp16 engines, not %s" % precision)
+    if tensorrt_version() is None:
+        raise ExportError(
+            "--format tensorrt needs the tensorrt Python package, which is not installed here. "
+            "Engines are specific to the GPU and TensorRT version, so build it on the target: "
+            "python -m training export --format onnx --out MODEL.onnx here, then python -m "
+            "lpcv_segmentation.engine --model MODEL.onnx --precision %s --build-only there"
+            % precision)
     with tempfile.TemporaryDirectory(prefix="lpcv_export_") as tmp:
         onnx_path = os.path.join(tmp, "model.onnx")
         report = export_onnx(checkpoint_path, onnx_path, input_size, "fp32",
                              verify_images=verify_images, opset=opset)
-        logger = trt.Logger(trt.Logger.WARNING)
-        builder = trt.Builder(logger)
-        flags = 0
-        if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # implicit in TRT 10
-            flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(onnx_path):
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise ExportError("TensorRT cannot parse the ONNX export: %s" % errors)
-        config = builder.create_builder_config()
-        if precision == "fp16":
-            config.set_flag(trt.BuilderFlag.FP16)
-        engine = builder.build_serialized_network(network, config)
-        if engine is None:
-            raise ExportError("TensorRT failed to build an engine from %s" % checkpoint_path)
-        import onnx
-        meta = dict((p.key, p.value) for p in onnx.load(onnx_path).metadata_props)
-        meta = dict(json.loads(meta[METADATA_KEY]), precision=precision)
-    out_path = os.fspath(out_path)
-    tmp_engine = "%s.tmp.%d" % (out_path, os.getpid())
-    with open(tmp_engine, "wb") as f:
-        f.write(bytes(engine))
-    os.replace(tmp_engine, out_path)
-    with open(out_path + ENGINE_METADATA_SUFFIX, "w") as f:
-        json.dump(meta, f, indent=1)
-    report.update(out=out_path, format="tensorrt", precision=precision,
-                  bytes=os.path.getsize(out_path))
+        try:
+            meta = build_engine(onnx_path, os.fspath(out_path), precision)
+        except EngineError as error:
+            raise ExportError(str(error))
+    report.update(out=os.fspath(out_path), format="tensorrt", precision=meta["precision"],
+                  bytes=os.path.getsize(out_path), tensorrt_version=meta["tensorrt_version"])
     return report
 
 
