@@ -151,7 +151,7 @@ def tensorrt_backend(args: argparse.Namespace) -> Dict[str, Any]:
     _need_tensorrt()
     segmenter = Segmenter(str(ONNX), backend="tensorrt", device="cuda", precision="fp16",
                           engine_cache_dir=str(Path(args.work) / "engine_cache"))
-    built = getattr(segmenter.backend, "built_engine", None)
+    built = getattr(segmenter.runner, "built_engine", None)
     return measured(segmenter, args, "TensorRT back end on the .onnx file (engine %s)"
                     % ("built now" if built else "from the cache"))
 
