@@ -19,9 +19,9 @@ Each model gets an ONNX Runtime session set up as ``lpcv_segmentation.runtime`` 
 (all graph optimisations, N intra-op threads, 1 inter-op thread); every round times each model
 once, in turn (bench/common.py), so the machine's load touches all alike. Medians of wall
 clock and of the process's CPU time per call; ratios to the peer are the figures to read.
-With --profile, ONNX Runtime's profiler (1 thread) gives each operator type's time: the sum
-over the graph's nodes of each node's median kernel time over the profiled runs (medians, so
-that a run the scheduler interrupted does not count).
+With --profile, ONNX Runtime's profiler (1 thread, the models taking turns run by run) gives
+each operator type's time: the sum over the graph's nodes of each node's median kernel time
+over the profiled runs (medians, so that a run the scheduler interrupted does not count).
 
     .venv/bin/python bench/export_graph.py \
         --peer ../shared/peers/lpcv2023_2nd_topformer_tiny_288.onnx --profile
@@ -168,13 +168,22 @@ def time_all(files: Dict[str, str], threads: int, rounds: int, warmup: int) -> D
             "cpu_ms": {k: t.cpu_median_ms for k, t in timings.items()}}
 
 
-def profile(path: str, runs: int, work: str) -> Dict[str, Any]:
-    """Per operator type: sum over nodes of the node's median kernel time (us), one thread."""
-    session = ort_session(path, 1, profile_prefix=os.path.join(work, "profile"))
-    name, x = _input(session)
+def profile(files: Dict[str, str], runs: int, work: str) -> Dict[str, Dict[str, Any]]:
+    """Per model and operator type: sum over its nodes of each node's median kernel time (us),
+    one thread. The models take turns run by run, as in the timing, so that a busy spell of
+    the machine touches all of them alike."""
+    sessions = {}
+    for i, (model, path) in enumerate(files.items()):
+        session = ort_session(path, 1, profile_prefix=os.path.join(work, "profile%d" % i))
+        sessions[model] = (session,) + _input(session)
     for _ in range(runs):
-        session.run(None, {name: x})
-    trace = session.end_profiling()
+        for session, name, x in sessions.values():
+            session.run(None, {name: x})
+    return {model: _kernel_times(session.end_profiling())
+            for model, (session, _, _) in sessions.items()}
+
+
+def _kernel_times(trace: str) -> Dict[str, Any]:
     with open(trace) as f:
         events = json.load(f)
     os.remove(trace)
@@ -283,9 +292,9 @@ def main() -> int:
                                               for t in threads]}
         if args.profile:
             print("profiling ...", file=sys.stderr, flush=True)
-            result["profiles"] = {name: profile(path, args.profile_runs, work)
-                                  for name, path in files.items()
-                                  if name != "default, rewrite + ORT"}
+            result["profiles"] = profile({k: v for k, v in files.items()
+                                          if k != "default, rewrite + ORT"},
+                                         args.profile_runs, work)
     body = render(result, args)
     if args.markdown:
         Path(args.markdown).write_text(body + "\n")
