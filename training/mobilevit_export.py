@@ -127,6 +127,7 @@ class ExportMobileVitBlock(nn.Module):
             if (block.conv_1x1.kernel_size != (1, 1) or block.conv_1x1.groups != 1
                     or block.conv_1x1.bias is not None or proj.conv.kernel_size != (1, 1)
                     or proj.conv.groups != 1 or not isinstance(proj.bn, nn.BatchNorm2d)
+                    or not (proj.bn.affine and proj.bn.track_running_stats)
                     or not _is_identity(getattr(proj.bn, "drop", None))):
                 return False
             for layer in block.transformer:
