@@ -324,6 +324,13 @@ class OnnxRuntimeBackend:
         if len(out_shape) != 4 or (isinstance(out_shape[1], int) and out_shape[1] != num_classes):
             raise RuntimeConfigError("%s: output %r has shape %s; expected (1, %d, H, W) logits"
                                      % (model_path, outputs[0].name, out_shape, num_classes))
+        # Logits at a stride would be label-resized (blocky), not upsampled as they were trained.
+        if any(isinstance(d, int) and d != size for d in out_shape[2:]):
+            raise RuntimeConfigError(
+                "%s: output %r has shape %s; the runtime takes logits at the input size %dx%d. "
+                "For a model whose logits are at a stride, write a copy that upsamples them: "
+                "python -m training import-onnx --onnx FILE --output-stride N ..."
+                % (model_path, outputs[0].name, out_shape, size, size))
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: x})[0]

@@ -16,6 +16,8 @@ COMMANDS = {
     "train": ("training.train", "train a model (optionally distilled from a teacher)"),
     "evaluate": ("training.evaluate", "evaluate a checkpoint, ONNX model or engine"),
     "export": ("training.export", "export a checkpoint to ONNX (fp32/fp16/int8) or TensorRT"),
+    "import-onnx": ("training.import_onnx", "copy a foreign ONNX segmentation model with this "
+                    "project's metadata"),
     "prune": ("training.prune", "structured pruning with fine-tuning"),
     "sweep": ("training.sweep", "sparsity sweep: prune, fine-tune, evaluate, plot"),
     "ablation": ("training.ablation", "ablation table: baseline, +KD, +pruning, +fp16/int8"),

@@ -66,16 +66,23 @@ def onnx_metadata(model: Any, meta: Dict[str, Any], input_size: int, precision: 
     return out
 
 
-def model_to_onnx(model: Any, input_size: int, opset: int = DEFAULT_OPSET) -> Any:
+def model_to_onnx(model: Any, input_size: int, opset: int = DEFAULT_OPSET,
+                  timm_mobilevit: bool = False) -> Any:
     """ONNX ModelProto of ``model`` (eval mode, CPU, fp32) for a fixed 1x3xSxS input, with the
-    dynamo exporter (the TorchScript one fails on adaptive pooling at sizes like 512)."""
+    dynamo exporter (the TorchScript one fails on adaptive pooling at sizes like 512).
+
+    MobileViT blocks are exported through ``training.mobilevit_export`` (the same outputs, a
+    graph that moves less data; docs/runtime.md) unless ``timm_mobilevit`` asks for timm's own."""
     import torch
     import warnings
+
+    from training.mobilevit_export import export_friendly
     model = model.to("cpu", torch.float32).eval()
     x = torch.zeros(1, 3, int(input_size), int(input_size))
-    with warnings.catch_warnings(), torch.no_grad():
+    rewrite = contextlib.nullcontext(model) if timm_mobilevit else export_friendly(model)
+    with warnings.catch_warnings(), torch.no_grad(), rewrite as exported:
         warnings.simplefilter("ignore")  # exporter deprecation chatter, not about this model
-        program = torch.onnx.export(model, (x,), dynamo=True, input_names=[INPUT_NAME],
+        program = torch.onnx.export(exported, (x,), dynamo=True, input_names=[INPUT_NAME],
                                     output_names=[OUTPUT_NAME], opset_version=int(opset),
                                     verbose=False, external_data=False)
     return program.model_proto
@@ -302,12 +309,13 @@ def export_onnx(checkpoint_path: str, out_path: str, input_size: Optional[int] =
                 precision: str = "fp32", calib_dir: Optional[str] = None,
                 verify_images: int = 4, calib_images: int = DEFAULT_CALIB_IMAGES,
                 opset: int = DEFAULT_OPSET, min_agreement: Optional[float] = None,
-                calib_method: str = "percentile") -> Dict[str, Any]:
+                calib_method: str = "percentile", timm_mobilevit: bool = False) -> Dict[str, Any]:
     """Export ``checkpoint_path`` to ``out_path`` and check it; returns the report.
 
     ``precision``: fp32, fp16 or int8 (int8 needs ``calib_dir``, a dataset root in the LPCV
     layout; ``calib_images`` of its train split, ``calib_method`` one of CALIB_METHODS).
     ``min_agreement`` overrides the precision's threshold (``MIN_AGREEMENT``).
+    ``timm_mobilevit``: export timm's MobileViT blocks as they are (see ``model_to_onnx``).
     Raises CheckpointError for a refused checkpoint and ExportError for anything else; nothing
     is written to ``out_path`` unless the check passed.
     """
@@ -328,11 +336,12 @@ def export_onnx(checkpoint_path: str, out_path: str, input_size: Optional[int] =
         calib = dataset_pairs(os.fspath(calib_dir), int(calib_images))
     report: Dict[str, Any] = {"checkpoint": os.fspath(checkpoint_path), "out": os.fspath(out_path),
                               "format": "onnx", "precision": precision, "input_size": size,
-                              "opset": int(opset), "arch": meta.get("arch")}
+                              "opset": int(opset), "arch": meta.get("arch"),
+                              "mobilevit_graph": "timm" if timm_mobilevit else "export-friendly"}
     with tempfile.TemporaryDirectory(prefix="lpcv_export_") as tmp:
         fp32_path = os.path.join(tmp, "fp32.onnx")
         try:
-            proto = model_to_onnx(model, size, opset)
+            proto = model_to_onnx(model, size, opset, timm_mobilevit=timm_mobilevit)
         except Exception as error:  # noqa: BLE001  exporter errors are many types
             raise ExportError("ONNX export of %s failed: %s: %s"
                               % (checkpoint_path, type(error).__name__, error))
@@ -438,6 +447,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="synthetic scenes for the check against PyTorch (default %(default)s)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help="ONNX opset (default %(default)s; at least 17)")
+    parser.add_argument("--timm-mobilevit", action="store_true",
+                        help="export timm's own MobileViT blocks instead of the export-friendly "
+                             "rewrite with the same outputs (for comparison; docs/runtime.md)")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the report as JSON")
 
 
@@ -481,7 +493,8 @@ def main(args: argparse.Namespace) -> int:
         else:
             report = export_onnx(args.checkpoint, args.out, args.input_size, precision,
                                  args.calib, args.verify_images, args.calib_images, args.opset,
-                                 calib_method=args.calib_method)
+                                 calib_method=args.calib_method,
+                                 timm_mobilevit=args.timm_mobilevit)
     except (CheckpointError, ExportError, RuntimeConfigError, DatasetError) as error:
         print("export: error: %s" % error, file=sys.stderr)
         return 1
