@@ -30,12 +30,12 @@ import argparse
 import hashlib
 import os
 import sys
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from lpcv_segmentation.classes import class_table
+from lpcv_segmentation.fileio import atomic_path
 from lpcv_segmentation.runtime import (INPUT_NAME, OUTPUT_NAME, RuntimeConfigError, Segmenter,
                                        preprocess)
 
@@ -279,17 +279,9 @@ def import_onnx(onnx_path: str, out_path: str, input_size: int, mean: Sequence[f
         raise ImportOnnxError("%s: the imported copy fails onnx.checker: %s"
                               % (onnx_path, str(error).strip().splitlines()[0]))
 
-    folder = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".import_", suffix=".onnx", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(out_path, suffix=".onnx") as tmp:
         onnx.save(proto, tmp)
-        check = _check_copy(onnx_path, tmp, size, norm)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        check = _check_copy(onnx_path, tmp, size, norm)  # raises: nothing is written
     return {"onnx": onnx_path, "out": out_path, "input_size": size, "output_stride": stride,
             "foreign_output_shape": foreign_shape, "upsampled_in_graph": stride != 1,
             "mean": norm["mean"], "std": norm["std"], "params": params, "opset": opset,
