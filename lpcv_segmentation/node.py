@@ -24,13 +24,15 @@ from rclpy.node import Node
 from rclpy.utilities import remove_ros_args
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
+from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverridingOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from .classes import class_table
 from .imaging import (ImageConversionError, check_compressed_msg, check_image_msg,
                       compressed_to_rgb, image_to_rgb, numpy_to_image_msg)
-from .node_config import (NODE_NAME, PARAMETERS, NodeConfig, ParameterError, check_config)
+from .node_config import (NODE_NAME, PARAMETERS, NodeConfig, ParameterError, check_config,
+                          unknown_parameters)
 from .node_pipeline import LatestFrame, process_frame
 from .node_stats import NodeStats, assess, key_values, log_line
 
@@ -94,8 +96,13 @@ class SegmentationNode(Node):
             self._declare_parameters()
             self.config = config = self._read_config()
             self._open(config)
-        except (ParameterException, NameValidationException) as error:
+        except (ParameterException, NameValidationException, InvalidQosOverridesError) as error:
             raise StartupError(str(error)) from None
+        except RuntimeError as error:  # rclpy: "Unexpected QoS override for policy ..."
+            if "QoS override" not in str(error):
+                raise
+            raise StartupError("qos_overrides: %s" % error) from None
+        self._warn_unknown_parameters()
 
     def _declare_parameters(self) -> None:
         # Read-only: the model and topics are fixed once the node runs, so a later
@@ -110,19 +117,19 @@ class SegmentationNode(Node):
         self.segmenter.warmup()  # the first camera frame should not pay for lazy allocation
         self._input = INPUT_TYPES[config.input_type]
 
-        self._mask_pub = self.create_publisher(Image, config.mask_topic, OUTPUT_QOS)
-        self._color_pub = (self.create_publisher(Image, config.color_topic, OUTPUT_QOS)
+        self._mask_pub = self._publisher(Image, config.mask_topic)
+        self._color_pub = (self._publisher(Image, config.color_topic)
                            if config.publish_color else None)
-        self._overlay_pub = (self.create_publisher(Image, config.overlay_topic, OUTPUT_QOS)
+        self._overlay_pub = (self._publisher(Image, config.overlay_topic)
                              if config.publish_overlay else None)
-        self._detections_pub = self.create_publisher(String, config.detections_topic, OUTPUT_QOS)
+        self._detections_pub = self._publisher(String, config.detections_topic)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
-        self._label_info_pub = self.create_publisher(String, config.label_info_topic,
-                                                     LATCHED_QOS)
+        self._label_info_pub = self._publisher(String, config.label_info_topic, LATCHED_QOS)
         self._label_info_pub.publish(String(data=json.dumps({"classes": class_table()})))
 
         self._subscription = self.create_subscription(
-            self._input.msg_type, config.input_topic, self._on_frame, INPUT_QOS[config.input_qos])
+            self._input.msg_type, config.input_topic, self._on_frame, INPUT_QOS[config.input_qos],
+            qos_overriding_options=QoSOverridingOptions.with_default_policies())
         self.create_timer(config.diagnostics_period_s, self._publish_diagnostics)
         self.create_timer(config.log_period_s, self._log_summary)
         self._worker = threading.Thread(target=self._work, name="segmentation", daemon=True)
@@ -134,12 +141,23 @@ class SegmentationNode(Node):
                                self.segmenter.backend_name, self.segmenter.precision,
                                self.segmenter.input_size, self._mask_pub.topic_name))
 
-    def _read_config(self) -> NodeConfig:
-        overrides = getattr(self, "_parameter_overrides", {})  # rclpy ignores unknown ones
-        unknown = sorted(name for name in overrides if not self.has_parameter(name))
+    def _publisher(self, msg_type: type, topic: str, qos: QoSProfile = OUTPUT_QOS):
+        """A publisher whose history, depth and reliability ``qos_overrides`` may change."""
+        return self.create_publisher(
+            msg_type, topic, qos,
+            qos_overriding_options=QoSOverridingOptions.with_default_policies())
+
+    def _warn_unknown_parameters(self) -> None:
+        """Shared parameter files (``/**:`` sections) carry other nodes' keys: name them once
+        and go on. Called once every publisher and subscription has declared its
+        qos_overrides parameters, so only keys nobody reads are left."""
+        unknown = unknown_parameters(getattr(self, "_parameter_overrides", {}),
+                                     self.has_parameter)
         if unknown:
-            raise StartupError("unknown parameters %s; known: %s"
-                               % (", ".join(unknown), ", ".join(s.name for s in PARAMETERS)))
+            self.get_logger().warning("ignoring parameters this node does not use: %s"
+                                      % ", ".join(unknown))
+
+    def _read_config(self) -> NodeConfig:
         values = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
         try:
             return check_config(values)

@@ -5,7 +5,7 @@ the node declares. ``config/drone.yaml`` sets every one of them.
 """
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence
 
 from .classes import CLASS_NAMES, DETECTION_CLASS_IDS, class_id
 from .node_stats import Thresholds
@@ -184,6 +184,12 @@ def default_model_path() -> Path:
     if share is not None and (share / "models" / DEFAULT_MODEL_NAME).is_file():
         return share / "models" / DEFAULT_MODEL_NAME
     return Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL_NAME
+
+
+def unknown_parameters(overrides: Iterable[str], is_declared: Callable[[str], bool]
+                       ) -> List[str]:
+    """The override names (from parameter files and ``-p``) the node never declared, sorted."""
+    return sorted(name for name in overrides if not is_declared(name))
 
 
 def check_config(values: Dict[str, object]) -> NodeConfig:

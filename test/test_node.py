@@ -319,8 +319,6 @@ def test_startup_errors_name_the_culprit_and_exit_non_zero(tmp_path, tiny_onnx):
         "bad value": (["-p", "model_path:=%s" % tiny_onnx, "-p", "input_qos:=sometimes"],
                       "input_qos"),
         "bad type": (["-p", "model_path:=%s" % tiny_onnx, "-p", "threads:=many"], "threads"),
-        "unknown parameter": (["-p", "model_path:=%s" % tiny_onnx, "-p", "thread:=2"],
-                              "thread"),
     }
     env = ros_env(random_domain_id())
     processes = {name: start([sys.executable, "-m", "lpcv_segmentation.node", "--ros-args",

@@ -1,0 +1,100 @@
+"""A client process for the node tests: asks the ROS graph what a separate tool would ask.
+
+    python test/node_probe.py endpoints --topic /uav1/camera/image_raw
+    python test/node_probe.py lifecycle --node /segmentation_node get
+    python test/node_probe.py lifecycle --node /segmentation_node configure activate
+
+Prints one JSON line. ``endpoints``: the subscriptions and publishers on a topic, each with
+its node name and reliability (what ``ros2 topic info -v`` shows). ``lifecycle``: for each
+step, ``get`` calls lifecycle_msgs/srv/GetState and any other word is a transition label
+sent with lifecycle_msgs/srv/ChangeState; the result lists each step's answer and the state
+after it.
+"""
+import argparse
+import json
+import sys
+import time
+from typing import Dict, List, Optional
+
+SERVICE_TIMEOUT_S = 60.0  # configure loads a model
+
+
+def _endpoints(node, topic: str) -> Dict[str, List[Dict[str, str]]]:
+    def describe(infos) -> List[Dict[str, str]]:
+        return [{"node": "%s/%s" % (i.node_namespace.rstrip("/"), i.node_name),
+                 "reliability": i.qos_profile.reliability.name,
+                 "durability": i.qos_profile.durability.name,
+                 "topic_type": i.topic_type} for i in infos]
+    return {"subscriptions": describe(node.get_subscriptions_info_by_topic(topic)),
+            "publishers": describe(node.get_publishers_info_by_topic(topic))}
+
+
+def endpoints(args: argparse.Namespace) -> Dict[str, object]:
+    """Wait until something is on the topic (discovery), then describe it."""
+    import rclpy
+    node = rclpy.create_node("test_probe")
+    deadline = time.monotonic() + args.wait
+    found = _endpoints(node, args.topic)
+    while not (found["subscriptions"] or found["publishers"]) and time.monotonic() < deadline:
+        rclpy.spin_once(node, timeout_sec=0.1)
+        found = _endpoints(node, args.topic)
+    time.sleep(0.2)
+    rclpy.spin_once(node, timeout_sec=0.1)
+    return _endpoints(node, args.topic)
+
+
+def _call(node, client, request):
+    import rclpy
+    if not client.wait_for_service(timeout_sec=SERVICE_TIMEOUT_S):
+        raise SystemExit(json.dumps({"error": "no service %s" % client.srv_name}))
+    future = client.call_async(request)
+    rclpy.spin_until_future_complete(node, future, timeout_sec=SERVICE_TIMEOUT_S)
+    if not future.done():
+        raise SystemExit(json.dumps({"error": "no answer from %s" % client.srv_name}))
+    return future.result()
+
+
+def lifecycle(args: argparse.Namespace) -> Dict[str, object]:
+    import rclpy
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    node = rclpy.create_node("test_lifecycle_client")
+    get_state = node.create_client(GetState, "%s/get_state" % args.node)
+    change_state = node.create_client(ChangeState, "%s/change_state" % args.node)
+    steps = []
+    for step in args.steps:
+        if step == "get":
+            state = _call(node, get_state, GetState.Request()).current_state
+            steps.append({"step": "get", "state": state.label})
+            continue
+        request = ChangeState.Request()
+        request.transition.label = step
+        success = bool(_call(node, change_state, request).success)
+        state = _call(node, get_state, GetState.Request()).current_state
+        steps.append({"step": step, "success": success, "state": state.label})
+    return {"steps": steps}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    ends = commands.add_parser("endpoints", help="describe a topic's endpoints")
+    ends.add_argument("--topic", required=True)
+    ends.add_argument("--wait", type=float, default=20.0, help="seconds to wait for one")
+    life = commands.add_parser("lifecycle", help="get the state / run transitions")
+    life.add_argument("--node", required=True)
+    life.add_argument("steps", nargs="+", help="get, or a transition label (configure, ...)")
+    args = parser.parse_args(argv)
+
+    import rclpy
+    rclpy.init()
+    try:
+        result = endpoints(args) if args.command == "endpoints" else lifecycle(args)
+    finally:
+        rclpy.try_shutdown()
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
