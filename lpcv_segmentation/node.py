@@ -9,17 +9,21 @@ node_pipeline; rates, latency and the diagnostic level in node_stats.
         -p model_path:=MODEL -p backend:=onnxruntime -p input_topic:=/camera/image_raw
 """
 import argparse
+import contextlib
 import json
 import sys
 import threading
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import NameValidationException, ParameterException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNodeMixin, LifecycleState
+from rclpy.lifecycle.node import TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.utilities import remove_ros_args
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
@@ -34,7 +38,7 @@ from .imaging import (ImageConversionError, check_compressed_msg, check_image_ms
 from .node_config import (NODE_NAME, PARAMETERS, NodeConfig, ParameterError, check_config,
                           unknown_parameters)
 from .node_pipeline import LatestFrame, process_frame
-from .node_stats import NodeStats, assess, key_values, log_line
+from .node_stats import WARN, NodeStats, assess, key_values, log_line
 
 DIAGNOSTICS_TOPIC = "/diagnostics"  # absolute: diagnostic aggregators listen there
 WARN_THROTTLE_S = 5.0  # at most one warning per reason this often
@@ -75,34 +79,62 @@ class StartupError(RuntimeError):
     """The node cannot start (bad parameter, model, back end); the text says why."""
 
 
-class SegmentationNode(Node):
-    """``start()`` declares and checks the parameters, loads the model and opens the topics;
-    it raises StartupError with a message naming the parameter, file or back end at fault."""
+@contextlib.contextmanager
+def _entity_errors() -> Iterator[None]:
+    """Errors from opening a publisher or subscription (bad name, bad qos_overrides value)
+    as StartupError naming the parameter."""
+    try:
+        yield
+    except (ParameterException, NameValidationException, InvalidQosOverridesError) as error:
+        raise StartupError(str(error)) from None
+    except RuntimeError as error:  # rclpy: "Unexpected QoS override for policy ..."
+        if "QoS override" not in str(error):
+            raise
+        raise StartupError("qos_overrides: %s" % error) from None
+
+
+class Phase:
+    """What the node is doing before it can segment: /diagnostics reports it as WARN with this
+    message until the first frame can be served (set in one place, ``_set_phase``)."""
+    LOADING_MODEL = "loading model"
+    WARMING_UP = "warming up"
+
+
+class SegmentationNode(LifecycleNodeMixin, Node):
+    """segmentation_node as a lifecycle node.
+
+    configure: check the parameters, load and warm up the model, open the publishers;
+    activate: subscribe to the camera and start the inference thread; deactivate: the
+    reverse (the model stays loaded); cleanup: close the publishers, unload the model.
+    With ``managed:=false`` (default) the node runs configure and activate itself at start
+    and offers no lifecycle services; with ``managed:=true`` a lifecycle manager (or
+    ``ros2 lifecycle set``) drives it. ``exit_code`` becomes set when the process should end:
+    1 after a failed start when unmanaged, 0 once shut down (finalized).
+    """
 
     def __init__(self) -> None:
-        super().__init__(NODE_NAME)
+        Node.__init__(self, NODE_NAME)
+        try:
+            self._declare_parameters()
+        except (ParameterException, NameValidationException) as error:
+            raise StartupError(str(error)) from None
+        self.managed = bool(self.get_parameter("managed").value)
+        LifecycleNodeMixin.__init__(self, enable_communication_interface=self.managed)
         self.config: Optional[NodeConfig] = None
         self.segmenter = None
         self.stats = NodeStats(time.monotonic())
+        self.exit_code: Optional[int] = None
+        self._phase: Optional[str] = None
         self._slot: LatestFrame = LatestFrame()
         self._stop = threading.Event()
         self._worker: Optional[threading.Thread] = None
         self._input: Optional[InputType] = None
-
-    # -- start-up ---------------------------------------------------------------------------
-    def start(self) -> None:
-        """Check parameters, load the model, open publishers, subscription and timers."""
-        try:
-            self._declare_parameters()
-            self.config = config = self._read_config()
-            self._open(config)
-        except (ParameterException, NameValidationException, InvalidQosOverridesError) as error:
-            raise StartupError(str(error)) from None
-        except RuntimeError as error:  # rclpy: "Unexpected QoS override for policy ..."
-            if "QoS override" not in str(error):
-                raise
-            raise StartupError("qos_overrides: %s" % error) from None
-        self._warn_unknown_parameters()
+        self._publishers_open: List[object] = []
+        self._timers_open: List[object] = []
+        self._subscriptions_open: List[object] = []
+        self._unknown_checked = False
+        # Diagnostics run beside a long configure (model loading) on a multi-threaded executor.
+        self._diagnostics_group = MutuallyExclusiveCallbackGroup()
 
     def _declare_parameters(self) -> None:
         # Read-only: the model and topics are fixed once the node runs, so a later
@@ -111,48 +143,130 @@ class SegmentationNode(Node):
             self.declare_parameter(spec.name, spec.default, ParameterDescriptor(
                 description=spec.description, read_only=True))
 
-    def _open(self, config: NodeConfig) -> None:
-        self.stats = NodeStats(time.monotonic(), config.stats_window_s)
-        self.segmenter = self._load_segmenter(config)
-        self.segmenter.warmup()  # the first camera frame should not pay for lazy allocation
-        self._input = INPUT_TYPES[config.input_type]
+    # -- unmanaged start ------------------------------------------------------------------------
+    def bring_up(self) -> None:
+        """configure, then activate (``managed:=false``); a failure ends the process with 1."""
+        if (self.trigger_configure() != TransitionCallbackReturn.SUCCESS
+                or self.trigger_activate() != TransitionCallbackReturn.SUCCESS):
+            self.exit_code = 1
 
+    # -- lifecycle transitions ------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except StartupError as error:
+            self.get_logger().error("configure failed: %s" % error)
+            self._cleanup()
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            with _entity_errors():
+                self._subscribe(self.config)
+        except StartupError as error:
+            self.get_logger().error("activate failed: %s" % error)
+            self._deactivate()
+            return TransitionCallbackReturn.FAILURE
+        self._stop.clear()
+        self._slot = LatestFrame()
+        self._worker = threading.Thread(target=self._work, name="segmentation", daemon=True)
+        self._worker.start()
+        self.get_logger().info("active: segmenting %s" % self._input_topic)
+        return TransitionCallbackReturn.SUCCESS
+
+    def _subscribe(self, config: NodeConfig) -> None:
+        self._subscriptions_open.append(self.create_subscription(
+            self._input.msg_type, config.input_topic, self._on_frame, INPUT_QOS[config.input_qos],
+            qos_overriding_options=QoSOverridingOptions.with_default_policies()))
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._deactivate()
+        self.get_logger().info("inactive: model loaded, not segmenting")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._cleanup()
+        self.get_logger().info("unconfigured: model unloaded")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._deactivate()
+        self._cleanup()
+        self.exit_code = 0
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._deactivate()
+        self._cleanup()
+        return TransitionCallbackReturn.SUCCESS  # back to unconfigured, ready to retry
+
+    # -- configure ------------------------------------------------------------------------------
+    def _configure(self) -> None:
+        """Check parameters, load the model, open the publishers; StartupError says why not."""
+        self.config = config = self._read_config()
+        self._input = INPUT_TYPES[config.input_type]
+        self._input_topic = self.resolve_topic_name(config.input_topic)
+        self.stats = NodeStats(time.monotonic(), config.stats_window_s)
+        self._diagnostics_pub = self._open(self.create_publisher(
+            DiagnosticArray, DIAGNOSTICS_TOPIC, 10))
+        self._timers_open.append(self.create_timer(
+            config.diagnostics_period_s, self._publish_diagnostics,
+            callback_group=self._diagnostics_group))
+        self._set_phase(Phase.LOADING_MODEL)
+        segmenter = self._load_segmenter(config)
+        self._set_phase(Phase.WARMING_UP)
+        segmenter.warmup()  # the first camera frame should not pay for lazy allocation
+        self.segmenter = segmenter
+        with _entity_errors():
+            self._open_outputs(config)
+        self._timers_open.append(self.create_timer(config.log_period_s, self._log_summary))
+        self._set_phase(None)
+        self._warn_unknown_parameters(config)
+        self.get_logger().info(
+            "configured: %s on %s (%s back end, %s, %d px input) for %s (%s, %s QoS); "
+            "publishing %s" % (config.model_path, self.segmenter.device,
+                               self.segmenter.backend_name, self.segmenter.precision,
+                               self.segmenter.input_size,
+                               self.resolve_topic_name(config.input_topic), config.input_type,
+                               config.input_qos, self._mask_pub.topic_name))
+
+    def _set_phase(self, phase: Optional[str]) -> None:
+        self._phase = phase
+        if phase is not None:
+            self._publish_diagnostics()  # say so now, not a diagnostics period later
+
+    def _open(self, entity):
+        self._publishers_open.append(entity)
+        return entity
+
+    def _open_outputs(self, config: NodeConfig) -> None:
         self._mask_pub = self._publisher(Image, config.mask_topic)
         self._color_pub = (self._publisher(Image, config.color_topic)
                            if config.publish_color else None)
         self._overlay_pub = (self._publisher(Image, config.overlay_topic)
                              if config.publish_overlay else None)
         self._detections_pub = self._publisher(String, config.detections_topic)
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         self._label_info_pub = self._publisher(String, config.label_info_topic, LATCHED_QOS)
         self._label_info_pub.publish(String(data=json.dumps({"classes": class_table()})))
 
-        self._subscription = self.create_subscription(
-            self._input.msg_type, config.input_topic, self._on_frame, INPUT_QOS[config.input_qos],
-            qos_overriding_options=QoSOverridingOptions.with_default_policies())
-        self.create_timer(config.diagnostics_period_s, self._publish_diagnostics)
-        self.create_timer(config.log_period_s, self._log_summary)
-        self._worker = threading.Thread(target=self._work, name="segmentation", daemon=True)
-        self._worker.start()
-        self.get_logger().info(
-            "segmenting %s (%s, %s QoS) with %s on %s (%s back end, %s, %d px input); "
-            "publishing %s" % (self._subscription.topic_name, config.input_type,
-                               config.input_qos, config.model_path, self.segmenter.device,
-                               self.segmenter.backend_name, self.segmenter.precision,
-                               self.segmenter.input_size, self._mask_pub.topic_name))
-
     def _publisher(self, msg_type: type, topic: str, qos: QoSProfile = OUTPUT_QOS):
         """A publisher whose history, depth and reliability ``qos_overrides`` may change."""
-        return self.create_publisher(
+        return self._open(self.create_publisher(
             msg_type, topic, qos,
-            qos_overriding_options=QoSOverridingOptions.with_default_policies())
+            qos_overriding_options=QoSOverridingOptions.with_default_policies()))
 
-    def _warn_unknown_parameters(self) -> None:
+    def _warn_unknown_parameters(self, config: NodeConfig) -> None:
         """Shared parameter files (``/**:`` sections) carry other nodes' keys: name them once
-        and go on. Called once every publisher and subscription has declared its
-        qos_overrides parameters, so only keys nobody reads are left."""
-        unknown = unknown_parameters(getattr(self, "_parameter_overrides", {}),
-                                     self.has_parameter)
+        and go on. The subscriptions' qos_overrides keys are declared at activate, so they
+        count as known here."""
+        if self._unknown_checked:
+            return
+        self._unknown_checked = True
+        prefix = "qos_overrides.%s.subscription." % self.resolve_topic_name(config.input_topic)
+        unknown = [name for name in unknown_parameters(
+            getattr(self, "_parameter_overrides", {}), self.has_parameter)
+            if not name.startswith(prefix)]
         if unknown:
             self.get_logger().warning("ignoring parameters this node does not use: %s"
                                       % ", ".join(unknown))
@@ -176,6 +290,32 @@ class SegmentationNode(Node):
                                % (config.backend, config.device, config.precision,
                                   error)) from None
 
+    # -- deactivate, cleanup ----------------------------------------------------------------------
+    def _deactivate(self) -> None:
+        """Stop taking frames and let the inference thread finish the one in hand."""
+        for subscription in self._subscriptions_open:
+            self.destroy_subscription(subscription)
+        self._subscriptions_open = []
+        self.stop()
+
+    def _cleanup(self) -> None:
+        """Close what configure opened and unload the model."""
+        for timer in self._timers_open:
+            self.destroy_timer(timer)
+        for publisher in self._publishers_open:
+            self.destroy_publisher(publisher)
+        self._timers_open, self._publishers_open = [], []
+        self.segmenter = None
+        self._phase = None
+
+    def stop(self) -> None:
+        """Stop the inference thread (it finishes the frame in hand); idempotent."""
+        self._stop.set()
+        self._slot.close()
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
+            self._worker = None
+
     # -- per frame --------------------------------------------------------------------------
     def _on_frame(self, msg) -> None:
         """Subscription callback: count, check the header cheaply, keep only the newest."""
@@ -190,7 +330,7 @@ class SegmentationNode(Node):
 
     def _reject(self, error: ImageConversionError) -> None:
         self.stats.frame_rejected(time.monotonic(), error.kind)
-        self.get_logger().warning("%s: frame rejected: %s" % (self._subscription.topic_name,
+        self.get_logger().warning("%s: frame rejected: %s" % (self._input_topic,
                                                               error),
                                   throttle_duration_sec=WARN_THROTTLE_S)
 
@@ -209,7 +349,7 @@ class SegmentationNode(Node):
                     break  # shut down (SIGINT) while publishing: nothing went wrong
                 self.stats.frame_rejected(time.monotonic(), "processing_error")
                 self.get_logger().error("%s: frame failed: %s: %s"
-                                        % (self._subscription.topic_name,
+                                        % (self._input_topic,
                                            type(error).__name__, error),
                                         throttle_duration_sec=WARN_THROTTLE_S)
 
@@ -246,21 +386,26 @@ class SegmentationNode(Node):
     # -- diagnostics --------------------------------------------------------------------------
     def _status(self):
         summary = self.stats.summary(time.monotonic())
+        if self._phase is not None:  # loading: no frame can be served yet, and that is why
+            return summary, WARN, self._phase
         level, message = assess(summary, self.config.thresholds)
         return summary, level, message
 
     def _publish_diagnostics(self) -> None:
         summary, level, message = self._status()
-        config = self.config
+        config, segmenter = self.config, self.segmenter
         values: List[KeyValue] = [KeyValue(key=k, value=v) for k, v in key_values(summary)]
+        # Until the model is loaded, what was asked for; then what the back end runs.
+        backend = config.backend if segmenter is None else segmenter.backend_name
         values += [KeyValue(key=k, value=str(v)) for k, v in (
-            ("backend", self.segmenter.backend_name), ("device", self.segmenter.device),
-            ("precision", self.segmenter.precision), ("model", config.model_path),
-            ("input_topic", self._subscription.topic_name))]
+            ("backend", backend),
+            ("device", config.device if segmenter is None else segmenter.device),
+            ("precision", config.precision if segmenter is None else segmenter.precision),
+            ("model", config.model_path),
+            ("input_topic", self.resolve_topic_name(config.input_topic)))]
         status = DiagnosticStatus(level=DIAGNOSTIC_LEVELS[level],
                                   name="%s: segmentation" % self.get_fully_qualified_name(),
-                                  message=message, hardware_id=self.segmenter.backend_name,
-                                  values=values)
+                                  message=message, hardware_id=backend, values=values)
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics_pub.publish(array)
@@ -275,14 +420,6 @@ class SegmentationNode(Node):
             self.get_logger().warning(line)
         else:
             self.get_logger().error(line)
-
-    # -- shutdown -------------------------------------------------------------------------------
-    def stop(self) -> None:
-        """Stop the inference thread (it finishes the frame in hand)."""
-        self._stop.set()
-        self._slot.close()
-        if self._worker is not None:
-            self._worker.join(timeout=5.0)
 
 
 def _parse_command_line(argv: List[str]) -> None:
@@ -300,25 +437,35 @@ def _parse_command_line(argv: List[str]) -> None:
 
 
 def main(args: Optional[List[str]] = None) -> int:
-    """Console script ``segmentation_node``: 0 after a clean shutdown (SIGINT), 1 on bad start."""
+    """Console script ``segmentation_node``: 0 after a clean shutdown (SIGINT, or the
+    lifecycle shutdown transition), 1 when an unmanaged node cannot start."""
     _parse_command_line(sys.argv if args is None else args)
     rclpy.init(args=args)
     node: Optional[SegmentationNode] = None
+    executor = None
     status = 0
     try:
         node = SegmentationNode()
-        node.start()
-        executor = SingleThreadedExecutor()
+        executor = MultiThreadedExecutor(num_threads=2)
         executor.add_node(node)
-        executor.spin()
+        if not node.managed:
+            threading.Thread(target=node.bring_up, name="bring-up", daemon=True).start()
+        while node.exit_code is None and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+        if node.exit_code is not None:
+            status = node.exit_code
+            time.sleep(0.2)  # let the answer to a shutdown request leave
     except StartupError as error:
-        node.get_logger().error(str(error))
+        rclpy.logging.get_logger(NODE_NAME).error(str(error))
         status = 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         if node is not None:
             node.stop()
+        if executor is not None:
+            executor.shutdown()
+        if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
     return status

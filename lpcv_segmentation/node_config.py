@@ -80,6 +80,9 @@ class ParamSpec(NamedTuple):
 _DEFAULT_THRESHOLDS = Thresholds()
 
 PARAMETERS: List[ParamSpec] = [
+    ParamSpec("managed", False,
+              "lifecycle node driven by a manager (configure loads the model, activate "
+              "starts segmenting); false: configure and activate at start"),
     # The model and how to run it.
     ParamSpec("model_path", "",
               "ONNX model (or a checkpoint for the pytorch back end); empty: the model shipped "
@@ -145,6 +148,7 @@ PARAMETER_NAMES = tuple(spec.name for spec in PARAMETERS)
 
 class NodeConfig(NamedTuple):
     """Checked parameter values (``input_type`` normalised to raw or compressed)."""
+    managed: bool
     model_path: str
     backend: str
     device: str
@@ -219,6 +223,7 @@ def check_config(values: Dict[str, object]) -> NodeConfig:
         memory_warn_mb=float(values["diag_memory_warn_mb"]),
     )
     return NodeConfig(
+        managed=bool(values["managed"]),
         model_path=model_path,
         backend=str(values["backend"]),
         device=str(values["device"]),

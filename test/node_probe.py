@@ -8,7 +8,7 @@ Prints one JSON line. ``endpoints``: the subscriptions and publishers on a topic
 its node name and reliability (what ``ros2 topic info -v`` shows). ``lifecycle``: for each
 step, ``get`` calls lifecycle_msgs/srv/GetState and any other word is a transition label
 sent with lifecycle_msgs/srv/ChangeState; the result lists each step's answer and the state
-after it.
+after it (not asked after a successful shutdown: the node's process ends).
 """
 import argparse
 import json
@@ -70,6 +70,10 @@ def lifecycle(args: argparse.Namespace) -> Dict[str, object]:
         request = ChangeState.Request()
         request.transition.label = step
         success = bool(_call(node, change_state, request).success)
+        if step == "shutdown" and success:
+            # segmentation_node ends its process once finalized: nothing left to ask.
+            steps.append({"step": step, "success": success})
+            continue
         state = _call(node, get_state, GetState.Request()).current_state
         steps.append({"step": step, "success": success, "state": state.label})
     return {"steps": steps}

@@ -88,3 +88,96 @@ def test_known_keys_are_still_checked(tmp_path, palette_model, args: List[str], 
     assert process.wait(timeout=60) != 0
     output = log.read_text()
     assert culprit in output and "Traceback" not in output, output
+
+
+# -- managed mode (lifecycle) -----------------------------------------------------------------
+def _masks(graph: Graph, prefix: str) -> List[dict]:
+    return [e for e in graph.events("mask") if e["frame_id"].startswith(prefix)]
+
+
+def test_managed_node_follows_the_lifecycle(tmp_path, palette_model):
+    env = ros_env(random_domain_id())
+    graph = Graph(tmp_path, env, ["-p", "model_path:=%s" % palette_model, "-p", "managed:=true",
+                                  "-p", "input_topic:=/camera/image_raw", "-p",
+                                  "input_qos:=reliable"])
+    node = "/segmentation_node"
+    camera = ["--qos", "reliable", "--count", "3", "--rate", "10", "--number"]
+    try:
+        answer = probe(env, tmp_path, "lifecycle", "--node", node, "get")
+        assert answer["steps"] == [{"step": "get", "state": "unconfigured"}]
+        # Nothing subscribes to the camera before activate.
+        assert probe(env, tmp_path, "endpoints", "--topic", "/camera/image_raw",
+                     "--wait", "1")["subscriptions"] == []
+        answer = probe(env, tmp_path, "lifecycle", "--node", node, "configure")
+        assert answer["steps"] == [{"step": "configure", "success": True, "state": "inactive"}]
+        _wait_ready(graph)  # configure opened the publishers: the class table is out
+        assert probe(env, tmp_path, "endpoints", "--topic", "/camera/image_raw",
+                     "--wait", "1")["subscriptions"] == []
+        assert not graph.events("mask")
+
+        answer = probe(env, tmp_path, "lifecycle", "--node", node, "activate")
+        assert answer["steps"][0]["state"] == "active"
+        graph.camera(*camera, "--frame-id", "active")
+        graph.wait_for("masks while active", lambda: len(_masks(graph, "active")) == 3)
+
+        answer = probe(env, tmp_path, "lifecycle", "--node", node, "deactivate")
+        assert answer["steps"][0]["state"] == "inactive"
+        assert probe(env, tmp_path, "endpoints", "--topic", "/camera/image_raw",
+                     "--wait", "1")["subscriptions"] == []
+        # Active again without reloading: the model stayed loaded.
+        answer = probe(env, tmp_path, "lifecycle", "--node", node, "activate", "deactivate",
+                       "cleanup", "configure", "activate")
+        assert [s["state"] for s in answer["steps"]] == ["active", "inactive", "unconfigured",
+                                                         "inactive", "active"]
+        assert all(s["success"] for s in answer["steps"])
+        graph.camera(*camera, "--frame-id", "again")
+        graph.wait_for("masks after a reconfigure", lambda: len(_masks(graph, "again")) == 3)
+        assert graph.log().count("cannot load") == 0
+
+        answer = probe(env, tmp_path, "lifecycle", "--node", node, "shutdown")
+        assert answer["steps"] == [{"step": "shutdown", "success": True}]
+        assert graph.node.wait(timeout=30) == 0  # finalized: the process ends cleanly
+    finally:
+        graph.close()
+    assert len(_masks(graph, "active")) == 3 and "Traceback" not in graph.log()
+
+
+@pytest.mark.parametrize("steps", [[], ["configure"], ["configure", "activate"]])
+def test_managed_shutdown_from_every_state(tmp_path, palette_model, steps):
+    env = ros_env(random_domain_id())
+    log = tmp_path / "node.log"
+    process = start([sys.executable, "-m", "lpcv_segmentation.node", "--ros-args",
+                     "--params-file", str(REPO / "config" / "drone.yaml"), "-p",
+                     "model_path:=%s" % palette_model, "-p", "managed:=true"], env, log)
+    try:
+        answer = probe(env, tmp_path, "lifecycle", "--node", "/segmentation_node",
+                       *steps, "shutdown")
+        assert answer["steps"][-1] == {"step": "shutdown", "success": True}
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "Traceback" not in log.read_text()
+
+
+def test_managed_configure_fails_on_a_bad_model(tmp_path):
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07 definitely not protobuf" * 10)
+    env = ros_env(random_domain_id())
+    log = tmp_path / "node.log"
+    process = start([sys.executable, "-m", "lpcv_segmentation.node", "--ros-args",
+                     "--params-file", str(REPO / "config" / "drone.yaml"), "-p",
+                     "model_path:=%s" % corrupt, "-p", "managed:=true"], env, log)
+    try:
+        answer = probe(env, tmp_path, "lifecycle", "--node", "/segmentation_node",
+                       "configure", "shutdown")
+        assert answer["steps"] == [
+            {"step": "configure", "success": False, "state": "unconfigured"},
+            {"step": "shutdown", "success": True}]
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = log.read_text()
+    assert "configure failed: cannot load the model" in output and str(corrupt) in output
+    assert "Traceback" not in output
