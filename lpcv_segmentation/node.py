@@ -29,9 +29,10 @@ from rclpy.utilities import remove_ros_args
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
 from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverridingOptions
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
+from .camera_info import camera_info_topic, scale_camera_info
 from .classes import class_table
 from .imaging import (ImageConversionError, check_compressed_msg, check_image_msg,
                       compressed_to_rgb, image_to_rgb, numpy_to_image_msg)
@@ -132,6 +133,7 @@ class SegmentationNode(LifecycleNodeMixin, Node):
         self._publishers_open: List[object] = []
         self._timers_open: List[object] = []
         self._subscriptions_open: List[object] = []
+        self._camera_info: Optional[CameraInfo] = None
         self._unknown_checked = False
         # Diagnostics run beside a long configure (model loading) on a multi-threaded executor.
         self._diagnostics_group = MutuallyExclusiveCallbackGroup()
@@ -179,6 +181,11 @@ class SegmentationNode(LifecycleNodeMixin, Node):
         self._subscriptions_open.append(self.create_subscription(
             self._input.msg_type, config.input_topic, self._on_frame, INPUT_QOS[config.input_qos],
             qos_overriding_options=QoSOverridingOptions.with_default_policies()))
+        # Best effort takes both best-effort and reliable camera drivers.
+        self._camera_info = None
+        self._subscriptions_open.append(self.create_subscription(
+            CameraInfo, camera_info_topic(self._input_topic), self._on_camera_info,
+            qos_profile_sensor_data))
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._deactivate()
@@ -248,6 +255,7 @@ class SegmentationNode(LifecycleNodeMixin, Node):
                              if config.publish_overlay else None)
         self._detections_pub = self._publisher(String, config.detections_topic)
         self._label_info_pub = self._publisher(String, config.label_info_topic, LATCHED_QOS)
+        self._camera_info_pub = self._publisher(CameraInfo, config.camera_info_topic)
         self._label_info_pub.publish(String(data=json.dumps({"classes": class_table()})))
 
     def _publisher(self, msg_type: type, topic: str, qos: QoSProfile = OUTPUT_QOS):
@@ -328,6 +336,9 @@ class SegmentationNode(LifecycleNodeMixin, Node):
         if self._slot.put(msg):
             self.stats.frame_dropped()
 
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg  # calibration changes rarely: the newest serves every mask
+
     def _reject(self, error: ImageConversionError) -> None:
         self.stats.frame_rejected(time.monotonic(), error.kind)
         self.get_logger().warning("%s: frame rejected: %s" % (self._input_topic,
@@ -366,6 +377,10 @@ class SegmentationNode(LifecycleNodeMixin, Node):
                                 overlay_alpha=config.overlay_alpha)
         start = time.perf_counter()
         self._mask_pub.publish(numpy_to_image_msg(outputs.labels, "mono8", header))
+        camera_info = self._camera_info
+        if camera_info is not None:
+            height, width = outputs.labels.shape
+            self._camera_info_pub.publish(scale_camera_info(camera_info, width, height, header))
         if self._color_pub is not None:
             self._color_pub.publish(numpy_to_image_msg(outputs.color, "rgb8", header))
         if self._overlay_pub is not None:
@@ -431,8 +446,8 @@ def _parse_command_line(argv: List[str]) -> None:
         epilog="parameters (defaults as in config/drone.yaml):\n" + "\n".join(
             "  %s (default: %s)\n      %s" % (spec.name, json.dumps(spec.default),
                                               spec.description) for spec in PARAMETERS)
-        + "\n\ntopics: input_topic in; mask, color, overlay, detections, label_info topics "
-          "and %s out" % DIAGNOSTICS_TOPIC)
+        + "\n\ntopics: input_topic and the camera_info beside it in; mask, camera_info, color, "
+          "overlay, detections, label_info topics and %s out" % DIAGNOSTICS_TOPIC)
     parser.parse_args(remove_ros_args(argv)[1:])
 
 

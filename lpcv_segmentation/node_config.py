@@ -113,6 +113,10 @@ PARAMETERS: List[ParamSpec] = [
               "class table as JSON (std_msgs/String, transient local)", _non_empty),
     ParamSpec("detections_topic", "seg/detections",
               "per-class disaster regions as JSON (std_msgs/String)", _non_empty),
+    ParamSpec("camera_info_topic", "seg/camera_info",
+              "the camera's camera_info (from <namespace of input_topic>/camera_info) with each "
+              "mask's header, scaled to the mask's size; nothing without a camera_info",
+              _non_empty),
     ParamSpec("publish_color", True, "publish the colour mask on color_topic"),
     ParamSpec("publish_overlay", True, "publish the overlay on overlay_topic"),
     ParamSpec("overlay_alpha", 0.5, "weight of the class colours in the overlay", _fraction),
@@ -162,6 +166,7 @@ class NodeConfig(NamedTuple):
     overlay_topic: str
     label_info_topic: str
     detections_topic: str
+    camera_info_topic: str
     publish_color: bool
     publish_overlay: bool
     overlay_alpha: float
@@ -237,6 +242,7 @@ def check_config(values: Dict[str, object]) -> NodeConfig:
         overlay_topic=str(values["overlay_topic"]),
         label_info_topic=str(values["label_info_topic"]),
         detections_topic=str(values["detections_topic"]),
+        camera_info_topic=str(values["camera_info_topic"]),
         publish_color=bool(values["publish_color"]),
         publish_overlay=bool(values["publish_overlay"]),
         overlay_alpha=float(values["overlay_alpha"]),

@@ -3,6 +3,8 @@
     python test/node_probe.py endpoints --topic /uav1/camera/image_raw
     python test/node_probe.py lifecycle --node /segmentation_node get
     python test/node_probe.py lifecycle --node /segmentation_node configure activate
+    python test/node_probe.py camera-info --topic /camera/camera_info --width 640 \
+        --height 480 --listen /seg/camera_info --count 3
 
 Prints one JSON line. ``endpoints``: the subscriptions and publishers on a topic, each with
 its node name and reliability (what ``ros2 topic info -v`` shows). ``lifecycle``: for each
@@ -79,6 +81,47 @@ def lifecycle(args: argparse.Namespace) -> Dict[str, object]:
     return {"steps": steps}
 
 
+CALIBRATION_K = [500.0, 0.0, 320.0, 0.0, 480.0, 240.0, 0.0, 0.0, 1.0]  # fx, cx, fy, cy at 640x480
+
+
+def camera_info(args: argparse.Namespace) -> Dict[str, object]:
+    """Publish a calibration (CALIBRATION_K, P = [K | 0], an ROI) at 10 Hz as a camera driver
+    would, until ``--count`` messages arrived on ``--listen`` or ``--seconds`` passed; the
+    messages received."""
+    import rclpy
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo
+
+    node = rclpy.create_node("test_camera_driver")
+    publisher = node.create_publisher(CameraInfo, args.topic, qos_profile_sensor_data)
+    received: List[Dict[str, object]] = []
+
+    def on_info(msg: CameraInfo) -> None:
+        received.append({"stamp": [msg.header.stamp.sec, msg.header.stamp.nanosec],
+                         "frame_id": msg.header.frame_id, "width": msg.width,
+                         "height": msg.height, "k": [float(v) for v in msg.k],
+                         "p": [float(v) for v in msg.p], "d": [float(v) for v in msg.d],
+                         "roi": [msg.roi.x_offset, msg.roi.y_offset, msg.roi.width,
+                                 msg.roi.height]})
+
+    node.create_subscription(CameraInfo, args.listen, on_info, 10)
+    info = CameraInfo(width=args.width, height=args.height, distortion_model="plumb_bob")
+    info.header.frame_id = "camera_optical"
+    info.k = CALIBRATION_K
+    info.p = CALIBRATION_K[0:3] + [0.0] + CALIBRATION_K[3:6] + [0.0] + CALIBRATION_K[6:9] + [0.0]
+    info.d = [0.1, -0.2, 0.0, 0.0, 0.0]
+    info.roi.x_offset, info.roi.y_offset, info.roi.width, info.roi.height = 64, 48, 320, 240
+    deadline = time.monotonic() + args.seconds
+    next_publish = 0.0
+    while len(received) < args.count and time.monotonic() < deadline:
+        if time.monotonic() >= next_publish:
+            info.header.stamp = node.get_clock().now().to_msg()
+            publisher.publish(info)
+            next_publish = time.monotonic() + 0.1
+        rclpy.spin_once(node, timeout_sec=0.02)
+    return {"received": received}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -88,12 +131,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     life = commands.add_parser("lifecycle", help="get the state / run transitions")
     life.add_argument("--node", required=True)
     life.add_argument("steps", nargs="+", help="get, or a transition label (configure, ...)")
+    info = commands.add_parser("camera-info", help="publish a calibration, record the node's")
+    info.add_argument("--topic", required=True, help="where the camera's camera_info goes")
+    info.add_argument("--width", type=int, default=640)
+    info.add_argument("--height", type=int, default=480)
+    info.add_argument("--listen", required=True, help="the node's camera_info topic")
+    info.add_argument("--count", type=int, default=1, help="messages to wait for")
+    info.add_argument("--seconds", type=float, default=60.0, help="give up after this")
     args = parser.parse_args(argv)
 
     import rclpy
     rclpy.init()
+    commands_run = {"endpoints": endpoints, "lifecycle": lifecycle, "camera-info": camera_info}
     try:
-        result = endpoints(args) if args.command == "endpoints" else lifecycle(args)
+        result = commands_run[args.command](args)
     finally:
         rclpy.try_shutdown()
     print(json.dumps(result), flush=True)

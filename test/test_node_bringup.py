@@ -6,6 +6,7 @@ asks the graph about it with test/node_probe.py, as `ros2 topic info -v` would.
 """
 import json
 import sys
+import time
 from pathlib import Path
 from typing import List
 
@@ -181,3 +182,40 @@ def test_managed_configure_fails_on_a_bad_model(tmp_path):
     output = log.read_text()
     assert "configure failed: cannot load the model" in output and str(corrupt) in output
     assert "Traceback" not in output
+
+
+# -- camera_info -------------------------------------------------------------------------------
+def test_camera_info_follows_each_mask_scaled_to_it(tmp_path, palette_model):
+    from node_probe import CALIBRATION_K
+    env = ros_env(random_domain_id())
+    graph = Graph(tmp_path, env, ["-r", "__ns:=/uav1", "-p", "model_path:=%s" % palette_model,
+                                  "-p", "input_qos:=reliable"], namespace="/uav1")
+    try:
+        _wait_ready(graph)
+        # Frames before any camera_info: masks as before, no camera_info.
+        graph.camera("--topic", "/uav1/camera/image_raw", "--qos", "reliable",
+                     "--frame-id", "keep_noinfo")
+        graph.wait_for("a mask", lambda: _by_frame(graph.events("mask"), "keep_noinfo"))
+        driver = start([sys.executable, str(PROBE), "camera-info", "--topic",
+                        "/uav1/camera/camera_info", "--width", "640", "--height", "480",
+                        "--listen", "/uav1/seg/camera_info", "--count", "2"], env,
+                       tmp_path / "driver.log")
+        time.sleep(3.0)  # the driver's calibration reaches the node
+        # The camera sends 160x120 frames: a quarter of the calibrated 640x480 in each axis.
+        sent = graph.camera("--topic", "/uav1/camera/image_raw", "--qos", "reliable",
+                            "--count", "2", "--rate", "5", "--number", "--frame-id", "keep_info")
+        assert driver.wait(timeout=90) == 0, (tmp_path / "driver.log").read_text()
+    finally:
+        assert graph.close() == 0
+    infos = json.loads((tmp_path / "driver.log").read_text().strip().splitlines()[-1])["received"]
+    assert [info["stamp"] for info in infos] == sent["stamps"]  # one per mask, same header
+    assert [info["frame_id"] for info in infos] == sent["frame_ids"]
+    masks = {e["frame_id"]: e for e in graph.events("mask")}
+    for info in infos:
+        assert masks[info["frame_id"]]["stamp"] == info["stamp"]
+        assert (info["width"], info["height"]) == (160, 120)
+        fx, _, cx, _, fy, cy = CALIBRATION_K[:6]
+        assert info["k"] == [fx / 4, 0.0, cx / 4, 0.0, fy / 4, cy / 4, 0.0, 0.0, 1.0]
+        assert info["p"][:3] == [fx / 4, 0.0, cx / 4] and info["p"][4:7] == [0.0, fy / 4, cy / 4]
+        assert info["d"] == [0.1, -0.2, 0.0, 0.0, 0.0]
+        assert info["roi"] == [16, 12, 80, 60]
