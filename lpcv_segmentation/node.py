@@ -20,8 +20,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import NameValidationException, ParameterException
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNodeMixin, LifecycleState
 from rclpy.lifecycle.node import TransitionCallbackReturn
 from rclpy.node import Node
@@ -126,6 +125,8 @@ class SegmentationNode(LifecycleNodeMixin, Node):
         self.stats = NodeStats(time.monotonic())
         self.exit_code: Optional[int] = None
         self._phase: Optional[str] = None
+        self._phase_reporter: Optional[threading.Thread] = None
+        self._stop_reporting = threading.Event()
         self._slot: LatestFrame = LatestFrame()
         self._stop = threading.Event()
         self._worker: Optional[threading.Thread] = None
@@ -135,8 +136,6 @@ class SegmentationNode(LifecycleNodeMixin, Node):
         self._subscriptions_open: List[object] = []
         self._camera_info: Optional[CameraInfo] = None
         self._unknown_checked = False
-        # Diagnostics run beside a long configure (model loading) on a multi-threaded executor.
-        self._diagnostics_group = MutuallyExclusiveCallbackGroup()
 
     def _declare_parameters(self) -> None:
         # Read-only: the model and topics are fixed once the node runs, so a later
@@ -217,9 +216,8 @@ class SegmentationNode(LifecycleNodeMixin, Node):
         self.stats = NodeStats(time.monotonic(), config.stats_window_s)
         self._diagnostics_pub = self._open(self.create_publisher(
             DiagnosticArray, DIAGNOSTICS_TOPIC, 10))
-        self._timers_open.append(self.create_timer(
-            config.diagnostics_period_s, self._publish_diagnostics,
-            callback_group=self._diagnostics_group))
+        self._timers_open.append(self.create_timer(config.diagnostics_period_s,
+                                                   self._publish_diagnostics))
         self._set_phase(Phase.LOADING_MODEL)
         segmenter = self._load_segmenter(config)
         self._set_phase(Phase.WARMING_UP)
@@ -239,9 +237,22 @@ class SegmentationNode(LifecycleNodeMixin, Node):
                                config.input_qos, self._mask_pub.topic_name))
 
     def _set_phase(self, phase: Optional[str]) -> None:
+        """Enter a loading phase (or leave it with None): /diagnostics says so at once, and
+        every period while it lasts, from a thread of its own, because configure may hold the
+        executor (a lifecycle service call) for as long as the model takes to load."""
         self._phase = phase
-        if phase is not None:
-            self._publish_diagnostics()  # say so now, not a diagnostics period later
+        if phase is None:
+            return
+        self._publish_diagnostics()
+        if self._phase_reporter is None or not self._phase_reporter.is_alive():
+            self._phase_reporter = threading.Thread(target=self._report_phase,
+                                                    name="loading-diagnostics", daemon=True)
+            self._phase_reporter.start()
+
+    def _report_phase(self) -> None:
+        period = self.config.diagnostics_period_s
+        while not self._stop_reporting.wait(period) and self._phase is not None:
+            self._publish_diagnostics()
 
     def _open(self, entity):
         self._publishers_open.append(entity)
@@ -255,8 +266,8 @@ class SegmentationNode(LifecycleNodeMixin, Node):
                              if config.publish_overlay else None)
         self._detections_pub = self._publisher(String, config.detections_topic)
         self._label_info_pub = self._publisher(String, config.label_info_topic, LATCHED_QOS)
-        self._camera_info_pub = self._publisher(CameraInfo, config.camera_info_topic)
         self._label_info_pub.publish(String(data=json.dumps({"classes": class_table()})))
+        self._camera_info_pub = self._publisher(CameraInfo, config.camera_info_topic)
 
     def _publisher(self, msg_type: type, topic: str, qos: QoSProfile = OUTPUT_QOS):
         """A publisher whose history, depth and reliability ``qos_overrides`` may change."""
@@ -308,13 +319,17 @@ class SegmentationNode(LifecycleNodeMixin, Node):
 
     def _cleanup(self) -> None:
         """Close what configure opened and unload the model."""
+        self._phase = None
+        self._stop_reporting.set()
+        if self._phase_reporter is not None:
+            self._phase_reporter.join(timeout=5.0)
+        self._stop_reporting.clear()
         for timer in self._timers_open:
             self.destroy_timer(timer)
         for publisher in self._publishers_open:
             self.destroy_publisher(publisher)
         self._timers_open, self._publishers_open = [], []
         self.segmenter = None
-        self._phase = None
 
     def stop(self) -> None:
         """Stop the inference thread (it finishes the frame in hand); idempotent."""
@@ -461,7 +476,7 @@ def main(args: Optional[List[str]] = None) -> int:
     status = 0
     try:
         node = SegmentationNode()
-        executor = MultiThreadedExecutor(num_threads=2)
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         if not node.managed:
             threading.Thread(target=node.bring_up, name="bring-up", daemon=True).start()
