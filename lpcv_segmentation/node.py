@@ -38,6 +38,8 @@ from .imaging import (ImageConversionError, check_compressed_msg, check_image_ms
 from .node_config import (NODE_NAME, PARAMETERS, NodeConfig, ParameterError, check_config,
                           unknown_parameters)
 from .node_pipeline import LatestFrame, process_frame
+from .vision import (MissingPackageError, detection2d_array_fields, fill_message,
+                     import_vision_msgs, label_info_fields)
 from .node_stats import WARN, NodeStats, assess, key_values, log_line
 
 DIAGNOSTICS_TOPIC = "/diagnostics"  # absolute: diagnostic aggregators listen there
@@ -218,6 +220,12 @@ class SegmentationNode(LifecycleNodeMixin, Node):
             DiagnosticArray, DIAGNOSTICS_TOPIC, 10))
         self._timers_open.append(self.create_timer(config.diagnostics_period_s,
                                                    self._publish_diagnostics))
+        self._vision_msgs = None
+        if config.detections_format != "json":
+            try:
+                self._vision_msgs = import_vision_msgs()
+            except MissingPackageError as error:
+                raise StartupError(str(error)) from None
         self._set_phase(Phase.LOADING_MODEL)
         segmenter = self._load_segmenter(config)
         self._set_phase(Phase.WARMING_UP)
@@ -264,9 +272,20 @@ class SegmentationNode(LifecycleNodeMixin, Node):
                            if config.publish_color else None)
         self._overlay_pub = (self._publisher(Image, config.overlay_topic)
                              if config.publish_overlay else None)
-        self._detections_pub = self._publisher(String, config.detections_topic)
-        self._label_info_pub = self._publisher(String, config.label_info_topic, LATCHED_QOS)
-        self._label_info_pub.publish(String(data=json.dumps({"classes": class_table()})))
+        self._detections_pub = self._label_info_pub = self._detection_array_pub = None
+        if config.detections_format in ("json", "both"):
+            self._detections_pub = self._publisher(String, config.detections_topic)
+            self._label_info_pub = self._publisher(String, config.label_info_topic, LATCHED_QOS)
+            self._label_info_pub.publish(String(data=json.dumps({"classes": class_table()})))
+        if config.detections_format in ("vision_msgs", "both"):
+            vision_msgs = self._vision_msgs
+            self._detection_array_pub = self._publisher(vision_msgs.Detection2DArray,
+                                                        config.detection_array_topic)
+            vision_label_info = self._publisher(vision_msgs.LabelInfo,
+                                                config.vision_label_info_topic, LATCHED_QOS)
+            header = {"stamp": {"sec": 0, "nanosec": 0}, "frame_id": ""}
+            vision_label_info.publish(fill_message(vision_msgs.LabelInfo,
+                                                   label_info_fields(class_table(), header)))
         self._camera_info_pub = self._publisher(CameraInfo, config.camera_info_topic)
 
     def _publisher(self, msg_type: type, topic: str, qos: QoSProfile = OUTPUT_QOS):
@@ -400,7 +419,11 @@ class SegmentationNode(LifecycleNodeMixin, Node):
             self._color_pub.publish(numpy_to_image_msg(outputs.color, "rgb8", header))
         if self._overlay_pub is not None:
             self._overlay_pub.publish(numpy_to_image_msg(outputs.overlay, "rgb8", header))
-        self._detections_pub.publish(String(data=json.dumps(outputs.detections)))
+        if self._detections_pub is not None:
+            self._detections_pub.publish(String(data=json.dumps(outputs.detections)))
+        if self._detection_array_pub is not None:
+            self._detection_array_pub.publish(fill_message(
+                self._vision_msgs.Detection2DArray, detection2d_array_fields(outputs.detections)))
         publish_ms = (time.perf_counter() - start) * 1000.0
 
         stage_ms = dict(outputs.timings_ms, conversion=conversion_ms, publish=publish_ms)

@@ -24,6 +24,7 @@ INPUT_TYPE_ALIASES: Dict[str, str] = {
     "sensor_msgs/msg/CompressedImage": "compressed",
 }
 INPUT_QOS_NAMES = ("best_effort", "reliable")
+DETECTIONS_FORMATS = ("json", "vision_msgs", "both")
 
 
 class ParameterError(ValueError):
@@ -113,6 +114,17 @@ PARAMETERS: List[ParamSpec] = [
               "class table as JSON (std_msgs/String, transient local)", _non_empty),
     ParamSpec("detections_topic", "seg/detections",
               "per-class disaster regions as JSON (std_msgs/String)", _non_empty),
+    ParamSpec("detections_format", "json",
+              "json (std_msgs/String on detections_topic and label_info_topic), vision_msgs "
+              "(vision_msgs/Detection2DArray on detection_array_topic, vision_msgs/LabelInfo on "
+              "vision_label_info_topic; needs vision_msgs installed) or both",
+              _one_of(DETECTIONS_FORMATS)),
+    ParamSpec("detection_array_topic", "seg/detection_array",
+              "detections as vision_msgs/Detection2DArray (detections_format vision_msgs, both)",
+              _non_empty),
+    ParamSpec("vision_label_info_topic", "seg/vision_label_info",
+              "class table as vision_msgs/LabelInfo, transient local (detections_format "
+              "vision_msgs, both)", _non_empty),
     ParamSpec("camera_info_topic", "seg/camera_info",
               "the camera's camera_info (from <namespace of input_topic>/camera_info) with each "
               "mask's header, scaled to the mask's size; nothing without a camera_info",
@@ -166,6 +178,9 @@ class NodeConfig(NamedTuple):
     overlay_topic: str
     label_info_topic: str
     detections_topic: str
+    detections_format: str
+    detection_array_topic: str
+    vision_label_info_topic: str
     camera_info_topic: str
     publish_color: bool
     publish_overlay: bool
@@ -242,6 +257,9 @@ def check_config(values: Dict[str, object]) -> NodeConfig:
         overlay_topic=str(values["overlay_topic"]),
         label_info_topic=str(values["label_info_topic"]),
         detections_topic=str(values["detections_topic"]),
+        detections_format=str(values["detections_format"]),
+        detection_array_topic=str(values["detection_array_topic"]),
+        vision_label_info_topic=str(values["vision_label_info_topic"]),
         camera_info_topic=str(values["camera_info_topic"]),
         publish_color=bool(values["publish_color"]),
         publish_overlay=bool(values["publish_overlay"]),

@@ -219,3 +219,21 @@ def test_camera_info_follows_each_mask_scaled_to_it(tmp_path, palette_model):
         assert info["p"][:3] == [fx / 4, 0.0, cx / 4] and info["p"][4:7] == [0.0, fy / 4, cy / 4]
         assert info["d"] == [0.1, -0.2, 0.0, 0.0, 0.0]
         assert info["roi"] == [16, 12, 80, 60]
+
+
+def test_vision_msgs_asked_for_but_missing_stops_with_one_line(tmp_path, palette_model):
+    try:
+        import vision_msgs  # noqa: F401
+        pytest.skip("vision_msgs is installed: the node would publish it")
+    except ImportError:
+        pass
+    env = ros_env(random_domain_id())
+    log = tmp_path / "node.log"
+    process = start([sys.executable, "-m", "lpcv_segmentation.node", "--ros-args",
+                     "--params-file", str(REPO / "config" / "drone.yaml"), "-p",
+                     "model_path:=%s" % palette_model, "-p", "detections_format:=both"], env, log)
+    assert process.wait(timeout=60) == 1
+    output = log.read_text()
+    lines = [line for line in output.splitlines() if "vision_msgs" in line]
+    assert len(lines) == 1 and "ERROR" in lines[0], output
+    assert "Traceback" not in output
