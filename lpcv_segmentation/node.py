@@ -37,10 +37,10 @@ from .imaging import (ImageConversionError, check_compressed_msg, check_image_ms
                       compressed_to_rgb, image_to_rgb, numpy_to_image_msg)
 from .node_config import (NODE_NAME, PARAMETERS, NodeConfig, ParameterError, check_config,
                           unknown_parameters)
-from .node_pipeline import LatestFrame, process_frame
+from .node_pipeline import LatestFrame, Wanted, process_frame
 from .vision import (MissingPackageError, detection2d_array_fields, fill_message,
                      import_vision_msgs, label_info_fields)
-from .node_stats import WARN, NodeStats, assess, key_values, log_line
+from .node_stats import OPTIONAL_OUTPUTS, WARN, NodeStats, assess, key_values, log_line
 
 DIAGNOSTICS_TOPIC = "/diagnostics"  # absolute: diagnostic aggregators listen there
 WARN_THROTTLE_S = 5.0  # at most one warning per reason this often
@@ -398,36 +398,46 @@ class SegmentationNode(LifecycleNodeMixin, Node):
                                            type(error).__name__, error),
                                         throttle_duration_sec=WARN_THROTTLE_S)
 
+    def _wanted(self) -> Wanted:
+        """The optional outputs someone subscribes to now (the mask is always published)."""
+        def listened(*publishers) -> bool:
+            return any(p is not None and p.get_subscription_count() > 0 for p in publishers)
+        return Wanted(color=listened(self._color_pub), overlay=listened(self._overlay_pub),
+                      detections=listened(self._detections_pub, self._detection_array_pub))
+
     def _process(self, msg) -> None:
         config = self.config
         start = time.perf_counter()
         rgb = self._input.to_rgb(msg)
         conversion_ms = (time.perf_counter() - start) * 1000.0
         header = msg.header
+        wanted = self._wanted()
         outputs = process_frame(self.segmenter, rgb, header.stamp.sec, header.stamp.nanosec,
                                 header.frame_id, config.detection_class_ids,
-                                config.min_region_area_px, with_color=config.publish_color,
-                                with_overlay=config.publish_overlay,
-                                overlay_alpha=config.overlay_alpha)
+                                config.min_region_area_px, wanted, config.overlay_alpha,
+                                config.visual_max_side)
         start = time.perf_counter()
         self._mask_pub.publish(numpy_to_image_msg(outputs.labels, "mono8", header))
         camera_info = self._camera_info
         if camera_info is not None:
             height, width = outputs.labels.shape
             self._camera_info_pub.publish(scale_camera_info(camera_info, width, height, header))
-        if self._color_pub is not None:
+        if outputs.color is not None:
             self._color_pub.publish(numpy_to_image_msg(outputs.color, "rgb8", header))
-        if self._overlay_pub is not None:
+        if outputs.overlay is not None:
             self._overlay_pub.publish(numpy_to_image_msg(outputs.overlay, "rgb8", header))
-        if self._detections_pub is not None:
-            self._detections_pub.publish(String(data=json.dumps(outputs.detections)))
-        if self._detection_array_pub is not None:
-            self._detection_array_pub.publish(fill_message(
-                self._vision_msgs.Detection2DArray, detection2d_array_fields(outputs.detections)))
+        if outputs.detections is not None:
+            if self._detections_pub is not None:
+                self._detections_pub.publish(String(data=json.dumps(outputs.detections)))
+            if self._detection_array_pub is not None:
+                self._detection_array_pub.publish(fill_message(
+                    self._vision_msgs.Detection2DArray,
+                    detection2d_array_fields(outputs.detections)))
         publish_ms = (time.perf_counter() - start) * 1000.0
 
         stage_ms = dict(outputs.timings_ms, conversion=conversion_ms, publish=publish_ms)
-        self.stats.frame_processed(time.monotonic(), stage_ms, self._age_ms(header.stamp))
+        built = [name for name in OPTIONAL_OUTPUTS if getattr(wanted, name)]
+        self.stats.frame_processed(time.monotonic(), stage_ms, self._age_ms(header.stamp), built)
 
     def _age_ms(self, stamp) -> Optional[float]:
         """Milliseconds from the frame's stamp to now; None for an unstamped frame."""

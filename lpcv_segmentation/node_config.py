@@ -107,7 +107,9 @@ PARAMETERS: List[ParamSpec] = [
     # Outputs.
     ParamSpec("mask_topic", "seg/mask", "mono8 class index per pixel, at the input size",
               _non_empty),
-    ParamSpec("color_topic", "seg/color", "rgb8 mask in the class colours", _non_empty),
+    ParamSpec("color_topic", "seg/color",
+              "rgb8 mask in the class colours (at most visual_max_side; built only while "
+              "subscribed)", _non_empty),
     ParamSpec("overlay_topic", "seg/overlay", "rgb8 class colours blended over the camera image",
               _non_empty),
     ParamSpec("label_info_topic", "seg/label_info",
@@ -132,6 +134,9 @@ PARAMETERS: List[ParamSpec] = [
     ParamSpec("publish_color", True, "publish the colour mask on color_topic"),
     ParamSpec("publish_overlay", True, "publish the overlay on overlay_topic"),
     ParamSpec("overlay_alpha", 0.5, "weight of the class colours in the overlay", _fraction),
+    ParamSpec("visual_max_side", 640,
+              "longest side (pixels) of the colour mask and overlay; larger frames are drawn "
+              "smaller (the mask stays at the input size)", _at_least(16)),
     # Detections.
     ParamSpec("detection_classes", [CLASS_NAMES[i] for i in DETECTION_CLASS_IDS],
               "class names reported on detections_topic", _class_names),
@@ -185,6 +190,7 @@ class NodeConfig(NamedTuple):
     publish_color: bool
     publish_overlay: bool
     overlay_alpha: float
+    visual_max_side: int
     detection_class_ids: List[int]
     min_region_area_px: int
     diagnostics_period_s: float
@@ -264,6 +270,7 @@ def check_config(values: Dict[str, object]) -> NodeConfig:
         publish_color=bool(values["publish_color"]),
         publish_overlay=bool(values["publish_overlay"]),
         overlay_alpha=float(values["overlay_alpha"]),
+        visual_max_side=int(values["visual_max_side"]),
         detection_class_ids=[class_id(name) for name in values["detection_classes"]],
         min_region_area_px=int(values["min_region_area_px"]),
         diagnostics_period_s=float(values["diagnostics_period_s"]),

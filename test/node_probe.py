@@ -3,6 +3,7 @@
     python test/node_probe.py endpoints --topic /uav1/camera/image_raw
     python test/node_probe.py lifecycle --node /segmentation_node get
     python test/node_probe.py lifecycle --node /segmentation_node configure activate
+    python test/node_probe.py watch --masks 4          # subscribes to seg/mask only
     python test/node_probe.py camera-info --topic /camera/camera_info --width 640 \
         --height 480 --listen /seg/camera_info --count 3
 
@@ -122,6 +123,37 @@ def camera_info(args: argparse.Namespace) -> Dict[str, object]:
     return {"received": received}
 
 
+def watch(args: argparse.Namespace) -> Dict[str, object]:
+    """Subscribe to ``seg/mask`` (and /diagnostics) only, like a ground station that shows
+    just the mask, until a /diagnostics message counts ``--masks`` processed frames; the
+    masks received and that message's values."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    node = rclpy.create_node("test_mask_watcher")
+    masks: List[str] = []
+    last: Dict[str, str] = {}
+    reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    node.create_subscription(Image, "seg/mask", lambda m: masks.append(m.header.frame_id),
+                             reliable)
+
+    def on_diagnostics(msg: DiagnosticArray) -> None:
+        last.clear()
+        last.update({kv.key: kv.value for kv in msg.status[0].values})
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, reliable)
+    print(json.dumps({"ready": True}), flush=True)
+    deadline = time.monotonic() + args.seconds
+    while (rclpy.ok() and time.monotonic() < deadline
+           and int(last.get("frames_processed", -1)) < args.masks):
+        rclpy.spin_once(node, timeout_sec=0.05)
+    linger = time.monotonic() + 1.0  # masks still on their way
+    while rclpy.ok() and time.monotonic() < linger and len(masks) < args.masks:
+        rclpy.spin_once(node, timeout_sec=0.05)
+    return {"masks": masks, "diagnostics": dict(last)}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -138,13 +170,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     info.add_argument("--listen", required=True, help="the node's camera_info topic")
     info.add_argument("--count", type=int, default=1, help="messages to wait for")
     info.add_argument("--seconds", type=float, default=60.0, help="give up after this")
+    mask = commands.add_parser("watch", help="subscribe to seg/mask and /diagnostics only")
+    mask.add_argument("--masks", type=int, required=True, help="masks to wait for")
+    mask.add_argument("--seconds", type=float, default=60.0, help="give up after this")
     args = parser.parse_args(argv)
 
     import rclpy
     rclpy.init()
-    commands_run = {"endpoints": endpoints, "lifecycle": lifecycle, "camera-info": camera_info}
+    commands_run = {"endpoints": endpoints, "lifecycle": lifecycle, "camera-info": camera_info,
+                    "watch": watch}
+    from rclpy.executors import ExternalShutdownException
     try:
         result = commands_run[args.command](args)
+    except (KeyboardInterrupt, ExternalShutdownException):  # stopped by whoever started it
+        return 130
     finally:
         rclpy.try_shutdown()
     print(json.dumps(result), flush=True)

@@ -156,7 +156,9 @@ def test_outputs_carry_the_input_header_size_and_pixels(graph):
 def test_detections_agree_with_the_published_mask(graph):
     mask = graph.image("mask", "keep_basic")
     report = _by_frame(graph.events("detections"), "keep_basic")[-1]["data"]
-    expected = detection_report(mask, 0, 0, "keep_basic", DETECTION_CLASS_IDS, 64)
+    # The node finds regions on the label map at the model's resolution (128 px here).
+    expected = detection_report(mask, 0, 0, "keep_basic", DETECTION_CLASS_IDS, 64,
+                                max_side=128)
     strip = lambda regions: [{k: v for k, v in r.items() if k != "mean_confidence"}  # noqa: E731
                              for r in regions]
     assert strip(report["detections"]) == strip(expected["detections"])
@@ -194,8 +196,8 @@ def test_diagnostics_report_plausible_figures(graph):
     assert values["_level"] in (0, 1, 2)
     assert values["backend"] == "onnxruntime" and values["input_topic"] == CAMERA_TOPIC
     assert float(values["input_rate_hz"]) > 0 and float(values["output_rate_hz"]) > 0
-    for stage in ("conversion", "preprocess", "inference", "postprocess", "publish",
-                  "end_to_end"):
+    for stage in ("conversion", "preprocess", "inference", "postprocess", "outputs",
+                  "publish", "end_to_end"):
         p50, p95, peak = (float(values["latency_%s_%s_ms" % (stage, k)])
                           for k in ("p50", "p95", "max"))
         assert 0.0 <= p50 <= p95 <= peak < 60000.0, stage

@@ -12,7 +12,8 @@ from typing import List
 
 import pytest
 
-from ros_helpers import REPO, random_domain_id, ros_env, start, write_palette_model
+from ros_helpers import (HELPERS, REPO, random_domain_id, ros_env, start, stop,
+                         write_palette_model)
 from test_node import Graph, _by_frame, _wait_ready
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -237,3 +238,64 @@ def test_vision_msgs_asked_for_but_missing_stops_with_one_line(tmp_path, palette
     lines = [line for line in output.splitlines() if "vision_msgs" in line]
     assert len(lines) == 1 and "ERROR" in lines[0], output
     assert "Traceback" not in output
+
+
+# -- outputs only for subscribers (issue 11) ---------------------------------------------------
+def _last_json(log: Path) -> dict:
+    return json.loads(log.read_text().strip().splitlines()[-1])
+
+
+def test_optional_outputs_are_built_only_while_subscribed(tmp_path, palette_model):
+    """Counted by the node itself (frames_with_<output> in /diagnostics), not timed."""
+    env = ros_env(random_domain_id())
+    node_log = tmp_path / "node.log"
+    node = start([sys.executable, "-m", "lpcv_segmentation.node", "--ros-args",
+                  "--params-file", str(REPO / "config" / "drone.yaml"), "-p",
+                  "model_path:=%s" % palette_model, "-p", "input_topic:=/camera/image_raw",
+                  "-p", "input_qos:=reliable", "-p", "diagnostics_period_s:=0.2"], env, node_log)
+    listener = None
+
+    def send(count: int, frame_id: str) -> None:
+        log = tmp_path / ("camera_%s.log" % frame_id)
+        camera = start([sys.executable, str(HELPERS), "camera", "--topic", "/camera/image_raw",
+                        "--qos", "reliable", "--count", str(count), "--rate", "5",
+                        "--frame-id", frame_id], env, log)
+        assert camera.wait(timeout=90) == 0, log.read_text()
+
+    def watch(masks: int):
+        log = tmp_path / ("watch_%d.log" % masks)
+        watcher = start([sys.executable, str(PROBE), "watch", "--masks", str(masks)], env, log)
+        return watcher, log
+    try:
+        # Only the mask is listened to: no colour, overlay or detections are built.
+        watcher, log = watch(4)
+        send(4, "alone")
+        assert watcher.wait(timeout=90) == 0, log.read_text()
+        values = _last_json(log)["diagnostics"]
+        assert int(values["frames_processed"]) == 4, (values, node_log.read_text())
+        for name in ("color", "overlay", "detections"):
+            assert values["frames_with_%s" % name] == "0", values
+
+        # Everything is listened to (test/ros_helpers.py's listener): all built, every frame.
+        listener = start([sys.executable, str(HELPERS), "listen", "--out",
+                          str(tmp_path / "listener")], env, tmp_path / "listener.log")
+        events = tmp_path / "listener" / "events.jsonl"
+        deadline = time.monotonic() + 30
+        while not events.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2.0)  # the node discovers the listener's subscriptions
+        watcher, log = watch(7)
+        send(3, "all")
+        assert watcher.wait(timeout=90) == 0, log.read_text()
+        values = _last_json(log)["diagnostics"]
+        assert int(values["frames_processed"]) == 7, values
+        for name in ("color", "overlay", "detections"):
+            assert values["frames_with_%s" % name] == "3", values
+        received = [json.loads(line)["topic"] for line in events.read_text().splitlines()]
+        for topic in ("color", "overlay", "detections"):
+            assert received.count(topic) == 3, topic
+    finally:
+        if listener is not None:
+            stop(listener)
+        assert stop(node) == 0
+
