@@ -299,3 +299,88 @@ def test_optional_outputs_are_built_only_while_subscribed(tmp_path, palette_mode
             stop(listener)
         assert stop(node) == 0
 
+
+# -- loading and warm-up in /diagnostics (issue 13) --------------------------------------------
+def write_slow_model(path: Path, matmuls: int = 60, side: int = 1024) -> Path:
+    """The palette model plus a branch that costs real time: ``matmuls`` chained
+    ``side`` x ``side`` matrix products that depend on the input (so ONNX Runtime cannot fold
+    them away) and add zero to the logits. About 1.5 s per forward pass on one core here, so
+    the warm-up (two passes) outlasts DDS discovery of the new node."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    write_palette_model(path, 64)
+    model = onnx.load(str(path))
+    graph = model.graph
+    weight = (np.random.default_rng(0).standard_normal((side, side)).astype(np.float32)
+              / np.float32(np.sqrt(side)))  # keeps the products' scale
+    graph.initializer.extend([numpy_helper.from_array(weight, "slow_w"),
+                              numpy_helper.from_array(np.zeros((), np.float32), "slow_zero"),
+                              numpy_helper.from_array(np.ones((side, side), np.float32),
+                                                      "slow_ones")])
+    nodes = [helper.make_node("ReduceMean", ["input"], ["slow_mean"], keepdims=0),
+             helper.make_node("Mul", ["slow_ones", "slow_mean"], ["slow_0"])]
+    nodes += [helper.make_node("MatMul", ["slow_%d" % i, "slow_w"], ["slow_%d" % (i + 1)])
+              for i in range(matmuls)]
+    nodes += [helper.make_node("ReduceMean", ["slow_%d" % matmuls], ["slow_sum"], keepdims=0),
+              helper.make_node("Mul", ["slow_sum", "slow_zero"], ["slow_nothing"])]
+    graph.node[0].output[0] = "palette_logits"  # the palette Conv
+    nodes.append(helper.make_node("Add", ["palette_logits", "slow_nothing"], ["logits"]))
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_diagnostics_say_the_model_is_warming_up_before_the_first_mask(tmp_path):
+    model = write_slow_model(tmp_path / "slow.onnx")
+    env = ros_env(random_domain_id())
+    listener = start([sys.executable, str(HELPERS), "listen", "--out", str(tmp_path / "out")],
+                     env, tmp_path / "listener.log")
+    events_path = tmp_path / "out" / "events.jsonl"
+
+    def events() -> List[dict]:
+        if not events_path.exists():
+            return []
+        return [json.loads(line) for line in events_path.read_text().splitlines()
+                if line.endswith("}")]
+    node = None
+    try:
+        deadline = time.monotonic() + 30
+        while not events() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # the listener is discoverable before the node says anything
+        node = start([sys.executable, "-m", "lpcv_segmentation.node", "--ros-args",
+                      "--params-file", str(REPO / "config" / "drone.yaml"), "-p",
+                      "model_path:=%s" % model, "-p", "input_topic:=/camera/image_raw",
+                      "-p", "input_qos:=reliable", "-p", "threads:=1", "-p",
+                      "diagnostics_period_s:=0.2"], env, tmp_path / "node.log")
+        deadline = time.monotonic() + 120
+        while not any(e["topic"] == "label_info" for e in events()):
+            assert time.monotonic() < deadline and node.poll() is None, \
+                (tmp_path / "node.log").read_text()
+            time.sleep(0.1)
+        camera = start([sys.executable, str(HELPERS), "camera", "--topic", "/camera/image_raw",
+                        "--qos", "reliable", "--width", "64", "--height", "64",
+                        "--frame-id", "keep_first"], env, tmp_path / "camera.log")
+        assert camera.wait(timeout=90) == 0, (tmp_path / "camera.log").read_text()
+        while not any(e["topic"] == "mask" for e in events()):
+            assert time.monotonic() < deadline, (tmp_path / "node.log").read_text()
+            time.sleep(0.1)
+    finally:
+        if node is not None:
+            assert stop(node) == 0
+        stop(listener)
+    ordered = events()
+    first_mask = next(i for i, e in enumerate(ordered) if e["topic"] == "mask")
+    before = [e["status"][0] for e in ordered[:first_mask] if e["topic"] == "diagnostics"]
+    messages = [s["message"] for s in before]
+    assert "warming up" in messages, messages
+    loading = [s for s in before if s["message"] in ("loading model", "warming up")]
+    assert all(s["level"] == 1 for s in loading)  # WARN
+    # The loading phase comes first and ends before the node is ready for frames.
+    phases = [m for m in messages if m in ("loading model", "warming up")]
+    assert messages[:len(phases)] == phases and phases == sorted(phases)  # loading < warming
+    assert messages[len(phases):], "no status after warming up"
+    assert "Traceback" not in (tmp_path / "node.log").read_text()
