@@ -122,8 +122,10 @@ def detection_report(labels: np.ndarray, stamp_sec: int, stamp_nanosec: int, fra
         scale = max_side / float(max(height, width))
         size = (max(1, int(round(width * scale))), max(1, int(round(height * scale))))
         work = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
-        if confidence is not None:
-            confidence = cv2.resize(confidence, size, interpolation=cv2.INTER_NEAREST)
+    if confidence is not None and confidence.shape != work.shape:
+        # e.g. left at the model's resolution by Segmenter.segment(confidence_at_logits=True)
+        confidence = cv2.resize(confidence, (work.shape[1], work.shape[0]),
+                                interpolation=cv2.INTER_NEAREST)
     sx, sy = width / float(work.shape[1]), height / float(work.shape[0])
     if isinstance(min_area_px, Mapping):
         work_min_area: MinArea = {k: _work_area(v, sx * sy) for k, v in min_area_px.items()}

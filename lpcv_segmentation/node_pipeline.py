@@ -71,9 +71,11 @@ def process_frame(segmenter, rgb: np.ndarray, stamp_sec: int, stamp_nanosec: int
     Stage times: ``preprocess``, ``inference`` and ``postprocess`` are Segmenter.segment's
     own; ``outputs`` is what is added here (detections on the label map at the model's
     resolution, colour mask and overlay at most ``visual_max_side`` pixels wide or high).
-    The per-pixel confidence is asked for only when the detections need it.
+    The per-pixel confidence is asked for only when the detections need it, and at the
+    model's resolution (the regions are found there).
     """
-    result = segmenter.segment(rgb, with_confidence=wanted.detections)
+    result = segmenter.segment(rgb, with_confidence=wanted.detections,
+                               confidence_at_logits=True)
     start = time.perf_counter()
     labels = result.labels
     report = None
