@@ -107,7 +107,7 @@ def run(args: argparse.Namespace, work: Path) -> Dict[str, object]:
             result = measure(work / name, args, listener, width, height, bare)
             results.append(dict(result, size=size, width=width, height=height,
                                 listener=listener))
-            print("%s, %s: %s" % (size, listener, _row(results[-1])[-5:]), file=sys.stderr,
+            print("%s, %s: %s" % (size, listener, _row(results[-1])[-6:]), file=sys.stderr,
                   flush=True)
     return {"model": args.model, "backend": args.backend, "threads": args.threads,
             "frames": args.frames, "rounds": args.rounds, "load_average": load_average(),
@@ -118,9 +118,12 @@ def _row(run: Dict[str, object]) -> List[object]:
     stages, bare = run["stages"], run["bare_p50_ms"]
     parts = [stages[s] for s in STAGES]
     total = None if any(p is None for p in parts) else sum(parts)
+    own = [stages[s] for s in ("preprocess", "inference", "postprocess")]
+    own_total = None if any(p is None for p in own) else sum(own)
     return ([run["size"], run["listener"]] + [fmt(stages[s], "%.1f") for s in STAGES]
             + [fmt(total, "%.1f"), fmt(bare, "%.1f"), "**%s**" % fmt(ratio(total, bare),
                                                                      "%.2f"),
+               fmt(ratio(total, own_total), "%.2f"),
                "%.2f" % target(run["listener"], run["width"], run["height"]),
                run["processed"]])
 
@@ -142,11 +145,14 @@ def section(result: Dict[str, object]) -> Tuple[str, List[Target]]:
         "scene as rgb8 frames over reliable QoS, %d frames in %d bursts per row at a quarter "
         "of the rate the bare segmenter sustains; 1-minute load average at the end %s. Node: "
         "per-stage medians (ms) from its /diagnostics; node total = their sum; bare = median "
-        "of `Segmenter.segment` block medians timed between the bursts." % (
+        "of `Segmenter.segment` block medians timed between the bursts; node / its own segment "
+        "stages = node total over its preprocess + inference + postprocess, timed in the same "
+        "frames (steadier than node / bare when the machine is shared)." % (
             result["model"], result["backend"], result["threads"], result["frames"],
             result["rounds"], fmt(result["load_average"], "%.1f")),
         markdown_table(["frame", "subscribed"] + list(STAGES)
-                       + ["node total", "bare segment", "node / bare", "target", "frames"],
+                       + ["node total", "bare segment", "node / bare",
+                          "node / its own segment stages", "target", "frames"],
                        rows),
     ])
     return body, targets

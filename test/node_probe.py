@@ -125,8 +125,8 @@ def camera_info(args: argparse.Namespace) -> Dict[str, object]:
 
 def watch(args: argparse.Namespace) -> Dict[str, object]:
     """Subscribe to ``seg/mask`` (and /diagnostics) only, like a ground station that shows
-    just the mask, until a /diagnostics message counts ``--masks`` processed frames; the
-    masks received and that message's values."""
+    just the mask, until a /diagnostics message shows ``--masks`` frames ended (processed,
+    dropped or rejected); the masks received and that message's values."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -144,9 +144,11 @@ def watch(args: argparse.Namespace) -> Dict[str, object]:
         last.update({kv.key: kv.value for kv in msg.status[0].values})
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, reliable)
     print(json.dumps({"ready": True}), flush=True)
+    def settled() -> bool:  # every frame sent has ended processed, dropped or rejected
+        ended = sum(int(last.get("frames_" + k, 0)) for k in ("processed", "dropped", "rejected"))
+        return ended >= args.masks and ended == int(last.get("frames_received", -1))
     deadline = time.monotonic() + args.seconds
-    while (rclpy.ok() and time.monotonic() < deadline
-           and int(last.get("frames_processed", -1)) < args.masks):
+    while rclpy.ok() and time.monotonic() < deadline and not settled():
         rclpy.spin_once(node, timeout_sec=0.05)
     linger = time.monotonic() + 1.0  # masks still on their way
     while rclpy.ok() and time.monotonic() < linger and len(masks) < args.masks:
@@ -171,7 +173,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     info.add_argument("--count", type=int, default=1, help="messages to wait for")
     info.add_argument("--seconds", type=float, default=60.0, help="give up after this")
     mask = commands.add_parser("watch", help="subscribe to seg/mask and /diagnostics only")
-    mask.add_argument("--masks", type=int, required=True, help="masks to wait for")
+    mask.add_argument("--masks", type=int, required=True,
+                      help="frames the node must have finished with")
     mask.add_argument("--seconds", type=float, default=60.0, help="give up after this")
     args = parser.parse_args(argv)
 

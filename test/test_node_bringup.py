@@ -21,6 +21,13 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 PROBE = Path(__file__).resolve().parent / "node_probe.py"
 
 
+def start_node(env, log: Path, args: List[str]):
+    """segmentation_node with config/drone.yaml and ``args`` (ROS arguments), its output in
+    ``log``."""
+    return start([sys.executable, "-m", "lpcv_segmentation.node", "--ros-args",
+                  "--params-file", str(REPO / "config" / "drone.yaml")] + args, env, log)
+
+
 def probe(env, work: Path, *args: str) -> dict:
     """Run test/node_probe.py to completion; its JSON answer."""
     log = work / "probe.log"
@@ -84,9 +91,8 @@ def test_shared_parameters_file_and_qos_overrides(tmp_path, palette_model):
 def test_known_keys_are_still_checked(tmp_path, palette_model, args: List[str], culprit: str):
     env = ros_env(random_domain_id())
     log = tmp_path / "node.log"
-    process = start([sys.executable, "-m", "lpcv_segmentation.node", "--ros-args",
-                     "--params-file", str(REPO / "config" / "drone.yaml"), "-p",
-                     "model_path:=%s" % palette_model, "-p", "frame_prefix:=x"] + args, env, log)
+    process = start_node(env, log, ["-p", "model_path:=%s" % palette_model,
+                                    "-p", "frame_prefix:=x"] + args)
     assert process.wait(timeout=60) != 0
     output = log.read_text()
     assert culprit in output and "Traceback" not in output, output
@@ -148,9 +154,7 @@ def test_managed_node_follows_the_lifecycle(tmp_path, palette_model):
 def test_managed_shutdown_from_every_state(tmp_path, palette_model, steps):
     env = ros_env(random_domain_id())
     log = tmp_path / "node.log"
-    process = start([sys.executable, "-m", "lpcv_segmentation.node", "--ros-args",
-                     "--params-file", str(REPO / "config" / "drone.yaml"), "-p",
-                     "model_path:=%s" % palette_model, "-p", "managed:=true"], env, log)
+    process = start_node(env, log, ["-p", "model_path:=%s" % palette_model, "-p", "managed:=true"])
     try:
         answer = probe(env, tmp_path, "lifecycle", "--node", "/segmentation_node",
                        *steps, "shutdown")
@@ -167,9 +171,7 @@ def test_managed_configure_fails_on_a_bad_model(tmp_path):
     corrupt.write_bytes(b"\x08\x07 definitely not protobuf" * 10)
     env = ros_env(random_domain_id())
     log = tmp_path / "node.log"
-    process = start([sys.executable, "-m", "lpcv_segmentation.node", "--ros-args",
-                     "--params-file", str(REPO / "config" / "drone.yaml"), "-p",
-                     "model_path:=%s" % corrupt, "-p", "managed:=true"], env, log)
+    process = start_node(env, log, ["-p", "model_path:=%s" % corrupt, "-p", "managed:=true"])
     try:
         answer = probe(env, tmp_path, "lifecycle", "--node", "/segmentation_node",
                        "configure", "shutdown")
@@ -230,9 +232,8 @@ def test_vision_msgs_asked_for_but_missing_stops_with_one_line(tmp_path, palette
         pass
     env = ros_env(random_domain_id())
     log = tmp_path / "node.log"
-    process = start([sys.executable, "-m", "lpcv_segmentation.node", "--ros-args",
-                     "--params-file", str(REPO / "config" / "drone.yaml"), "-p",
-                     "model_path:=%s" % palette_model, "-p", "detections_format:=both"], env, log)
+    process = start_node(env, log, ["-p", "model_path:=%s" % palette_model,
+                                    "-p", "detections_format:=both"])
     assert process.wait(timeout=60) == 1
     output = log.read_text()
     lines = [line for line in output.splitlines() if "vision_msgs" in line]
@@ -249,10 +250,10 @@ def test_optional_outputs_are_built_only_while_subscribed(tmp_path, palette_mode
     """Counted by the node itself (frames_with_<output> in /diagnostics), not timed."""
     env = ros_env(random_domain_id())
     node_log = tmp_path / "node.log"
-    node = start([sys.executable, "-m", "lpcv_segmentation.node", "--ros-args",
-                  "--params-file", str(REPO / "config" / "drone.yaml"), "-p",
-                  "model_path:=%s" % palette_model, "-p", "input_topic:=/camera/image_raw",
-                  "-p", "input_qos:=reliable", "-p", "diagnostics_period_s:=0.2"], env, node_log)
+    node = start_node(env, node_log, ["-p", "model_path:=%s" % palette_model,
+                                      "-p", "input_topic:=/camera/image_raw",
+                                      "-p", "input_qos:=reliable",
+                                      "-p", "diagnostics_period_s:=0.2"])
     listener = None
 
     def send(count: int, frame_id: str) -> None:
@@ -351,11 +352,9 @@ def test_diagnostics_say_the_model_is_warming_up_before_the_first_mask(tmp_path)
         while not events() and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(1.0)  # the listener is discoverable before the node says anything
-        node = start([sys.executable, "-m", "lpcv_segmentation.node", "--ros-args",
-                      "--params-file", str(REPO / "config" / "drone.yaml"), "-p",
-                      "model_path:=%s" % model, "-p", "input_topic:=/camera/image_raw",
-                      "-p", "input_qos:=reliable", "-p", "threads:=1", "-p",
-                      "diagnostics_period_s:=0.2"], env, tmp_path / "node.log")
+        node = start_node(env, tmp_path / "node.log", [
+            "-p", "model_path:=%s" % model, "-p", "input_topic:=/camera/image_raw",
+            "-p", "input_qos:=reliable", "-p", "threads:=1", "-p", "diagnostics_period_s:=0.2"])
         deadline = time.monotonic() + 120
         while not any(e["topic"] == "label_info" for e in events()):
             assert time.monotonic() < deadline and node.poll() is None, \
