@@ -18,7 +18,10 @@ setup(
         ("share/" + PACKAGE + "/models", glob("models/*.onnx") + glob("models/*.json")
          + glob("models/*.md")),
     ],
-    install_requires=["setuptools", "numpy", "opencv-python-headless", "pyyaml", "onnxruntime"],
+    # ament_python: runtime dependencies are package.xml's exec_depends (rosdep installs them);
+    # pip only needs setuptools. rosbags has no rosdep key: bag_eval's extra.
+    install_requires=["setuptools"],
+    extras_require={"bag_eval": ["rosbags>=0.10", "tqdm"]},
     zip_safe=True,
     maintainer="lpcv_segmentation maintainers",
     maintainer_email="lpcv-segmentation@example.org",

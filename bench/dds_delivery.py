@@ -1,10 +1,12 @@
 """How many camera frames a subscriber receives, with and without the large-frame DDS profile.
 
-A publisher process sends FRAMES sensor_msgs/Image frames (SIZE x SIZE rgb8) at RATE Hz to a
-subscriber process on the same machine; each configuration runs in its own ROS domain.
+A publisher process (the camera driver) sends FRAMES sensor_msgs/Image frames (WIDTH x HEIGHT
+rgb8) at RATE Hz to a subscriber process (the node) on the same machine; each configuration
+runs in its own ROS domain. The profile is config/fastdds_large_frames.xml, given to a side
+through FASTDDS_DEFAULT_PROFILES_FILE.
 
-    .venv/bin/python bench/dds_delivery.py                 # 300 frames, 512x512, 30 Hz
-    .venv/bin/python bench/dds_delivery.py --frames 100 --size 256
+    nice -n 5 .venv/bin/python bench/dds_delivery.py     # 300 frames, 512x512, 30 Hz
+    nice -n 5 .venv/bin/python bench/dds_delivery.py --frames 100 --width 640 --height 480 --rate 10
 
 Prints a Markdown table: configuration, frames sent, frames delivered, share delivered,
 and the median publish-to-receive latency of the delivered frames.
@@ -33,7 +35,8 @@ class Setup(NamedTuple):
 SETUPS: List[Setup] = [
     Setup("default transports, best effort", False, False, "best_effort"),
     Setup("profile on both sides, best effort", True, True, "best_effort"),
-    Setup("profile on the subscriber only, best effort", False, True, "best_effort"),
+    Setup("profile on the subscriber (node) only, best effort", False, True, "best_effort"),
+    Setup("profile on the publisher (camera) only, best effort", True, False, "best_effort"),
     Setup("default transports, reliable", False, False, "reliable"),
 ]
 
@@ -60,8 +63,8 @@ def publish(args: argparse.Namespace) -> int:
     while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)  # let discovery settle on both sides
-    pixels = np.random.default_rng(0).integers(0, 255, (args.size, args.size, 3), np.uint8)
-    msg = Image(height=args.size, width=args.size, encoding="rgb8", step=args.size * 3)
+    pixels = np.random.default_rng(0).integers(0, 255, (args.height, args.width, 3), np.uint8)
+    msg = Image(height=args.height, width=args.width, encoding="rgb8", step=args.width * 3)
     msg.data = array.array("B", pixels.tobytes())
     period = 1.0 / args.rate
     start = time.monotonic()
@@ -116,8 +119,8 @@ def _env(domain: int, with_profile: bool) -> Dict[str, str]:
 
 
 def run_setup(setup: Setup, args: argparse.Namespace, domain: int) -> Dict[str, object]:
-    common = ["--frames", str(args.frames), "--rate", str(args.rate), "--size", str(args.size),
-              "--qos", setup.qos]
+    common = ["--frames", str(args.frames), "--rate", str(args.rate), "--width", str(args.width),
+              "--height", str(args.height), "--qos", setup.qos]
     subscriber = subprocess.Popen([sys.executable, __file__, "subscribe"] + common,
                                   env=_env(domain, setup.subscriber_profile),
                                   stdout=subprocess.PIPE, text=True)
@@ -136,7 +139,8 @@ def main(argv: List[str] = None) -> int:
                         help="run: every configuration (the others are its child processes)")
     parser.add_argument("--frames", type=int, default=300, help="frames to send")
     parser.add_argument("--rate", type=float, default=30.0, help="frames per second")
-    parser.add_argument("--size", type=int, default=512, help="image width and height (px)")
+    parser.add_argument("--width", type=int, default=512, help="image width (px)")
+    parser.add_argument("--height", type=int, default=512, help="image height (px)")
     parser.add_argument("--qos", default="best_effort", choices=["best_effort", "reliable"],
                         help="(child processes) reliability")
     args = parser.parse_args(argv)
@@ -146,8 +150,8 @@ def main(argv: List[str] = None) -> int:
         return subscribe(args)
 
     print("%d frames of %dx%d rgb8 (%d KiB) at %g Hz, publisher and subscriber in separate "
-          "processes\n" % (args.frames, args.size, args.size, args.size * args.size * 3 // 1024,
-                           args.rate))
+          "processes\n" % (args.frames, args.width, args.height,
+                           args.width * args.height * 3 // 1024, args.rate))
     print("| configuration | sent | delivered | share | median latency (ms) |")
     print("|---|---|---|---|---|")
     base_domain = random.randint(100, 200)

@@ -8,6 +8,7 @@ schema, documented in docs/node.md):
                      "area_px", "area_fraction", "mean_confidence"}, ...],
      "coverage": {class_name: fraction of the image, for every class}}
 """
+import math
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import cv2
@@ -84,15 +85,60 @@ def class_coverage(labels: np.ndarray) -> Dict[str, float]:
     return {name: round(float(n) / labels.size, 6) for name, n in zip(CLASS_NAMES, counts)}
 
 
+def _work_area(area_px: int, pixel_area: float) -> int:
+    """The smallest region on the shrunk map whose area in the image reaches ``area_px``."""
+    return max(1, int(math.ceil(area_px / pixel_area - 1e-9)))
+
+
+def _scale_regions(regions: List[Dict[str, object]], sx: float, sy: float,
+                   image_area: float) -> List[Dict[str, object]]:
+    """Regions found on a map ``sx`` x ``sy`` times smaller, in the full image's pixels."""
+    for region in regions:
+        x, y, w, h = region["bbox"]
+        x0, y0 = int(round(x * sx)), int(round(y * sy))
+        region["bbox"] = [x0, y0, int(round((x + w) * sx)) - x0, int(round((y + h) * sy)) - y0]
+        cx, cy = region["centroid"]  # pixel centres: i in the map is (i + 0.5) * s - 0.5
+        region["centroid"] = [round((cx + 0.5) * sx - 0.5, 2), round((cy + 0.5) * sy - 0.5, 2)]
+        region["area_px"] = int(round(region["area_px"] * sx * sy))
+        region["area_fraction"] = round(region["area_px"] / image_area, 6)
+    return regions
+
+
 def detection_report(labels: np.ndarray, stamp_sec: int, stamp_nanosec: int, frame_id: str,
                      class_ids: Sequence[int], min_area_px: MinArea = 1,
-                     confidence: Optional[np.ndarray] = None) -> Dict[str, object]:
-    """The whole /seg/detections payload for one frame (labels at the input image's size)."""
+                     confidence: Optional[np.ndarray] = None,
+                     max_side: Optional[int] = None) -> Dict[str, object]:
+    """The whole /seg/detections payload for one frame (labels at the input image's size).
+
+    ``max_side``: find the regions on the label map shrunk (nearest neighbour) to at most
+    this many pixels on its longer side, and report them in the image's pixels. The node
+    passes the model's input size, the resolution the labels were predicted at, so the cost
+    does not grow with the camera's resolution; bounding boxes are then exact to one model
+    pixel. Areas below ``min_area_px`` (input-image pixels) are left out either way.
+    """
+    height, width = labels.shape
+    work = labels
+    if max_side is not None and max(height, width) > max_side:
+        scale = max_side / float(max(height, width))
+        size = (max(1, int(round(width * scale))), max(1, int(round(height * scale))))
+        work = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
+    if confidence is not None and confidence.shape != work.shape:
+        # e.g. left at the model's resolution by Segmenter.segment(confidence_at_logits=True)
+        confidence = cv2.resize(confidence, (work.shape[1], work.shape[0]),
+                                interpolation=cv2.INTER_NEAREST)
+    sx, sy = width / float(work.shape[1]), height / float(work.shape[0])
+    if isinstance(min_area_px, Mapping):
+        work_min_area: MinArea = {k: _work_area(v, sx * sy) for k, v in min_area_px.items()}
+    else:
+        work_min_area = _work_area(min_area_px, sx * sy)
+    regions = find_regions(work, class_ids, work_min_area, confidence)
+    if work is not labels:
+        regions = _scale_regions(regions, sx, sy, float(height * width))
     return {
         "stamp": {"sec": int(stamp_sec), "nanosec": int(stamp_nanosec)},
         "frame_id": frame_id,
-        "width": int(labels.shape[1]),
-        "height": int(labels.shape[0]),
-        "detections": find_regions(labels, class_ids, min_area_px, confidence),
-        "coverage": class_coverage(labels),
+        "width": int(width),
+        "height": int(height),
+        "detections": regions,
+        "coverage": class_coverage(work),
     }

@@ -10,7 +10,7 @@ Messages are read by duck typing (``height``, ``width``, ``encoding``, ``step``,
 package's messages both work. Building a message imports ``sensor_msgs`` lazily.
 """
 import array
-from typing import Callable, Dict, NamedTuple, Optional
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -134,17 +134,49 @@ def colorize(labels: np.ndarray) -> np.ndarray:
     return cv2.LUT(cv2.merge([labels, labels, labels]), _LABEL_LUT)
 
 
-def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5,
+            color: Optional[np.ndarray] = None) -> np.ndarray:
     """Class colours blended over the camera image with weight ``alpha``.
 
     Background pixels (class 0, whose colour is black) keep the camera image untouched,
-    so the scene stays readable and only the classes found are tinted.
+    so the scene stays readable and only the classes found are tinted. ``color``: the
+    colour mask when the caller has it already (``colorize(labels)``).
     """
     if rgb.shape[:2] != labels.shape:
         raise ValueError("image %s and labels %s differ in size" % (rgb.shape[:2], labels.shape))
-    blended = cv2.addWeighted(rgb, 1.0 - alpha, colorize(labels), alpha, 0.0)
+    if color is None:
+        color = colorize(labels)
+    blended = cv2.addWeighted(rgb, 1.0 - alpha, color, alpha, 0.0)
     background = (labels == 0).view(np.uint8)
     return cv2.copyTo(np.ascontiguousarray(rgb), background, blended)
+
+
+def bounded_size(height: int, width: int, max_side: int) -> Tuple[int, int]:
+    """(height, width) scaled down, keeping the aspect, so the longer side is at most
+    ``max_side``; unchanged when it already is."""
+    longest = max(height, width)
+    if longest <= max_side:
+        return height, width
+    scale = max_side / float(longest)
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+def visuals(rgb: np.ndarray, labels: np.ndarray, max_side: int, with_color: bool,
+            with_overlay: bool, alpha: float = 0.5
+            ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """(colour mask, overlay) drawn at most ``max_side`` pixels on the longer side, each only
+    when asked for (None otherwise): people look at these, so they need not cost what the
+    camera's full resolution would. The colour mask serves the overlay too."""
+    if not (with_color or with_overlay):
+        return None, None
+    height, width = bounded_size(labels.shape[0], labels.shape[1], max_side)
+    if (height, width) != labels.shape:
+        labels = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
+        if with_overlay:
+            rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR)
+    color = colorize(labels)
+    blended = overlay(rgb, labels, alpha, color) if with_overlay else None
+    return (color if with_color else None), blended
 
 
 def numpy_to_image_msg(image: np.ndarray, encoding: str, header=None):
@@ -163,8 +195,11 @@ def numpy_to_image_msg(image: np.ndarray, encoding: str, header=None):
     msg.encoding = encoding
     msg.is_bigendian = 0
     msg.step = msg.width * channels
-    # array.array('B') is the type rclpy stores; building it from bytes skips a per-element check.
-    msg.data = array.array("B", np.ascontiguousarray(image).tobytes())
+    # array.array('B') is the type rclpy stores; filling it from the array's buffer is one
+    # copy and no per-element check.
+    data = array.array("B")
+    data.frombytes(np.ascontiguousarray(image).data)
+    msg.data = data
     return msg
 
 

@@ -9,30 +9,38 @@ node_pipeline; rates, latency and the diagnostic level in node_stats.
         -p model_path:=MODEL -p backend:=onnxruntime -p input_topic:=/camera/image_raw
 """
 import argparse
+import contextlib
 import json
 import sys
 import threading
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import NameValidationException, ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNodeMixin, LifecycleState
+from rclpy.lifecycle.node import TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.utilities import remove_ros_args
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
-from sensor_msgs.msg import CompressedImage, Image
+from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverridingOptions
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
+from .camera_info import camera_info_topic, scale_camera_info
 from .classes import class_table
 from .imaging import (ImageConversionError, check_compressed_msg, check_image_msg,
                       compressed_to_rgb, image_to_rgb, numpy_to_image_msg)
-from .node_config import (NODE_NAME, PARAMETERS, NodeConfig, ParameterError, check_config)
-from .node_pipeline import LatestFrame, process_frame
-from .node_stats import NodeStats, assess, key_values, log_line
+from .node_config import (NODE_NAME, PARAMETERS, NodeConfig, ParameterError, check_config,
+                          unknown_parameters)
+from .node_pipeline import LatestFrame, Wanted, process_frame
+from .vision import (MissingPackageError, detection2d_array_fields, fill_message,
+                     import_vision_msgs, label_info_fields)
+from .node_stats import OPTIONAL_OUTPUTS, WARN, NodeStats, assess, key_values, log_line
 
 DIAGNOSTICS_TOPIC = "/diagnostics"  # absolute: diagnostic aggregators listen there
 WARN_THROTTLE_S = 5.0  # at most one warning per reason this often
@@ -73,29 +81,63 @@ class StartupError(RuntimeError):
     """The node cannot start (bad parameter, model, back end); the text says why."""
 
 
-class SegmentationNode(Node):
-    """``start()`` declares and checks the parameters, loads the model and opens the topics;
-    it raises StartupError with a message naming the parameter, file or back end at fault."""
+@contextlib.contextmanager
+def _entity_errors() -> Iterator[None]:
+    """Errors from opening a publisher or subscription (bad name, bad qos_overrides value)
+    as StartupError naming the parameter."""
+    try:
+        yield
+    except (ParameterException, NameValidationException, InvalidQosOverridesError) as error:
+        raise StartupError(str(error)) from None
+    except RuntimeError as error:  # rclpy: "Unexpected QoS override for policy ..."
+        if "QoS override" not in str(error):
+            raise
+        raise StartupError("qos_overrides: %s" % error) from None
+
+
+class Phase:
+    """What the node is doing before it can segment: /diagnostics reports it as WARN with this
+    message until the first frame can be served (set in one place, ``_set_phase``)."""
+    LOADING_MODEL = "loading model"
+    WARMING_UP = "warming up"
+
+
+class SegmentationNode(LifecycleNodeMixin, Node):
+    """segmentation_node as a lifecycle node.
+
+    configure: check the parameters, load and warm up the model, open the publishers;
+    activate: subscribe to the camera and start the inference thread; deactivate: the
+    reverse (the model stays loaded); cleanup: close the publishers, unload the model.
+    With ``managed:=false`` (default) the node runs configure and activate itself at start
+    and offers no lifecycle services; with ``managed:=true`` a lifecycle manager (or
+    ``ros2 lifecycle set``) drives it. ``exit_code`` becomes set when the process should end:
+    1 after a failed start when unmanaged, 0 once shut down (finalized).
+    """
 
     def __init__(self) -> None:
-        super().__init__(NODE_NAME)
+        Node.__init__(self, NODE_NAME)
+        try:
+            self._declare_parameters()
+        except (ParameterException, NameValidationException) as error:
+            raise StartupError(str(error)) from None
+        self.managed = bool(self.get_parameter("managed").value)
+        LifecycleNodeMixin.__init__(self, enable_communication_interface=self.managed)
         self.config: Optional[NodeConfig] = None
         self.segmenter = None
         self.stats = NodeStats(time.monotonic())
+        self.exit_code: Optional[int] = None
+        self._phase: Optional[str] = None
+        self._phase_reporter: Optional[threading.Thread] = None
+        self._stop_reporting = threading.Event()
         self._slot: LatestFrame = LatestFrame()
         self._stop = threading.Event()
         self._worker: Optional[threading.Thread] = None
         self._input: Optional[InputType] = None
-
-    # -- start-up ---------------------------------------------------------------------------
-    def start(self) -> None:
-        """Check parameters, load the model, open publishers, subscription and timers."""
-        try:
-            self._declare_parameters()
-            self.config = config = self._read_config()
-            self._open(config)
-        except (ParameterException, NameValidationException) as error:
-            raise StartupError(str(error)) from None
+        self._publishers_open: List[object] = []
+        self._timers_open: List[object] = []
+        self._subscriptions_open: List[object] = []
+        self._camera_info: Optional[CameraInfo] = None
+        self._unknown_checked = False
 
     def _declare_parameters(self) -> None:
         # Read-only: the model and topics are fixed once the node runs, so a later
@@ -104,42 +146,170 @@ class SegmentationNode(Node):
             self.declare_parameter(spec.name, spec.default, ParameterDescriptor(
                 description=spec.description, read_only=True))
 
-    def _open(self, config: NodeConfig) -> None:
-        self.stats = NodeStats(time.monotonic(), config.stats_window_s)
-        self.segmenter = self._load_segmenter(config)
-        self.segmenter.warmup()  # the first camera frame should not pay for lazy allocation
-        self._input = INPUT_TYPES[config.input_type]
+    # -- unmanaged start ------------------------------------------------------------------------
+    def bring_up(self) -> None:
+        """configure, then activate (``managed:=false``); a failure ends the process with 1."""
+        if (self.trigger_configure() != TransitionCallbackReturn.SUCCESS
+                or self.trigger_activate() != TransitionCallbackReturn.SUCCESS):
+            self.exit_code = 1
 
-        self._mask_pub = self.create_publisher(Image, config.mask_topic, OUTPUT_QOS)
-        self._color_pub = (self.create_publisher(Image, config.color_topic, OUTPUT_QOS)
-                           if config.publish_color else None)
-        self._overlay_pub = (self.create_publisher(Image, config.overlay_topic, OUTPUT_QOS)
-                             if config.publish_overlay else None)
-        self._detections_pub = self.create_publisher(String, config.detections_topic, OUTPUT_QOS)
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
-        self._label_info_pub = self.create_publisher(String, config.label_info_topic,
-                                                     LATCHED_QOS)
-        self._label_info_pub.publish(String(data=json.dumps({"classes": class_table()})))
+    # -- lifecycle transitions ------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except StartupError as error:
+            self.get_logger().error("configure failed: %s" % error)
+            self._cleanup()
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
 
-        self._subscription = self.create_subscription(
-            self._input.msg_type, config.input_topic, self._on_frame, INPUT_QOS[config.input_qos])
-        self.create_timer(config.diagnostics_period_s, self._publish_diagnostics)
-        self.create_timer(config.log_period_s, self._log_summary)
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            with _entity_errors():
+                self._subscribe(self.config)
+        except StartupError as error:
+            self.get_logger().error("activate failed: %s" % error)
+            self._deactivate()
+            return TransitionCallbackReturn.FAILURE
+        self._stop.clear()
+        self._slot = LatestFrame()
         self._worker = threading.Thread(target=self._work, name="segmentation", daemon=True)
         self._worker.start()
+        self.get_logger().info("active: segmenting %s" % self._input_topic)
+        return TransitionCallbackReturn.SUCCESS
+
+    def _subscribe(self, config: NodeConfig) -> None:
+        self._subscriptions_open.append(self.create_subscription(
+            self._input.msg_type, config.input_topic, self._on_frame, INPUT_QOS[config.input_qos],
+            qos_overriding_options=QoSOverridingOptions.with_default_policies()))
+        # Best effort takes both best-effort and reliable camera drivers.
+        self._camera_info = None
+        self._subscriptions_open.append(self.create_subscription(
+            CameraInfo, camera_info_topic(self._input_topic), self._on_camera_info,
+            qos_profile_sensor_data))
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._deactivate()
+        self.get_logger().info("inactive: model loaded, not segmenting")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._cleanup()
+        self.get_logger().info("unconfigured: model unloaded")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._deactivate()
+        self._cleanup()
+        self.exit_code = 0
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._deactivate()
+        self._cleanup()
+        return TransitionCallbackReturn.SUCCESS  # back to unconfigured, ready to retry
+
+    # -- configure ------------------------------------------------------------------------------
+    def _configure(self) -> None:
+        """Check parameters, load the model, open the publishers; StartupError says why not."""
+        self.config = config = self._read_config()
+        self._input = INPUT_TYPES[config.input_type]
+        self._input_topic = self.resolve_topic_name(config.input_topic)
+        self.stats = NodeStats(time.monotonic(), config.stats_window_s)
+        self._diagnostics_pub = self._open(self.create_publisher(
+            DiagnosticArray, DIAGNOSTICS_TOPIC, 10))
+        self._timers_open.append(self.create_timer(config.diagnostics_period_s,
+                                                   self._publish_diagnostics))
+        self._vision_msgs = None
+        if config.detections_format != "json":
+            try:
+                self._vision_msgs = import_vision_msgs()
+            except MissingPackageError as error:
+                raise StartupError(str(error)) from None
+        self._set_phase(Phase.LOADING_MODEL)
+        segmenter = self._load_segmenter(config)
+        self._set_phase(Phase.WARMING_UP)
+        segmenter.warmup()  # the first camera frame should not pay for lazy allocation
+        self.segmenter = segmenter
+        with _entity_errors():
+            self._open_outputs(config)
+        self._timers_open.append(self.create_timer(config.log_period_s, self._log_summary))
+        self._set_phase(None)
+        self._warn_unknown_parameters(config)
         self.get_logger().info(
-            "segmenting %s (%s, %s QoS) with %s on %s (%s back end, %s, %d px input); "
-            "publishing %s" % (self._subscription.topic_name, config.input_type,
-                               config.input_qos, config.model_path, self.segmenter.device,
+            "configured: %s on %s (%s back end, %s, %d px input) for %s (%s, %s QoS); "
+            "publishing %s" % (config.model_path, self.segmenter.device,
                                self.segmenter.backend_name, self.segmenter.precision,
-                               self.segmenter.input_size, self._mask_pub.topic_name))
+                               self.segmenter.input_size,
+                               self.resolve_topic_name(config.input_topic), config.input_type,
+                               config.input_qos, self._mask_pub.topic_name))
+
+    def _set_phase(self, phase: Optional[str]) -> None:
+        """Enter a loading phase (or leave it with None): /diagnostics says so at once, and
+        every period while it lasts, from a thread of its own, because configure may hold the
+        executor (a lifecycle service call) for as long as the model takes to load."""
+        self._phase = phase
+        if phase is None:
+            return
+        self._publish_diagnostics()
+        if self._phase_reporter is None or not self._phase_reporter.is_alive():
+            self._phase_reporter = threading.Thread(target=self._report_phase,
+                                                    name="loading-diagnostics", daemon=True)
+            self._phase_reporter.start()
+
+    def _report_phase(self) -> None:
+        period = self.config.diagnostics_period_s
+        while not self._stop_reporting.wait(period) and self._phase is not None:
+            self._publish_diagnostics()
+
+    def _open(self, entity):
+        self._publishers_open.append(entity)
+        return entity
+
+    def _open_outputs(self, config: NodeConfig) -> None:
+        self._mask_pub = self._publisher(Image, config.mask_topic)
+        self._color_pub = (self._publisher(Image, config.color_topic)
+                           if config.publish_color else None)
+        self._overlay_pub = (self._publisher(Image, config.overlay_topic)
+                             if config.publish_overlay else None)
+        self._detections_pub = self._label_info_pub = self._detection_array_pub = None
+        if config.detections_format in ("json", "both"):
+            self._detections_pub = self._publisher(String, config.detections_topic)
+            self._label_info_pub = self._publisher(String, config.label_info_topic, LATCHED_QOS)
+            self._label_info_pub.publish(String(data=json.dumps({"classes": class_table()})))
+        if config.detections_format in ("vision_msgs", "both"):
+            vision_msgs = self._vision_msgs
+            self._detection_array_pub = self._publisher(vision_msgs.Detection2DArray,
+                                                        config.detection_array_topic)
+            vision_label_info = self._publisher(vision_msgs.LabelInfo,
+                                                config.vision_label_info_topic, LATCHED_QOS)
+            header = {"stamp": {"sec": 0, "nanosec": 0}, "frame_id": ""}
+            vision_label_info.publish(fill_message(vision_msgs.LabelInfo,
+                                                   label_info_fields(class_table(), header)))
+        self._camera_info_pub = self._publisher(CameraInfo, config.camera_info_topic)
+
+    def _publisher(self, msg_type: type, topic: str, qos: QoSProfile = OUTPUT_QOS):
+        """A publisher whose history, depth and reliability ``qos_overrides`` may change."""
+        return self._open(self.create_publisher(
+            msg_type, topic, qos,
+            qos_overriding_options=QoSOverridingOptions.with_default_policies()))
+
+    def _warn_unknown_parameters(self, config: NodeConfig) -> None:
+        """Shared parameter files (``/**:`` sections) carry other nodes' keys: name them once
+        and go on. The subscriptions' qos_overrides keys are declared at activate, so they
+        count as known here."""
+        if self._unknown_checked:
+            return
+        self._unknown_checked = True
+        prefix = "qos_overrides.%s.subscription." % self.resolve_topic_name(config.input_topic)
+        unknown = [name for name in unknown_parameters(
+            getattr(self, "_parameter_overrides", {}), self.has_parameter)
+            if not name.startswith(prefix)]
+        if unknown:
+            self.get_logger().warning("ignoring parameters this node does not use: %s"
+                                      % ", ".join(unknown))
 
     def _read_config(self) -> NodeConfig:
-        overrides = getattr(self, "_parameter_overrides", {})  # rclpy ignores unknown ones
-        unknown = sorted(name for name in overrides if not self.has_parameter(name))
-        if unknown:
-            raise StartupError("unknown parameters %s; known: %s"
-                               % (", ".join(unknown), ", ".join(s.name for s in PARAMETERS)))
         values = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
         try:
             return check_config(values)
@@ -158,6 +328,36 @@ class SegmentationNode(Node):
                                % (config.backend, config.device, config.precision,
                                   error)) from None
 
+    # -- deactivate, cleanup ----------------------------------------------------------------------
+    def _deactivate(self) -> None:
+        """Stop taking frames and let the inference thread finish the one in hand."""
+        for subscription in self._subscriptions_open:
+            self.destroy_subscription(subscription)
+        self._subscriptions_open = []
+        self.stop()
+
+    def _cleanup(self) -> None:
+        """Close what configure opened and unload the model."""
+        self._phase = None
+        self._stop_reporting.set()
+        if self._phase_reporter is not None:
+            self._phase_reporter.join(timeout=5.0)
+        self._stop_reporting.clear()
+        for timer in self._timers_open:
+            self.destroy_timer(timer)
+        for publisher in self._publishers_open:
+            self.destroy_publisher(publisher)
+        self._timers_open, self._publishers_open = [], []
+        self.segmenter = None
+
+    def stop(self) -> None:
+        """Stop the inference thread (it finishes the frame in hand); idempotent."""
+        self._stop.set()
+        self._slot.close()
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
+            self._worker = None
+
     # -- per frame --------------------------------------------------------------------------
     def _on_frame(self, msg) -> None:
         """Subscription callback: count, check the header cheaply, keep only the newest."""
@@ -170,9 +370,12 @@ class SegmentationNode(Node):
         if self._slot.put(msg):
             self.stats.frame_dropped()
 
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg  # calibration changes rarely: the newest serves every mask
+
     def _reject(self, error: ImageConversionError) -> None:
         self.stats.frame_rejected(time.monotonic(), error.kind)
-        self.get_logger().warning("%s: frame rejected: %s" % (self._subscription.topic_name,
+        self.get_logger().warning("%s: frame rejected: %s" % (self._input_topic,
                                                               error),
                                   throttle_duration_sec=WARN_THROTTLE_S)
 
@@ -191,9 +394,16 @@ class SegmentationNode(Node):
                     break  # shut down (SIGINT) while publishing: nothing went wrong
                 self.stats.frame_rejected(time.monotonic(), "processing_error")
                 self.get_logger().error("%s: frame failed: %s: %s"
-                                        % (self._subscription.topic_name,
+                                        % (self._input_topic,
                                            type(error).__name__, error),
                                         throttle_duration_sec=WARN_THROTTLE_S)
+
+    def _wanted(self) -> Wanted:
+        """The optional outputs someone subscribes to now (the mask is always published)."""
+        def listened(*publishers) -> bool:
+            return any(p is not None and p.get_subscription_count() > 0 for p in publishers)
+        return Wanted(color=listened(self._color_pub), overlay=listened(self._overlay_pub),
+                      detections=listened(self._detections_pub, self._detection_array_pub))
 
     def _process(self, msg) -> None:
         config = self.config
@@ -201,22 +411,33 @@ class SegmentationNode(Node):
         rgb = self._input.to_rgb(msg)
         conversion_ms = (time.perf_counter() - start) * 1000.0
         header = msg.header
+        wanted = self._wanted()
         outputs = process_frame(self.segmenter, rgb, header.stamp.sec, header.stamp.nanosec,
                                 header.frame_id, config.detection_class_ids,
-                                config.min_region_area_px, with_color=config.publish_color,
-                                with_overlay=config.publish_overlay,
-                                overlay_alpha=config.overlay_alpha)
+                                config.min_region_area_px, wanted, config.overlay_alpha,
+                                config.visual_max_side)
         start = time.perf_counter()
         self._mask_pub.publish(numpy_to_image_msg(outputs.labels, "mono8", header))
-        if self._color_pub is not None:
+        camera_info = self._camera_info
+        if camera_info is not None:
+            height, width = outputs.labels.shape
+            self._camera_info_pub.publish(scale_camera_info(camera_info, width, height, header))
+        if outputs.color is not None:
             self._color_pub.publish(numpy_to_image_msg(outputs.color, "rgb8", header))
-        if self._overlay_pub is not None:
+        if outputs.overlay is not None:
             self._overlay_pub.publish(numpy_to_image_msg(outputs.overlay, "rgb8", header))
-        self._detections_pub.publish(String(data=json.dumps(outputs.detections)))
+        if outputs.detections is not None:
+            if self._detections_pub is not None:
+                self._detections_pub.publish(String(data=json.dumps(outputs.detections)))
+            if self._detection_array_pub is not None:
+                self._detection_array_pub.publish(fill_message(
+                    self._vision_msgs.Detection2DArray,
+                    detection2d_array_fields(outputs.detections)))
         publish_ms = (time.perf_counter() - start) * 1000.0
 
         stage_ms = dict(outputs.timings_ms, conversion=conversion_ms, publish=publish_ms)
-        self.stats.frame_processed(time.monotonic(), stage_ms, self._age_ms(header.stamp))
+        built = [name for name in OPTIONAL_OUTPUTS if getattr(wanted, name)]
+        self.stats.frame_processed(time.monotonic(), stage_ms, self._age_ms(header.stamp), built)
 
     def _age_ms(self, stamp) -> Optional[float]:
         """Milliseconds from the frame's stamp to now; None for an unstamped frame."""
@@ -228,21 +449,26 @@ class SegmentationNode(Node):
     # -- diagnostics --------------------------------------------------------------------------
     def _status(self):
         summary = self.stats.summary(time.monotonic())
+        if self._phase is not None:  # loading: no frame can be served yet, and that is why
+            return summary, WARN, self._phase
         level, message = assess(summary, self.config.thresholds)
         return summary, level, message
 
     def _publish_diagnostics(self) -> None:
         summary, level, message = self._status()
-        config = self.config
+        config, segmenter = self.config, self.segmenter
         values: List[KeyValue] = [KeyValue(key=k, value=v) for k, v in key_values(summary)]
+        # Until the model is loaded, what was asked for; then what the back end runs.
+        backend = config.backend if segmenter is None else segmenter.backend_name
         values += [KeyValue(key=k, value=str(v)) for k, v in (
-            ("backend", self.segmenter.backend_name), ("device", self.segmenter.device),
-            ("precision", self.segmenter.precision), ("model", config.model_path),
-            ("input_topic", self._subscription.topic_name))]
+            ("backend", backend),
+            ("device", config.device if segmenter is None else segmenter.device),
+            ("precision", config.precision if segmenter is None else segmenter.precision),
+            ("model", config.model_path),
+            ("input_topic", self.resolve_topic_name(config.input_topic)))]
         status = DiagnosticStatus(level=DIAGNOSTIC_LEVELS[level],
                                   name="%s: segmentation" % self.get_fully_qualified_name(),
-                                  message=message, hardware_id=self.segmenter.backend_name,
-                                  values=values)
+                                  message=message, hardware_id=backend, values=values)
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics_pub.publish(array)
@@ -258,14 +484,6 @@ class SegmentationNode(Node):
         else:
             self.get_logger().error(line)
 
-    # -- shutdown -------------------------------------------------------------------------------
-    def stop(self) -> None:
-        """Stop the inference thread (it finishes the frame in hand)."""
-        self._stop.set()
-        self._slot.close()
-        if self._worker is not None:
-            self._worker.join(timeout=5.0)
-
 
 def _parse_command_line(argv: List[str]) -> None:
     """--help lists the parameters; everything else is given as ROS arguments."""
@@ -276,31 +494,41 @@ def _parse_command_line(argv: List[str]) -> None:
         epilog="parameters (defaults as in config/drone.yaml):\n" + "\n".join(
             "  %s (default: %s)\n      %s" % (spec.name, json.dumps(spec.default),
                                               spec.description) for spec in PARAMETERS)
-        + "\n\ntopics: input_topic in; mask, color, overlay, detections, label_info topics "
-          "and %s out" % DIAGNOSTICS_TOPIC)
+        + "\n\ntopics: input_topic and the camera_info beside it in; mask, camera_info, color, "
+          "overlay, detections, label_info topics and %s out" % DIAGNOSTICS_TOPIC)
     parser.parse_args(remove_ros_args(argv)[1:])
 
 
 def main(args: Optional[List[str]] = None) -> int:
-    """Console script ``segmentation_node``: 0 after a clean shutdown (SIGINT), 1 on bad start."""
+    """Console script ``segmentation_node``: 0 after a clean shutdown (SIGINT, or the
+    lifecycle shutdown transition), 1 when an unmanaged node cannot start."""
     _parse_command_line(sys.argv if args is None else args)
     rclpy.init(args=args)
     node: Optional[SegmentationNode] = None
+    executor = None
     status = 0
     try:
         node = SegmentationNode()
-        node.start()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        if not node.managed:
+            threading.Thread(target=node.bring_up, name="bring-up", daemon=True).start()
+        while node.exit_code is None and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+        if node.exit_code is not None:
+            status = node.exit_code
+            time.sleep(0.2)  # let the answer to a shutdown request leave
     except StartupError as error:
-        node.get_logger().error(str(error))
+        rclpy.logging.get_logger(NODE_NAME).error(str(error))
         status = 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         if node is not None:
             node.stop()
+        if executor is not None:
+            executor.shutdown()
+        if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
     return status

@@ -5,7 +5,7 @@ the node declares. ``config/drone.yaml`` sets every one of them.
 """
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence
 
 from .classes import CLASS_NAMES, DETECTION_CLASS_IDS, class_id
 from .node_stats import Thresholds
@@ -24,6 +24,7 @@ INPUT_TYPE_ALIASES: Dict[str, str] = {
     "sensor_msgs/msg/CompressedImage": "compressed",
 }
 INPUT_QOS_NAMES = ("best_effort", "reliable")
+DETECTIONS_FORMATS = ("json", "vision_msgs", "both")
 
 
 class ParameterError(ValueError):
@@ -80,6 +81,9 @@ class ParamSpec(NamedTuple):
 _DEFAULT_THRESHOLDS = Thresholds()
 
 PARAMETERS: List[ParamSpec] = [
+    ParamSpec("managed", False,
+              "lifecycle node driven by a manager (configure loads the model, activate "
+              "starts segmenting); false: configure and activate at start"),
     # The model and how to run it.
     ParamSpec("model_path", "",
               "ONNX model (or a checkpoint for the pytorch back end); empty: the model shipped "
@@ -103,16 +107,36 @@ PARAMETERS: List[ParamSpec] = [
     # Outputs.
     ParamSpec("mask_topic", "seg/mask", "mono8 class index per pixel, at the input size",
               _non_empty),
-    ParamSpec("color_topic", "seg/color", "rgb8 mask in the class colours", _non_empty),
+    ParamSpec("color_topic", "seg/color",
+              "rgb8 mask in the class colours (at most visual_max_side; built only while "
+              "subscribed)", _non_empty),
     ParamSpec("overlay_topic", "seg/overlay", "rgb8 class colours blended over the camera image",
               _non_empty),
     ParamSpec("label_info_topic", "seg/label_info",
               "class table as JSON (std_msgs/String, transient local)", _non_empty),
     ParamSpec("detections_topic", "seg/detections",
               "per-class disaster regions as JSON (std_msgs/String)", _non_empty),
+    ParamSpec("detections_format", "json",
+              "json (std_msgs/String on detections_topic and label_info_topic), vision_msgs "
+              "(vision_msgs/Detection2DArray on detection_array_topic, vision_msgs/LabelInfo on "
+              "vision_label_info_topic; needs vision_msgs installed) or both",
+              _one_of(DETECTIONS_FORMATS)),
+    ParamSpec("detection_array_topic", "seg/detection_array",
+              "detections as vision_msgs/Detection2DArray (detections_format vision_msgs, both)",
+              _non_empty),
+    ParamSpec("vision_label_info_topic", "seg/vision_label_info",
+              "class table as vision_msgs/LabelInfo, transient local (detections_format "
+              "vision_msgs, both)", _non_empty),
+    ParamSpec("camera_info_topic", "seg/camera_info",
+              "the camera's camera_info (from <namespace of input_topic>/camera_info) with each "
+              "mask's header, scaled to the mask's size; nothing without a camera_info",
+              _non_empty),
     ParamSpec("publish_color", True, "publish the colour mask on color_topic"),
     ParamSpec("publish_overlay", True, "publish the overlay on overlay_topic"),
     ParamSpec("overlay_alpha", 0.5, "weight of the class colours in the overlay", _fraction),
+    ParamSpec("visual_max_side", 640,
+              "longest side (pixels) of the colour mask and overlay; larger frames are drawn "
+              "smaller (the mask stays at the input size)", _at_least(16)),
     # Detections.
     ParamSpec("detection_classes", [CLASS_NAMES[i] for i in DETECTION_CLASS_IDS],
               "class names reported on detections_topic", _class_names),
@@ -145,6 +169,7 @@ PARAMETER_NAMES = tuple(spec.name for spec in PARAMETERS)
 
 class NodeConfig(NamedTuple):
     """Checked parameter values (``input_type`` normalised to raw or compressed)."""
+    managed: bool
     model_path: str
     backend: str
     device: str
@@ -158,9 +183,14 @@ class NodeConfig(NamedTuple):
     overlay_topic: str
     label_info_topic: str
     detections_topic: str
+    detections_format: str
+    detection_array_topic: str
+    vision_label_info_topic: str
+    camera_info_topic: str
     publish_color: bool
     publish_overlay: bool
     overlay_alpha: float
+    visual_max_side: int
     detection_class_ids: List[int]
     min_region_area_px: int
     diagnostics_period_s: float
@@ -184,6 +214,12 @@ def default_model_path() -> Path:
     if share is not None and (share / "models" / DEFAULT_MODEL_NAME).is_file():
         return share / "models" / DEFAULT_MODEL_NAME
     return Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL_NAME
+
+
+def unknown_parameters(overrides: Iterable[str], is_declared: Callable[[str], bool]
+                       ) -> List[str]:
+    """The override names (from parameter files and ``-p``) the node never declared, sorted."""
+    return sorted(name for name in overrides if not is_declared(name))
 
 
 def check_config(values: Dict[str, object]) -> NodeConfig:
@@ -213,6 +249,7 @@ def check_config(values: Dict[str, object]) -> NodeConfig:
         memory_warn_mb=float(values["diag_memory_warn_mb"]),
     )
     return NodeConfig(
+        managed=bool(values["managed"]),
         model_path=model_path,
         backend=str(values["backend"]),
         device=str(values["device"]),
@@ -226,9 +263,14 @@ def check_config(values: Dict[str, object]) -> NodeConfig:
         overlay_topic=str(values["overlay_topic"]),
         label_info_topic=str(values["label_info_topic"]),
         detections_topic=str(values["detections_topic"]),
+        detections_format=str(values["detections_format"]),
+        detection_array_topic=str(values["detection_array_topic"]),
+        vision_label_info_topic=str(values["vision_label_info_topic"]),
+        camera_info_topic=str(values["camera_info_topic"]),
         publish_color=bool(values["publish_color"]),
         publish_overlay=bool(values["publish_overlay"]),
         overlay_alpha=float(values["overlay_alpha"]),
+        visual_max_side=int(values["visual_max_side"]),
         detection_class_ids=[class_id(name) for name in values["detection_classes"]],
         min_region_area_px=int(values["min_region_area_px"]),
         diagnostics_period_s=float(values["diagnostics_period_s"]),

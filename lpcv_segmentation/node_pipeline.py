@@ -3,7 +3,7 @@
 ``LatestFrame`` is the one-slot mailbox between the subscription callback and the inference
 worker: a newer frame replaces an unprocessed one (counted as dropped), so the worker always
 runs on the newest frame and latency cannot build up when the camera outpaces the model.
-``process_frame`` turns an RGB image into every output the node publishes.
+``process_frame`` turns an RGB image into the outputs someone listens to.
 """
 import threading
 import time
@@ -12,7 +12,7 @@ from typing import Dict, Generic, NamedTuple, Optional, Sequence, TypeVar
 import numpy as np
 
 from .detections import detection_report
-from .imaging import colorize, overlay
+from .imaging import visuals
 
 T = TypeVar("T")
 
@@ -47,31 +47,45 @@ class LatestFrame(Generic[T]):
             self._condition.notify_all()
 
 
+class Wanted(NamedTuple):
+    """Which optional outputs to build for a frame (the mask always is)."""
+    color: bool = True
+    overlay: bool = True
+    detections: bool = True
+
+
 class FrameOutputs(NamedTuple):
     labels: np.ndarray  # (H, W) uint8 class index, at the input size
-    color: Optional[np.ndarray]  # (H, W, 3) uint8 RGB, or None when not wanted
-    overlay: Optional[np.ndarray]  # (H, W, 3) uint8 RGB, or None when not wanted
-    detections: Dict[str, object]  # the /seg/detections payload
-    timings_ms: Dict[str, float]  # preprocess, inference, postprocess
+    color: Optional[np.ndarray]  # (h, w, 3) uint8 RGB at most visual_max_side, or None
+    overlay: Optional[np.ndarray]  # (h, w, 3) uint8 RGB at most visual_max_side, or None
+    detections: Optional[Dict[str, object]]  # the /seg/detections payload, or None
+    timings_ms: Dict[str, float]  # preprocess, inference, postprocess, outputs
 
 
 def process_frame(segmenter, rgb: np.ndarray, stamp_sec: int, stamp_nanosec: int,
                   frame_id: str, detection_class_ids: Sequence[int], min_region_area_px: int,
-                  with_color: bool = True, with_overlay: bool = True,
-                  overlay_alpha: float = 0.5) -> FrameOutputs:
-    """Segment one RGB frame and build every output.
+                  wanted: Wanted = Wanted(), overlay_alpha: float = 0.5,
+                  visual_max_side: int = 640) -> FrameOutputs:
+    """Segment one RGB frame and build the outputs ``wanted``.
 
-    ``postprocess`` covers the segmenter's own post-processing plus the regions, colour mask
-    and overlay computed here, so the stage times add up to the work done per frame.
+    Stage times: ``preprocess``, ``inference`` and ``postprocess`` are Segmenter.segment's
+    own; ``outputs`` is what is added here (detections on the label map at the model's
+    resolution, colour mask and overlay at most ``visual_max_side`` pixels wide or high).
+    The per-pixel confidence is asked for only when the detections need it, and at the
+    model's resolution (the regions are found there).
     """
-    result = segmenter.segment(rgb, with_confidence=True)
+    result = segmenter.segment(rgb, with_confidence=wanted.detections,
+                               confidence_at_logits=True)
     start = time.perf_counter()
     labels = result.labels
-    report = detection_report(labels, stamp_sec, stamp_nanosec, frame_id, detection_class_ids,
-                              min_region_area_px, result.confidence)
-    color = colorize(labels) if with_color else None
-    blended = overlay(rgb, labels, overlay_alpha) if with_overlay else None
+    report = None
+    if wanted.detections:
+        report = detection_report(labels, stamp_sec, stamp_nanosec, frame_id,
+                                  detection_class_ids, min_region_area_px, result.confidence,
+                                  max_side=segmenter.input_size)
+    color, blended = visuals(rgb, labels, visual_max_side, wanted.color, wanted.overlay,
+                             overlay_alpha)
     timings = {name: float(result.timings_ms.get(name, 0.0))
                for name in ("preprocess", "inference", "postprocess")}
-    timings["postprocess"] += (time.perf_counter() - start) * 1000.0
+    timings["outputs"] = (time.perf_counter() - start) * 1000.0
     return FrameOutputs(labels, color, blended, report, timings)

@@ -6,13 +6,17 @@ clock passed in by the caller, so the aggregator is deterministic under test.
 """
 import collections
 import threading
-from typing import Deque, Dict, List, NamedTuple, Optional, Tuple
+from typing import Deque, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 # The stages of one frame, in order; "end_to_end" runs from the frame's header stamp to
 # the moment its outputs were published.
-STAGES: Tuple[str, ...] = ("conversion", "preprocess", "inference", "postprocess", "publish")
+# "postprocess" is Segmenter.segment's own (argmax, resize back); "outputs" what the node
+# builds after it (detections, colour mask, overlay), only for outputs someone listens to.
+STAGES: Tuple[str, ...] = ("conversion", "preprocess", "inference", "postprocess", "outputs",
+                           "publish")
+OPTIONAL_OUTPUTS: Tuple[str, ...] = ("color", "overlay", "detections")
 END_TO_END = "end_to_end"
 
 OK, WARN, ERROR = 0, 1, 2  # the diagnostic_msgs/DiagnosticStatus levels
@@ -94,6 +98,7 @@ class NodeStats:
         self.dropped = 0
         self.rejected = 0
         self.rejected_by_reason: Dict[str, int] = collections.Counter()
+        self.built: Dict[str, int] = {name: 0 for name in OPTIONAL_OUTPUTS}
         self.last_received: Optional[float] = None
         self._received = WindowedSeries(window_s)
         self._processed = WindowedSeries(window_s)
@@ -117,10 +122,13 @@ class NodeStats:
             self._rejected.add(now)
 
     def frame_processed(self, now: float, stage_ms: Dict[str, float],
-                        end_to_end_ms: Optional[float]) -> None:
-        """One frame's outputs are out; ``end_to_end_ms`` is None when the frame had no stamp."""
+                        end_to_end_ms: Optional[float], built: Sequence[str] = ()) -> None:
+        """One frame's outputs are out; ``end_to_end_ms`` is None when the frame had no stamp;
+        ``built``: the optional outputs computed for it (OPTIONAL_OUTPUTS names)."""
         with self._lock:
             self.processed += 1
+            for name in built:
+                self.built[name] += 1
             self._processed.add(now)
             for name in STAGES:
                 if name in stage_ms:
@@ -138,6 +146,7 @@ class NodeStats:
                 "frames_dropped": self.dropped,
                 "frames_rejected": self.rejected,
                 "rejected_by_reason": dict(self.rejected_by_reason),
+                "outputs_built": dict(self.built),
                 "input_rate_hz": self._received.rate_hz(now, now - self.start),
                 "output_rate_hz": self._processed.rate_hz(now, now - self.start),
                 "window_received": self._received.count(now),
@@ -193,6 +202,8 @@ def key_values(summary: Dict[str, object]) -> List[Tuple[str, str]]:
         pairs.append((key, str(summary[key])))
     for reason, count in sorted(summary["rejected_by_reason"].items()):
         pairs.append(("rejected: " + reason, str(count)))
+    for name, count in summary["outputs_built"].items():
+        pairs.append(("frames_with_%s" % name, str(count)))
     pairs.append(("input_rate_hz", "%.2f" % summary["input_rate_hz"]))
     pairs.append(("output_rate_hz", "%.2f" % summary["output_rate_hz"]))
     for stage, stats in summary["latency_ms"].items():
@@ -213,11 +224,12 @@ def log_line(summary: Dict[str, object], level: int, message: str) -> str:
 
     memory = summary["resident_memory_mb"]
     return ("%s (%s): in %.1f Hz, out %.1f Hz; frames received %d processed %d dropped %d "
-            "rejected %d; p50 ms conv %s pre %s inf %s post %s pub %s; end-to-end p50 %s "
+            "rejected %d; p50 ms conv %s pre %s inf %s post %s out %s pub %s; end-to-end p50 %s "
             "p95 %s max %s ms; rss %s MiB"
             % (LEVEL_NAMES[level], message, summary["input_rate_hz"], summary["output_rate_hz"],
                summary["frames_received"], summary["frames_processed"],
                summary["frames_dropped"], summary["frames_rejected"],
-               p("conversion"), p("preprocess"), p("inference"), p("postprocess"), p("publish"),
+               p("conversion"), p("preprocess"), p("inference"), p("postprocess"), p("outputs"),
+               p("publish"),
                p(END_TO_END), p(END_TO_END, "p95"), p(END_TO_END, "max"),
                "-" if memory is None else "%.0f" % memory))

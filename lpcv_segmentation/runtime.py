@@ -104,13 +104,14 @@ def normalize(rgb: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
     return np.ascontiguousarray(x.transpose(2, 0, 1))  # HxWx3 -> 3xHxW
 
 
-def postprocess(logits: np.ndarray, out_hw: Tuple[int, int], with_confidence: bool = False
-                ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+def postprocess(logits: np.ndarray, out_hw: Tuple[int, int], with_confidence: bool = False,
+                confidence_at_logits: bool = False) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """(1, C, h, w) logits -> (labels HxW uint8, confidence HxW float32 or None) at ``out_hw``.
 
     The argmax is taken at the logits' resolution and the label map is resized with nearest
     neighbour (pixel-centre aligned, ``INTER_NEAREST_EXACT``), so labels stay class indices.
-    Confidence is the softmax probability of the chosen class, resized the same way.
+    Confidence is the softmax probability of the chosen class, resized the same way (left at
+    the logits' resolution with ``confidence_at_logits``: the node's regions need no more).
     """
     logits = np.asarray(logits)
     if logits.ndim != 4 or logits.shape[0] != 1:
@@ -127,7 +128,7 @@ def postprocess(logits: np.ndarray, out_hw: Tuple[int, int], with_confidence: bo
     out_h, out_w = int(out_hw[0]), int(out_hw[1])
     if labels.shape != (out_h, out_w):
         labels = cv2.resize(labels, (out_w, out_h), interpolation=cv2.INTER_NEAREST_EXACT)
-        if confidence is not None:
+        if confidence is not None and not confidence_at_logits:
             confidence = cv2.resize(confidence, (out_w, out_h),
                                     interpolation=cv2.INTER_NEAREST_EXACT)
     return labels, confidence
@@ -575,14 +576,16 @@ class Segmenter:
         for _ in range(max(0, int(iterations))):
             self.runner.run(x)
 
-    def segment(self, rgb: np.ndarray, with_confidence: bool = False) -> SegResult:
+    def segment(self, rgb: np.ndarray, with_confidence: bool = False,
+                confidence_at_logits: bool = False) -> SegResult:
         """Label map (and optional confidence) of one RGB uint8 HxWx3 image at its own size."""
         t0 = time.perf_counter()
         x = self.preprocess(rgb)
         t1 = time.perf_counter()
         logits = self.runner.run(x)
         t2 = time.perf_counter()
-        labels, confidence = postprocess(logits, rgb.shape[:2], with_confidence)
+        labels, confidence = postprocess(logits, rgb.shape[:2], with_confidence,
+                                         confidence_at_logits)
         t3 = time.perf_counter()
         return SegResult(labels, confidence, {"preprocess": 1e3 * (t1 - t0),
                                               "inference": 1e3 * (t2 - t1),

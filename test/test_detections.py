@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from lpcv_segmentation.classes import CLASS_NAMES, class_id
+from lpcv_segmentation.classes import CLASS_NAMES, DETECTION_CLASS_IDS, class_id
 from lpcv_segmentation.detections import class_coverage, detection_report, find_regions
 
 PERSON, VEHICLE, FIRE, ROAD = (class_id(n) for n in
@@ -82,3 +82,32 @@ def test_report_is_json_with_the_documented_keys(scene):
     assert set(decoded["detections"][0]) == {"class_id", "class_name", "bbox", "centroid",
                                              "area_px", "area_fraction", "mean_confidence"}
     assert [d["area_px"] for d in decoded["detections"]] == [100, 60]
+
+
+def test_regions_found_at_model_resolution_are_reported_in_image_pixels():
+    from ros_helpers import scene_labels
+    full = scene_labels(720, 1280)
+    exact = detection_report(full, 1, 2, "cam", DETECTION_CLASS_IDS, 64)
+    shrunk = detection_report(full, 1, 2, "cam", DETECTION_CLASS_IDS, 64, max_side=256)
+    assert (shrunk["width"], shrunk["height"]) == (1280, 720)
+    assert [r["class_name"] for r in shrunk["detections"]] == \
+        [r["class_name"] for r in exact["detections"]]
+    step = 1280 / 256.0  # one pixel of the shrunk map, in image pixels
+    for got, want in zip(shrunk["detections"], exact["detections"]):
+        assert max(abs(a - b) for a, b in zip(got["bbox"], want["bbox"])) <= step
+        assert max(abs(a - b) for a, b in zip(got["centroid"], want["centroid"])) <= step
+        assert abs(got["area_px"] - want["area_px"]) <= 0.1 * want["area_px"]
+    for name, fraction in exact["coverage"].items():
+        assert abs(shrunk["coverage"][name] - fraction) < 0.01
+    # A map already at most max_side is used as it is.
+    small = scene_labels(120, 160)
+    assert detection_report(small, 1, 2, "cam", DETECTION_CLASS_IDS, 20, max_side=256) == \
+        detection_report(small, 1, 2, "cam", DETECTION_CLASS_IDS, 20)
+
+
+def test_min_area_stays_in_image_pixels_on_a_shrunk_map():
+    labels = np.zeros((400, 400), np.uint8)
+    labels[0:20, 0:20] = 10  # 400 image pixels: 25 on the 80x80 map
+    kept = detection_report(labels, 0, 0, "", [10], 400, max_side=80)["detections"]
+    dropped = detection_report(labels, 0, 0, "", [10], 401, max_side=80)["detections"]
+    assert [r["area_px"] for r in kept] == [400] and dropped == []

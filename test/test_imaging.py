@@ -144,3 +144,20 @@ def test_overlay_tints_classes_and_keeps_background():
     assert np.abs(out[0, 0].astype(int) - expected).max() <= 1
     with pytest.raises(ValueError):
         overlay(rgb, labels[:3])
+
+
+def test_visuals_are_drawn_at_a_bounded_size_and_only_when_asked():
+    from lpcv_segmentation.imaging import bounded_size, visuals
+    assert bounded_size(1080, 1920, 640) == (360, 640)
+    assert bounded_size(480, 640, 640) == (480, 640)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 14, (1080, 1920), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+    color, blend = visuals(rgb, labels, 640, True, True, 0.5)
+    assert color.shape == blend.shape == (360, 640, 3)
+    small = cv2.resize(labels, (640, 360), interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(color, palette()[small])
+    np.testing.assert_array_equal(blend, overlay(cv2.resize(rgb, (640, 360)), small, 0.5))
+    assert visuals(rgb, labels, 640, False, False) == (None, None)
+    color, blend = visuals(rgb[:100, :100], labels[:100, :100], 640, True, False)
+    assert blend is None and color.shape == (100, 100, 3)

@@ -82,12 +82,36 @@ def test_launch_arguments(launch_tree):
     declared = {ast.literal_eval(call.args[0])
                 for call in _calls(launch_tree, "DeclareLaunchArgument")}
     assert {"model_path", "backend", "camera_topic", "params_file", "namespace",
-            "large_frames_profile"} <= declared
+            "large_frames_profile", "use_sim_time", "log_level", "managed", "device",
+            "precision", "input_type"} <= declared
     used = {ast.literal_eval(call.args[0]) for call in _calls(launch_tree, "LaunchConfiguration")}
     assert used == declared  # none declared and forgotten, none used undeclared
     assert any(isinstance(statement, ast.FunctionDef)
                and statement.name == "generate_launch_description"
                for statement in launch_tree.body)
+
+
+def test_launch_arguments_reach_the_node(launch_tree):
+    (node,) = _calls(launch_tree, "Node")
+    # parameters=[params_file, {name: ParameterValue(LaunchConfiguration(argument),
+    #                                                value_type=TYPE)}]
+    overrides = next(e for e in _keyword(node, "parameters").elts if isinstance(e, ast.Dict))
+    types = {spec.name: type(spec.default).__name__ for spec in PARAMETERS}
+    types["use_sim_time"] = "bool"  # rclpy's own parameter
+    passed = {}
+    for key, value in zip(overrides.keys, overrides.values):
+        name = ast.literal_eval(key)
+        (config,) = _calls(value, "LaunchConfiguration")
+        passed[name] = ast.literal_eval(config.args[0])
+        assert _keyword(value, "value_type").id == types[name], name
+    assert passed == {"model_path": "model_path", "backend": "backend", "device": "device",
+                      "precision": "precision", "input_topic": "camera_topic",
+                      "input_type": "input_type", "managed": "managed",
+                      "use_sim_time": "use_sim_time"}
+    ros_arguments = _keyword(node, "ros_arguments")
+    assert ast.literal_eval(ros_arguments.elts[0]) == "--log-level"
+    assert ast.literal_eval(_calls(ros_arguments, "LaunchConfiguration")[0].args[0]) \
+        == "log_level"
 
 
 def test_launch_files_exist_and_are_installed(launch_tree):

@@ -113,3 +113,23 @@ def test_latest_frame_wakes_a_waiting_worker_and_closes():
     slot.close()
     closer.join(timeout=5.0)
     assert not closer.is_alive() and got[-1] is None
+
+
+def test_process_frame_builds_only_the_outputs_wanted(tmp_path):
+    from lpcv_segmentation.classes import DETECTION_CLASS_IDS
+    from lpcv_segmentation.node_pipeline import Wanted, process_frame
+    from lpcv_segmentation.runtime import Segmenter
+    from ros_helpers import scene_rgb, write_palette_model
+    segmenter = Segmenter(write_palette_model(tmp_path / "palette.onnx", 128),
+                          backend="onnxruntime")
+    rgb = scene_rgb(720, 1280)
+    bare = process_frame(segmenter, rgb, 1, 2, "cam", DETECTION_CLASS_IDS, 64,
+                         Wanted(color=False, overlay=False, detections=False))
+    assert bare.labels.shape == (720, 1280)
+    assert (bare.color, bare.overlay, bare.detections) == (None, None, None)
+    assert set(bare.timings_ms) == {"preprocess", "inference", "postprocess", "outputs"}
+    full = process_frame(segmenter, rgb, 1, 2, "cam", DETECTION_CLASS_IDS, 64, Wanted(),
+                         visual_max_side=320)
+    assert full.color.shape == full.overlay.shape == (180, 320, 3)
+    assert full.detections["width"] == 1280 and len(full.detections["detections"]) == 5
+    assert all(r["mean_confidence"] > 0.9 for r in full.detections["detections"])
