@@ -39,6 +39,9 @@ def generate_launch_description() -> LaunchDescription:
             "precision", default_value="fp32",
             description="numeric precision: fp32, fp16 or int8 (back end permitting)"),
         DeclareLaunchArgument(
+            "engine_cache_dir", default_value="",
+            description="folder of the TensorRT engines; empty: ~/.cache/lpcv_segmentation"),
+        DeclareLaunchArgument(
             "camera_topic", default_value="camera/image_raw",
             description="image topic to segment (relative names resolve in the namespace)"),
         DeclareLaunchArgument(
@@ -88,6 +91,8 @@ def generate_launch_description() -> LaunchDescription:
              "backend": ParameterValue(LaunchConfiguration("backend"), value_type=str),
              "device": ParameterValue(LaunchConfiguration("device"), value_type=str),
              "precision": ParameterValue(LaunchConfiguration("precision"), value_type=str),
+             "engine_cache_dir": ParameterValue(LaunchConfiguration("engine_cache_dir"),
+                                                value_type=str),
              "input_topic": ParameterValue(LaunchConfiguration("camera_topic"),
                                            value_type=str),
              "input_type": ParameterValue(LaunchConfiguration("input_type"), value_type=str),

@@ -33,6 +33,7 @@ from std_msgs.msg import String
 
 from .camera_info import camera_info_topic, scale_camera_info
 from .classes import class_table
+from .engine_cache import engine_build_needed
 from .imaging import (ImageConversionError, check_compressed_msg, check_image_msg,
                       compressed_to_rgb, image_to_rgb, numpy_to_image_msg)
 from .node_config import (NODE_NAME, PARAMETERS, NodeConfig, ParameterError, check_config,
@@ -99,6 +100,7 @@ class Phase:
     """What the node is doing before it can segment: /diagnostics reports it as WARN with this
     message until the first frame can be served (set in one place, ``_set_phase``)."""
     LOADING_MODEL = "loading model"
+    BUILDING_ENGINE = "building TensorRT engine"
     WARMING_UP = "warming up"
 
 
@@ -226,7 +228,9 @@ class SegmentationNode(LifecycleNodeMixin, Node):
                 self._vision_msgs = import_vision_msgs()
             except MissingPackageError as error:
                 raise StartupError(str(error)) from None
-        self._set_phase(Phase.LOADING_MODEL)
+        self._set_phase(Phase.BUILDING_ENGINE if engine_build_needed(
+            config.model_path, config.backend, config.device, config.precision,
+            config.engine_cache_dir) else Phase.LOADING_MODEL)
         segmenter = self._load_segmenter(config)
         self._set_phase(Phase.WARMING_UP)
         segmenter.warmup()  # the first camera frame should not pay for lazy allocation
@@ -321,7 +325,8 @@ class SegmentationNode(LifecycleNodeMixin, Node):
         from .runtime import Segmenter, RuntimeConfigError
         try:
             return Segmenter(config.model_path, backend=config.backend, device=config.device,
-                             precision=config.precision, threads=config.threads)
+                             precision=config.precision, threads=config.threads,
+                             engine_cache_dir=config.engine_cache_dir)
         except RuntimeConfigError as error:
             # The runtime's message names the file or the setting at fault.
             raise StartupError("cannot load the model (backend=%s, device=%s, precision=%s): %s"

@@ -95,6 +95,9 @@ PARAMETERS: List[ParamSpec] = [
               _non_empty),
     ParamSpec("threads", 0, "CPU threads for inference; 0: the back end's default",
               _at_least(0)),
+    ParamSpec("engine_cache_dir", "",
+              "folder of the TensorRT engines built from the model; empty: the per-user cache "
+              "($XDG_CACHE_HOME or ~/.cache)/lpcv_segmentation"),
     # Input.
     ParamSpec("input_topic", "camera/image_raw", "camera topic to segment", _non_empty),
     ParamSpec("input_type", "raw",
@@ -175,6 +178,7 @@ class NodeConfig(NamedTuple):
     device: str
     precision: str
     threads: Optional[int]
+    engine_cache_dir: Optional[str]
     input_topic: str
     input_type: str
     input_qos: str
@@ -255,6 +259,7 @@ def check_config(values: Dict[str, object]) -> NodeConfig:
         device=str(values["device"]),
         precision=str(values["precision"]),
         threads=int(values["threads"]) or None,
+        engine_cache_dir=str(values["engine_cache_dir"]) or None,
         input_topic=str(values["input_topic"]),
         input_type=INPUT_TYPE_ALIASES[str(values["input_type"])],
         input_qos=str(values["input_qos"]),

@@ -105,7 +105,8 @@ def test_launch_arguments_reach_the_node(launch_tree):
         passed[name] = ast.literal_eval(config.args[0])
         assert _keyword(value, "value_type").id == types[name], name
     assert passed == {"model_path": "model_path", "backend": "backend", "device": "device",
-                      "precision": "precision", "input_topic": "camera_topic",
+                      "precision": "precision", "engine_cache_dir": "engine_cache_dir",
+                      "input_topic": "camera_topic",
                       "input_type": "input_type", "managed": "managed",
                       "use_sim_time": "use_sim_time"}
     ros_arguments = _keyword(node, "ros_arguments")
