@@ -22,7 +22,7 @@ ROSDEP_KEYS: Dict[str, str] = {
     "std_msgs": "std_msgs", "diagnostic_msgs": "diagnostic_msgs", "vision_msgs": "vision_msgs",
     "launch": "launch", "launch_ros": "launch_ros",
     "numpy": "python3-numpy", "cv2": "python3-opencv",
-    "onnxruntime": "python3-onnxruntime-pip", "tqdm": "python3-tqdm",
+    "onnxruntime": "python3-onnxruntime-pip", "tqdm": "python3-tqdm", "yaml": "python3-yaml",
 }
 # import name -> why it has no exec_depend (package.xml says the same in a comment).
 UNDECLARED: Dict[str, str] = {
