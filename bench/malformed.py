@@ -427,7 +427,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         results = run(args.model, args.backend, args.bad, args.good, args.seed,
                       Path(args.work or tmp))
     body, targets = section(results, args.model)
-    return finish("Malformed input", body, targets, args.json, {"results": results})
+    return finish("Malformed input", body, targets, args.json,
+                  {"results": results, "kinds": {t: sorted(MALFORMED[t]) for t in INPUT_TYPES},
+                   "verdicts": {t: check(r) for t, r in results.items()}})
 
 
 if __name__ == "__main__":
