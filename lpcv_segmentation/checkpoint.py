@@ -22,7 +22,7 @@ from lpcv_segmentation.runtime import IMAGENET_MEAN, IMAGENET_STD, METADATA_KEY
 from lpcv_segmentation.structure import apply_structure, capture_structure
 from lpcv_segmentation.weights import SAFETENSORS_SUFFIX, CheckpointError, read_tensor_file
 
-__all__ = ["FORMAT", "METADATA_KEY", "IMAGENET_MEAN", "IMAGENET_STD", "CheckpointError",
+__all__ = ["FORMAT", "CheckpointError",
            "model_metadata", "save_checkpoint", "read_tensor_file", "read_metadata",
            "load_checkpoint"]
 
