@@ -73,14 +73,24 @@ class PyramidPooling(nn.Module):
 
 class UPerHead(nn.Module):
     """UPerNet decoder: returns the fused feature at the resolution of the first (stride 4)
-    stage."""
+    stage. Subclasses change the FPN and fusion blocks and the level fused at (``fuse_level``)."""
+
+    fuse_level = 0  # the levels are fused at the resolution of this one (after its FPN conv)
 
     def __init__(self, in_channels: Sequence[int], channels: int):
         super().__init__()
         self.ppm = PyramidPooling(in_channels[-1], channels)
         self.lateral_convs = nn.ModuleList([ConvBNReLU(c, channels, 1) for c in in_channels[:-1]])
-        self.fpn_convs = nn.ModuleList([ConvBNReLU(channels, channels, 3) for _ in in_channels[:-1]])
-        self.fuse = ConvBNReLU(len(in_channels) * channels, channels, 3)
+        self.fpn_convs = self.make_fpn_convs(len(in_channels) - 1, channels)
+        self.fuse = self.make_fuse(len(in_channels) * channels, channels)
+
+    @staticmethod
+    def make_fpn_convs(levels: int, channels: int) -> nn.ModuleList:
+        return nn.ModuleList([ConvBNReLU(channels, channels, 3) for _ in range(levels)])
+
+    @staticmethod
+    def make_fuse(in_chs: int, channels: int) -> nn.Module:
+        return ConvBNReLU(in_chs, channels, 3)
 
     @property
     def in_channels(self) -> List[int]:
@@ -93,38 +103,26 @@ class UPerHead(nn.Module):
         for i in range(len(laterals) - 1, 0, -1):  # top-down path
             laterals[i - 1] = laterals[i - 1] + resize(laterals[i], laterals[i - 1].shape[-2:])
         outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals[:-1])] + [laterals[-1]]
-        size = outs[0].shape[-2:]
-        outs = [outs[0]] + [resize(o, size) for o in outs[1:]]  # each (N, C, H/4, W/4)
-        return self.fuse(torch.cat(outs, dim=1))  # (N, levels*C, H/4, W/4) in, (N, C, ...) out
+        size = outs[self.fuse_level].shape[-2:]
+        outs = [o if o.shape[-2:] == size else resize(o, size) for o in outs]  # each (N, C, *size)
+        return self.fuse(torch.cat(outs, dim=1))  # (N, levels*C, *size) in, (N, C, *size) out
 
 
-class UPerHeadLite(nn.Module):
+class UPerHeadLite(UPerHead):
     """UPerNet at a fraction of the cost: the same pyramid pooling, laterals and top-down path;
-    depthwise-separable FPN convs (the stride-4 one with stride 2) and a depthwise-separable
-    fusion at stride 8. Returns the fused feature at 1/8 of the input resolution."""
+    depthwise-separable FPN convs (the stride-4 one with stride 2, so it lands at stride 8) and
+    a depthwise-separable fusion at stride 8. Returns the fused feature at 1/8 of the input."""
 
-    def __init__(self, in_channels: Sequence[int], channels: int):
-        super().__init__()
-        self.ppm = PyramidPooling(in_channels[-1], channels)
-        self.lateral_convs = nn.ModuleList([ConvBNReLU(c, channels, 1) for c in in_channels[:-1]])
-        self.fpn_convs = nn.ModuleList([SeparableConvBNReLU(channels, channels, 2 if i == 0 else 1)
-                                        for i in range(len(in_channels) - 1)])
-        self.fuse = SeparableConvBNReLU(len(in_channels) * channels, channels)
+    fuse_level = 1
 
-    @property
-    def in_channels(self) -> List[int]:
-        """Channels of each encoder stage it reads, as the layers are now (pruning changes them)."""
-        return [conv[0].in_channels for conv in self.lateral_convs] + [self.ppm.in_channels]
+    @staticmethod
+    def make_fpn_convs(levels: int, channels: int) -> nn.ModuleList:
+        return nn.ModuleList([SeparableConvBNReLU(channels, channels, 2 if i == 0 else 1)
+                              for i in range(levels)])
 
-    def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
-        laterals = [conv(f) for conv, f in zip(self.lateral_convs, features[:-1])]
-        laterals.append(self.ppm(features[-1]))
-        for i in range(len(laterals) - 1, 0, -1):  # top-down path
-            laterals[i - 1] = laterals[i - 1] + resize(laterals[i], laterals[i - 1].shape[-2:])
-        outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals[:-1])] + [laterals[-1]]
-        size = outs[1].shape[-2:]  # stride 8; outs[0] is there already (stride-2 conv)
-        outs = outs[:2] + [resize(o, size) for o in outs[2:]]  # each (N, C, H/8, W/8)
-        return self.fuse(torch.cat(outs, dim=1))  # (N, levels*C, H/8, W/8) in, (N, C, ...) out
+    @staticmethod
+    def make_fuse(in_chs: int, channels: int) -> nn.Module:
+        return SeparableConvBNReLU(in_chs, channels)
 
 
 DEFAULT_DECODER = "upernet"

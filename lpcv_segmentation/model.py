@@ -197,8 +197,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("|---|---|---|---|---|---|---|")
     for arch in args.arch:
         for decoder in args.decoder:
-            row = "| %s | %s | %d | %s | %d |" % (arch, ARCHS[arch].role, args.input_size, decoder,
-                                                 args.decoder_channels)
+            row = "| %s | %s | %d | %s | %d |" % (
+                arch, ARCHS[arch].role, args.input_size, decoder, args.decoder_channels)
             try:
                 model = build_model(arch, decoder_channels=args.decoder_channels,
                                     input_size=args.input_size, decoder=decoder)

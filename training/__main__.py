@@ -21,6 +21,7 @@ COMMANDS = {
     "prune": ("training.prune", "structured pruning with fine-tuning"),
     "sweep": ("training.sweep", "sparsity sweep: prune, fine-tune, evaluate, plot"),
     "ablation": ("training.ablation", "ablation table: baseline, +KD, +pruning, +fp16/int8"),
+    "pareto": ("training.pareto", "mIoU against ONNX Runtime latency: decoders x pruning x input size"),
     "dataset-to-bag": ("training.dataset_to_bag", "write a dataset split as a rosbag2 flight"),
     "default-model": ("training.default_model", "build the shipped default model end to end"),
     "demo": ("training.demo", "replay a synthetic flight through the node and summarise it"),

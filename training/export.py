@@ -13,8 +13,8 @@ input size, precision, parameters, GMACs) is stored as the ONNX metadata_props k
 
 Before it reports success the export runs the file in ONNX Runtime (CPU) and in PyTorch on
 synthetic scenes, prints the argmax agreement and the largest logit difference, and fails
-below 99.9% agreement (fp32) or 99% (fp16). int8 (static post-training quantisation, QDQ,
-per-channel, calibrated on images of DIR, a dataset in the LPCV layout) also reports its
+below 99.9% agreement (fp32) or 99% (fp16). int8 (static post-training quantisation as
+``--int8-recipe`` says, calibrated on images of DIR, a dataset in the LPCV layout) also reports its
 agreement with fp32 and the mIoU of both on the dataset's val split (or the calibration
 images when there is no val split). The file is written only once the check has passed.
 """
@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -131,23 +132,38 @@ class ArrayCalibrationReader(CalibrationDataReader):
         self._iter = iter(self._arrays)
 
 
-# Operators quantised for int8. Kept in fp32: the transformer blocks' MatMul/Gemm, Softmax and
-# LayerNormalization, and Resize. On this project's CPUs (x86-64 with VNNI) quantising those made
-# the model slower (QLinearSoftmax and QLinearMatMul, plus the Q/DQ pairs around them): for an
-# untrained UPerNet-MobileViT-XXS at 288 px, one thread, CPU time per image was 35 ms in fp32,
-# 39 ms with every operator quantised, 26-28 ms with this list (scratch measurement; bench/
-# backends.py --int8 measures it properly).
-INT8_OP_TYPES = ("Conv", "Sigmoid", "Mul", "Add", "Concat", "AveragePool", "GlobalAveragePool",
-                 "Relu", "Clip")
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How onnxruntime.quantization quantises a model: QDQ (QuantizeLinear/DequantizeLinear
+    pairs that ONNX Runtime fuses into integer kernels) or QOperator (QLinearConv and friends
+    written into the graph), per-channel or per-tensor weights, and which operator types are
+    quantised (every other operator stays fp32)."""
+    quant_format: str  # "qdq" | "qoperator"
+    per_channel: bool
+    op_types: Tuple[str, ...]
+
+
+_ELEMENTWISE = ("Sigmoid", "Mul", "Add", "Concat", "AveragePool", "GlobalAveragePool", "Relu", "Clip")
+# The variants measured by bench/int8.py (docs/compression.md has the table and the choice).
+INT8_RECIPES: Dict[str, Int8Recipe] = {
+    "qdq_conv_elementwise": Int8Recipe("qdq", True, ("Conv",) + _ELEMENTWISE),
+    "qdq_conv": Int8Recipe("qdq", True, ("Conv",)),
+    "qdq_conv_per_tensor": Int8Recipe("qdq", False, ("Conv",)),
+    "qdq_conv_matmul": Int8Recipe("qdq", True, ("Conv", "MatMul")),
+    "qoperator_conv": Int8Recipe("qoperator", True, ("Conv",)),
+    "qoperator_conv_matmul": Int8Recipe("qoperator", True, ("Conv", "MatMul")),
+    "qoperator_conv_elementwise": Int8Recipe("qoperator", True, ("Conv",) + _ELEMENTWISE),
+}
+DEFAULT_INT8_RECIPE = "qoperator_conv"
 CALIB_METHODS = ("percentile", "minmax", "entropy")
 
 
 def quantize_int8(fp32_path: str, out_path: str, calibration: Sequence[np.ndarray],
-                  method: str = "percentile") -> None:
-    """Static post-training quantisation for ONNX Runtime on the CPU: QDQ format, per-channel
-    int8 weights, uint8 activations whose ranges come from running the ``calibration`` inputs
-    (``method``: percentile clips the 0.001% outliers, minmax keeps them, entropy minimises
-    the KL divergence)."""
+                  method: str = "percentile", recipe: str = DEFAULT_INT8_RECIPE) -> None:
+    """Static post-training quantisation for ONNX Runtime on the CPU as ``INT8_RECIPES[recipe]``
+    says: int8 weights, uint8 activations whose ranges come from running the ``calibration``
+    inputs (``method``: percentile clips the 0.001% outliers, minmax keeps them, entropy
+    minimises the KL divergence)."""
     import logging
 
     import onnx
@@ -158,8 +174,12 @@ def quantize_int8(fp32_path: str, out_path: str, calibration: Sequence[np.ndarra
     if method not in methods:
         raise ExportError("unknown calibration method %r; choose from %s"
                           % (method, ", ".join(CALIB_METHODS)))
+    if recipe not in INT8_RECIPES:
+        raise ExportError("unknown int8 recipe %r; choose from %s" % (recipe, ", ".join(INT8_RECIPES)))
     if not calibration:
         raise ExportError("int8 quantisation needs at least one calibration image")
+    chosen = INT8_RECIPES[recipe]
+    formats = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
     with tempfile.TemporaryDirectory() as tmp:
         prepared = os.path.join(tmp, "prepared.onnx")
         # Shape inference + graph optimisation first, as onnxruntime recommends for quantisation.
@@ -175,16 +195,17 @@ def quantize_int8(fp32_path: str, out_path: str, calibration: Sequence[np.ndarra
             # the histogram calibrators print progress to stdout: keep stdout for reports
             with contextlib.redirect_stdout(sys.stderr):
                 quantize_static(prepared, out_path, ArrayCalibrationReader(calibration),
-                                quant_format=QuantFormat.QDQ, per_channel=True,
+                                quant_format=formats[chosen.quant_format],
+                                per_channel=chosen.per_channel,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                op_types_to_quantize=list(INT8_OP_TYPES),
+                                op_types_to_quantize=list(chosen.op_types),
                                 calibrate_method=methods[method])
         finally:
             root.setLevel(level)
     # quantize_static keeps metadata_props only on some versions: copy ours across.
     meta = dict((p.key, p.value) for p in onnx.load(fp32_path, load_external_data=False).metadata_props)
     proto = onnx.load(out_path)
-    set_metadata(proto, dict(json.loads(meta[METADATA_KEY]), precision="int8"))
+    set_metadata(proto, dict(json.loads(meta[METADATA_KEY]), precision="int8", int8_recipe=recipe))
     onnx.save(proto, out_path)
 
 
@@ -309,11 +330,13 @@ def export_onnx(checkpoint_path: str, out_path: str, input_size: Optional[int] =
                 precision: str = "fp32", calib_dir: Optional[str] = None,
                 verify_images: int = 4, calib_images: int = DEFAULT_CALIB_IMAGES,
                 opset: int = DEFAULT_OPSET, min_agreement: Optional[float] = None,
-                calib_method: str = "percentile", timm_mobilevit: bool = False) -> Dict[str, Any]:
+                calib_method: str = "percentile", int8_recipe: str = DEFAULT_INT8_RECIPE,
+                timm_mobilevit: bool = False) -> Dict[str, Any]:
     """Export ``checkpoint_path`` to ``out_path`` and check it; returns the report.
 
     ``precision``: fp32, fp16 or int8 (int8 needs ``calib_dir``, a dataset root in the LPCV
-    layout; ``calib_images`` of its train split, ``calib_method`` one of CALIB_METHODS).
+    layout; ``calib_images`` of its train split, ``calib_method`` one of CALIB_METHODS,
+    ``int8_recipe`` one of INT8_RECIPES).
     ``min_agreement`` overrides the precision's threshold (``MIN_AGREEMENT``).
     ``timm_mobilevit``: export timm's MobileViT blocks as they are (see ``model_to_onnx``).
     Raises CheckpointError for a refused checkpoint and ExportError for anything else; nothing
@@ -363,11 +386,11 @@ def export_onnx(checkpoint_path: str, out_path: str, input_size: Optional[int] =
             from training.data import read_image
             arrays = [preprocess(read_image(p), size, fp32_meta["mean"], fp32_meta["std"])
                       for p, _ in calib_pairs]
-            quantize_int8(fp32_path, final, arrays, calib_method)
+            quantize_int8(fp32_path, final, arrays, calib_method, int8_recipe)
             accuracy = evaluate_files({"fp32": fp32_path, "int8": final}, eval_pairs)
             report["int8"] = {
                 "calib_dir": os.fspath(calib_dir), "calib_split": calib_split,
-                "calib_method": calib_method,
+                "calib_method": calib_method, "recipe": int8_recipe,
                 "calib_images": len(calib_pairs), "eval_split": eval_split,
                 "eval_images": len(eval_pairs),
                 "agreement_with_fp32": accuracy["int8"]["agreement_with_fp32"],
@@ -441,6 +464,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or val if there is no train) and its accuracy report (val)")
     parser.add_argument("--calib-images", type=int, default=DEFAULT_CALIB_IMAGES, metavar="N",
                         help="calibration images, spread over the split (default %(default)s)")
+    parser.add_argument("--int8-recipe", choices=list(INT8_RECIPES), default=DEFAULT_INT8_RECIPE,
+                        help="what --int8 quantises and how (default %(default)s, the fastest "
+                             "measured by bench/int8.py; see docs/compression.md)")
     parser.add_argument("--calib-method", choices=CALIB_METHODS, default="percentile",
                         help="how int8 activation ranges are chosen (default %(default)s)")
     parser.add_argument("--verify-images", type=int, default=4, metavar="N",
@@ -466,9 +492,10 @@ def print_report(report: Dict[str, Any]) -> None:
                                            check["max_abs_diff"], verdict))
     int8 = report.get("int8")
     if int8:
-        print("int8: calibrated (%s) on %d %s images of %s; on %d %s images: agreement with fp32 %.2f%%, "
-              "mIoU fp32 %s, int8 %s"
-              % (int8["calib_method"], int8["calib_images"], int8["calib_split"], int8["calib_dir"],
+        print("int8 (%s): calibrated (%s) on %d %s images of %s; on %d %s images: agreement with "
+              "fp32 %.2f%%, mIoU fp32 %s, int8 %s"
+              % (int8["recipe"], int8["calib_method"], int8["calib_images"], int8["calib_split"],
+                 int8["calib_dir"],
                  int8["eval_images"], int8["eval_split"], 100 * int8["agreement_with_fp32"],
                  _fmt(int8["miou_fp32"]), _fmt(int8["miou_int8"])))
 
@@ -493,7 +520,7 @@ def main(args: argparse.Namespace) -> int:
         else:
             report = export_onnx(args.checkpoint, args.out, args.input_size, precision,
                                  args.calib, args.verify_images, args.calib_images, args.opset,
-                                 calib_method=args.calib_method,
+                                 calib_method=args.calib_method, int8_recipe=args.int8_recipe,
                                  timm_mobilevit=args.timm_mobilevit)
     except (CheckpointError, ExportError, RuntimeConfigError, DatasetError) as error:
         print("export: error: %s" % error, file=sys.stderr)

@@ -1,0 +1,77 @@
+"""The Pareto command end to end at tiny sizes: both decoders trained, pruned, exported,
+evaluated and timed together; an interrupted run resumes without redoing work;
+bad configs fail before any work."""
+import csv
+import os
+
+import pytest
+import yaml
+
+from training import pareto
+
+TINY = {
+    "overrides": {"arch": "mobilevit_xxs", "input_size": 64, "crop_size": 64, "decoder_channels": 16,
+                  "batch_size": 2, "workers": 0, "iters": 2, "warmup_iters": 0, "eval_every": 2,
+                  "ohem_min_kept": 100, "max_eval_images": 2},
+    "decoders": ["upernet", "upernet_lite"],
+    "seeds": [0],
+    "amounts": [0.5],
+    "prune": {"importance": "l2", "finetune_iters": 1},
+    "input_sizes": [64],  # each size is one more export per model (the slow part)
+    "evaluate": {"threads": 1, "eval_limit": 2, "latency_runs": 2},
+}
+
+
+def _config(tmp_path, **changes):
+    path = tmp_path / "pareto.yaml"
+    path.write_text(yaml.safe_dump(dict(TINY, **changes)))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_pareto_writes_table_and_figure_and_resumes(synth_dataset, tmp_path):
+    out = str(tmp_path / "out")
+    config = pareto.load_pareto_config(_config(tmp_path))
+    rows = pareto.run_pareto(config, str(synth_dataset), out, progress=False)
+    assert [(r["decoder"], r["amount"], r["input_size"]) for r in rows] == [
+        (d, a, 64) for d in ("upernet", "upernet_lite") for a in (0.0, 0.5)]
+    for r in rows:
+        assert 0.0 <= r["miou"] <= 1.0 and r["latency_ms"] > 0
+    gmacs = {(r["decoder"], r["amount"], r["input_size"]): r["gmacs"] for r in rows}
+    assert gmacs[("upernet_lite", 0.0, 64)] < gmacs[("upernet", 0.0, 64)]
+    assert gmacs[("upernet", 0.5, 64)] < gmacs[("upernet", 0.0, 64)]
+    assert any(r["pareto"] for r in rows)
+    pareto.write_csv(rows, os.path.join(out, pareto.CSV_NAME))
+    pareto.plot(rows, os.path.join(out, pareto.PNG_NAME))
+    with open(os.path.join(out, pareto.CSV_NAME)) as handle:
+        assert len(list(csv.DictReader(handle))) == len(rows)
+    assert os.path.getsize(os.path.join(out, pareto.PNG_NAME)) > 10000
+    # Resuming reuses every stage (nothing retrained: the checkpoints keep their times).
+    trained = os.path.join(pareto.model_dir(out, 0, "upernet_lite", 0.0), "best.safetensors")
+    stamp = os.path.getmtime(trained)
+    again = pareto.run_pareto(config, str(synth_dataset), out, resume=True, progress=False)
+    assert os.path.getmtime(trained) == stamp
+    assert [r["miou"] for r in again] == [r["miou"] for r in rows]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"decoders": ["segformer"]}, "decoder 'segformer' is not one of upernet, upernet_lite"),
+    ({"amounts": [1.5]}, "amount 1.5 is not strictly between 0 and 1"),
+    ({"seeds": []}, "seeds and input_sizes must not be empty"),
+])
+def test_bad_config_is_refused_naming_the_key(tmp_path, changes, message):
+    with pytest.raises(pareto.ParetoError, match=message):
+        pareto.load_pareto_config(_config(tmp_path, **changes))
+
+
+def test_unknown_key_is_refused(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("decoderz: [upernet]\n")
+    with pytest.raises(pareto.ParetoError, match="bad.yaml: unknown key 'decoderz'"):
+        pareto.load_pareto_config(str(path))
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    rows = [{"latency_ms": 10, "miou": 0.5}, {"latency_ms": 5, "miou": 0.4},
+            {"latency_ms": 12, "miou": 0.45}, {"latency_ms": 5, "miou": 0.4}]
+    assert pareto.pareto_front(rows) == [True, True, False, True]
