@@ -21,8 +21,8 @@ def test_quick_chain_builds_a_model_and_its_card(tmp_path):
                             text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert {p.name for p in out.iterdir()} == {"default.onnx", "default_fp16.onnx",
-                                              "default.safetensors", "default_model.json",
-                                              "README.md"}
+                                               "default.safetensors", "default_model.json",
+                                               "README.md"}
     report = json.loads((out / "default_model.json").read_text())
     assert [s["stage"] for s in report["stages"]] == [
         "data", "teacher", "student", "prune", "export_fp32", "export_fp16", "evaluate_teacher",

@@ -1,7 +1,6 @@
 """training.export: ONNX export of the student (fp32, fp16, int8), its metadata, its agreement
 with PyTorch, and the command's refusals."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

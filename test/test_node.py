@@ -166,8 +166,8 @@ def test_detections_agree_with_the_published_mask(graph):
                              for r in regions]
     assert strip(report["detections"]) == strip(expected["detections"])
     assert report["coverage"] == expected["coverage"]
-    assert (report["width"], report["height"], report["frame_id"]) == (160, 120,
-                                                                         "keep_detections")
+    assert (report["width"], report["height"], report["frame_id"]) == \
+        (160, 120, "keep_detections")
     for region in report["detections"]:
         assert 0.0 < region["mean_confidence"] <= 1.0
 
@@ -300,8 +300,8 @@ def test_jpeg_input_and_undecodable_frames(palette_graph):
     before = graph.settled_counts()
     graph.camera("--type", "compressed", "--format", "jpeg", "--width", "200", "--height",
                  "150", "--qos", "reliable", "--frame-id", "keep_jpeg")
-    graph.wait_for("a mask of the JPEG frame", lambda: _by_frame(graph.events("mask"),
-                                                                  "keep_jpeg"))
+    graph.wait_for("a mask of the JPEG frame",
+                   lambda: _by_frame(graph.events("mask"), "keep_jpeg"))
     mask = graph.image("mask", "keep_jpeg")
     assert mask.shape == (150, 200)
     assert (mask == scene_labels(150, 200)).mean() > 0.9  # JPEG blurs edges, keeps regions

@@ -1,7 +1,6 @@
 """lpcv_segmentation.runtime: pre/post-processing, the back ends on real models, the torch-free
 ONNX Runtime path, and the errors for bad back ends, devices, precisions and model files."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -95,8 +95,6 @@ def score_dirs(pred_dir: str, gt_dir: str, workers: int = 1,
     return metrics
 
 
-
-
 def _fmt(value: object) -> str:
     return "n/a" if value is None else "%.4f" % value
 
