@@ -78,7 +78,7 @@ def test_fp16_export_command_at_another_input_size(tiny_checkpoint, tiny_onnx, t
     proc = subprocess.run([sys.executable, "-m", "training", "export", "--checkpoint",
                            str(tiny_checkpoint), "--format", "onnx", "--fp16", "--input-size", "96",
                            "--verify-images", "2", "--out", str(out), "--json", str(report)],
-                          cwd=str(REPO), capture_output=True, text=True, timeout=600)
+                          cwd=str(REPO), capture_output=True, text=True, timeout=540)
     assert proc.returncode == 0, proc.stderr
     assert "argmax agreement" in proc.stdout and "largest |logit difference|" in proc.stdout
     inputs, outputs = io_signature(out)
