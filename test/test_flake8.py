@@ -1,11 +1,11 @@
-"""flake8 over the package, the training pipeline, the benches, the tests and the launch files,
+"""flake8 over the package, the training pipeline, the benches, the tests, the launch files and tools/,
 as ament_flake8 does for ROS 2 packages: the configuration is setup.cfg's [flake8] section."""
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CHECKED = ["lpcv_segmentation", "training", "bench", "test", "launch", "setup.py"]
+CHECKED = ["lpcv_segmentation", "training", "bench", "test", "launch", "tools", "setup.py"]
 
 
 def test_flake8_docstring_plugin_is_installed():
