@@ -4,15 +4,21 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench default-model clean
+.PHONY: setup lock demo test bench default-model clean
 
 setup: $(STAMP)
 
-# Re-runs only when requirements.txt changes, so a second `make` finishes in seconds.
-$(STAMP): requirements.txt
+# Installs the lock (the exact versions the tests passed with); re-runs only when it changes,
+# so a second `make` finishes in seconds.
+$(STAMP): requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	touch $(STAMP)
+
+# After editing requirements.txt: install what it adds into .venv, then pin what is installed.
+lock:
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) tools/lock_requirements.py
 
 demo: $(STAMP)
 	$(PY) -m training demo

@@ -144,7 +144,7 @@ class SegmentationMetrics:
         self.class_names = tuple(str(n) for n in class_names)
         self.confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
         # One entry per image, NaN for an image without annotated pixels.
-        self.image_dice_scores = []  # type: List[float]
+        self.image_dice_scores: List[float] = []
 
     def reset(self) -> None:
         self.confusion[...] = 0

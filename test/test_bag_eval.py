@@ -16,6 +16,9 @@ from ros_helpers import random_domain_id, ros_env, start, stop
 ROOT = Path(__file__).resolve().parent.parent
 START_NS = 1700000000 * 10 ** 9
 FRAMES = 8  # the fixture dataset's val split
+# Live replays at a fifth of the recorded 10 Hz: a pace the node keeps up with even on a
+# crowded machine (the tiny model takes a few tens of ms a frame), so every frame must come back.
+PACE = 0.2
 CONTRACT_KEYS = {"miou", "dice", "frames", "frames_out", "dropped", "rejected", "latency_ms"}
 DOMAIN = random_domain_id()
 
@@ -100,10 +103,9 @@ def check_live(report: dict, out: Path, offline_dump: Path) -> None:
     that came back, and masks identical to the offline predictions of the same frames."""
     assert CONTRACT_KEYS <= set(report)
     assert report["frames"] == FRAMES
-    assert report["frames_out"] >= 1
+    assert (report["frames_out"], report["dropped"], report["rejected"], report["lost"]) == \
+        (FRAMES, 0, 0, 0), {k: report[k] for k in ("frames_out", "dropped", "lost", "latency_ms")}
     assert report["node"]["diagnostics"] is not None
-    assert report["frames_out"] + report["dropped"] + report["rejected"] + report["lost"] \
-        == FRAMES
     assert report["unpaired_outputs"] == 0 and report["bad_outputs"] == 0
     latency = report["latency_ms"]
     assert 0 < latency["p50"] <= latency["p95"] <= latency["max"]
@@ -122,14 +124,14 @@ def check_live(report: dict, out: Path, offline_dump: Path) -> None:
 def test_live_against_a_node_it_starts(flight, tiny_onnx, offline, tmp_path):
     out = tmp_path
     result = bag_eval("--bag", flight, "--json", out / "live.json", "--mode", "live",
-                      "--model", tiny_onnx, "--record", out / "outputs", "--dump", out / "dump",
-                      "--quiet")
+                      "--rate", PACE, "--model", tiny_onnx, "--record", out / "outputs",
+                      "--dump", out / "dump", "--quiet")
     assert result.returncode == 0, result.stderr + (out / "live.node.log").read_text()
     report = json.loads((out / "live.json").read_text())
     check_live(report, out, offline[1] / "dump")
     assert report["node"]["started_here"] and report["node"]["exit_code"] == 0
     assert report["recorded_rate_hz"] == pytest.approx(10.0)
-    assert report["output_rate_hz"] is None or report["output_rate_hz"] > 0
+    assert report["rate_factor"] == PACE and report["output_rate_hz"] > 0
 
     topics = bag_topics(out / "outputs")
     assert topics[MASK_TOPIC] == ("sensor_msgs/msg/Image", report["frames_out"])
@@ -149,12 +151,13 @@ def test_live_against_a_running_node(flight, tiny_onnx, offline, tmp_path):
         for run in ("first", "second"):
             out = tmp_path / run
             result = bag_eval("--bag", flight, "--json", out / "live.json", "--mode", "live",
-                              "--node-running", "--dump", out / "dump", "--quiet")
+                              "--rate", PACE, "--node-running", "--dump", out / "dump",
+                              "--quiet")
             assert result.returncode == 0, result.stderr
             report = json.loads((out / "live.json").read_text())
             check_live(report, out, offline[1] / "dump")
             assert not report["node"]["started_here"]
-            assert report["frames_received_by_node"] == FRAMES - report["lost"]
+            assert report["frames_received_by_node"] == FRAMES
     finally:
         assert stop(node) == 0, (tmp_path / "node.log").read_text()
 

@@ -67,10 +67,16 @@ def test_bad_values_are_refused_with_the_key(item, pattern):
         parse_overrides([item])
 
 
-@pytest.mark.parametrize("item", ["iters=0", "batch_size=-1", "scale_min=3", "fg_mask_ratio=1",
-                                  "fm_stages=[-1]", "checkpoint_every=0"])
-def test_cross_key_checks(item):
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize("item, message", [
+    ("iters=0", "iters must be positive, got 0"),
+    ("batch_size=-1", "batch_size must be positive, got -1"),
+    ("scale_min=3", "need 0 < scale_min <= scale_max, got 3.0, 2.0"),
+    ("fg_mask_ratio=1", r"fg_mask_ratio must be in \[0, 1\), got 1.0"),
+    ("fm_stages=[-1]", r"fm_stages must be a list of stage indices >= 0, got \[-1\]"),
+    ("checkpoint_every=0", "checkpoint_every must be positive or null, got 0"),
+])
+def test_cross_key_checks(item, message):
+    with pytest.raises(ConfigError, match=message):
         load_config(None, [item])
 
 

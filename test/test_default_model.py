@@ -2,6 +2,8 @@
 (synth, teacher, distilled student, pruning, ONNX fp32/fp16 export, evaluation, card) at tiny
 sizes, each stage through the repository's real command."""
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +18,11 @@ def test_quick_chain_builds_a_model_and_its_card(tmp_path):
     out, work = tmp_path / "models", tmp_path / "work"
     result = subprocess.run([sys.executable, "-m", "training", "default-model", "--quick",
                              "--out", out, "--work", work], cwd=ROOT, capture_output=True,
-                            text=True, timeout=900)
+                            text=True, timeout=480)  # with the second run, under pytest's 600 s
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert {p.name for p in out.iterdir()} == {"default.onnx", "default_fp16.onnx",
-                                              "default.safetensors", "default_model.json",
-                                              "README.md"}
+                                               "default.safetensors", "default_model.json",
+                                               "README.md"}
     report = json.loads((out / "default_model.json").read_text())
     assert [s["stage"] for s in report["stages"]] == [
         "data", "teacher", "student", "prune", "export_fp32", "export_fp16", "evaluate_teacher",
@@ -46,11 +48,25 @@ def test_quick_chain_builds_a_model_and_its_card(tmp_path):
     # Nothing is redone over a finished build unless asked.
     again = subprocess.run([sys.executable, "-m", "training", "default-model", "--quick",
                             "--out", out, "--work", work], cwd=ROOT, capture_output=True,
-                           text=True, timeout=120)
+                           text=True, timeout=90)
     assert again.returncode == 1 and "--resume" in again.stderr
 
 
-def test_quick_refuses_to_overwrite_the_shipped_model():
+def test_quick_refuses_to_overwrite_the_shipped_model(tmp_path):
+    # In a copy of the code, so that a broken refusal overwrites the copy's models/ folder,
+    # never the committed model.
+    sandbox = tmp_path / "repo"
+    for package in ("training", "lpcv_segmentation"):
+        shutil.copytree(ROOT / package, sandbox / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    shipped = sandbox / "models" / "default.onnx"
+    shipped.parent.mkdir()
+    shipped.write_bytes(b"the shipped model")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-m", "training", "default-model", "--quick"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "another --out" in result.stderr
+                            cwd=sandbox, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "another --out than %s" % (sandbox / "models") in result.stderr
+    assert [p.name for p in shipped.parent.iterdir()] == ["default.onnx"]
+    assert shipped.read_bytes() == b"the shipped model"
+    assert not (sandbox / "runs").exists()  # refused before any work

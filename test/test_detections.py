@@ -60,7 +60,7 @@ def test_mean_confidence_per_region(scene):
     regions = find_regions(scene, [PERSON], confidence=confidence)
     assert regions[0]["mean_confidence"] == pytest.approx(0.7, abs=1e-4)
     assert regions[1]["mean_confidence"] == pytest.approx(0.9, abs=1e-4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"confidence \(10, \d+\) and labels \(\d+, \d+\) differ"):
         find_regions(scene, [PERSON], confidence=confidence[:10])
 
 

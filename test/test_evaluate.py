@@ -33,6 +33,9 @@ def test_checkpoint_figures(checkpoint_result, tiny_checkpoint, synth_dataset):
     assert r["backend"] == "pytorch" and r["images"] == len(find_pairs(synth_dataset, "val"))
     assert list(r["per_class_iou"]) == list(CLASS_NAMES)
     assert 0.0 <= r["miou"] <= 1.0 and 0.0 <= r["dice"] <= 1.0 and 0.0 < r["pixel_acc"] <= 1.0
+    # mIoU is the mean over the classes present in a label or a prediction (the others: None)
+    present = [iou for iou in r["per_class_iou"].values() if iou is not None]
+    assert present and r["miou"] == pytest.approx(sum(present) / len(present))
     model, meta = load_checkpoint(str(tiny_checkpoint))
     assert r["params"] == sum(p.numel() for p in model.parameters()) == meta["params"]
     assert 0.0 < r["gmacs"] < 1.0

@@ -1,7 +1,6 @@
 """training.export: ONNX export of the student (fp32, fp16, int8), its metadata, its agreement
 with PyTorch, and the command's refusals."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +12,18 @@ import pytest
 from lpcv_segmentation.classes import NUM_CLASSES, class_table
 from lpcv_segmentation.runtime import METADATA_KEY, Segmenter
 from training.__main__ import main as training_main
-from training.export import MIN_AGREEMENT, ExportError, check_scenes, export_onnx
+from training.export import ExportError, check_scenes, export_onnx
 
 REPO = Path(__file__).resolve().parent.parent
+SHIPPED_CHECKPOINT = REPO / "models" / "default.safetensors"
+# Least argmax agreement with PyTorch fp32, as docs/runtime.md promises (set here, not read
+# from the code under test, so that lowering the code's threshold cannot lower the test's).
+MIN_AGREEMENT_FP32 = 0.999
+MIN_AGREEMENT_FP16 = 0.99
+# int8 on a trained model: at most this much mIoU lost against fp32 on the same images, and
+# this share of pixels labelled as fp32 labels them (measured: 0.1375 vs 0.1374, 99.86%).
+MAX_INT8_MIOU_LOSS = 0.01
+MIN_AGREEMENT_INT8 = 0.98
 
 
 def onnx_meta(path) -> dict:
@@ -59,7 +67,7 @@ def test_fp32_onnx_contract_and_metadata(tiny_onnx, tiny_checkpoint):
 def test_fp32_onnx_agrees_with_pytorch_on_new_scenes(tiny_checkpoint, tiny_onnx):
     torch_seg, onnx_seg = Segmenter(str(tiny_checkpoint)), Segmenter(str(tiny_onnx))
     images = [rgb[:100] for rgb in check_scenes(3, 160)]  # not the export's own check scenes
-    assert agreement(torch_seg, onnx_seg, images) >= MIN_AGREEMENT["fp32"]
+    assert agreement(torch_seg, onnx_seg, images) >= MIN_AGREEMENT_FP32
 
 
 @pytest.mark.slow
@@ -70,7 +78,7 @@ def test_fp16_export_command_at_another_input_size(tiny_checkpoint, tiny_onnx, t
     proc = subprocess.run([sys.executable, "-m", "training", "export", "--checkpoint",
                            str(tiny_checkpoint), "--format", "onnx", "--fp16", "--input-size", "96",
                            "--verify-images", "2", "--out", str(out), "--json", str(report)],
-                          cwd=str(REPO), capture_output=True, text=True, timeout=600)
+                          cwd=str(REPO), capture_output=True, text=True, timeout=540)
     assert proc.returncode == 0, proc.stderr
     assert "argmax agreement" in proc.stdout and "largest |logit difference|" in proc.stdout
     inputs, outputs = io_signature(out)
@@ -81,7 +89,7 @@ def test_fp16_export_command_at_another_input_size(tiny_checkpoint, tiny_onnx, t
     meta = onnx_meta(out)
     assert (meta["precision"], meta["input_size"]) == ("fp16", 96)
     data = json.loads(report.read_text())
-    assert data["check"]["passed"] and data["check"]["agreement"] >= MIN_AGREEMENT["fp16"]
+    assert data["check"]["passed"] and data["check"]["agreement"] >= MIN_AGREEMENT_FP16
 
     fp16 = Segmenter(str(out))
     assert (fp16.precision, fp16.input_size) == ("fp16", 96)
@@ -95,27 +103,29 @@ def test_fp16_export_command_at_another_input_size(tiny_checkpoint, tiny_onnx, t
     from lpcv_segmentation.runtime import postprocess
     ref_labels = [postprocess(r, rgb.shape[:2])[0] for r, rgb in zip(reference, images)]
     agree = np.mean([(a == b).mean() for a, b in zip(fp16_labels, ref_labels)])
-    assert agree >= MIN_AGREEMENT["fp16"]
+    assert agree >= MIN_AGREEMENT_FP16
 
 
 @pytest.mark.slow
-def test_int8_export_calibrates_on_a_dataset_and_reports_accuracy(tiny_checkpoint, tiny_onnx,
-                                                                   synth_dataset, tmp_path):
-    out = tmp_path / "tiny_int8.onnx"
-    report = export_onnx(str(tiny_checkpoint), str(out), precision="int8",
+def test_int8_export_calibrates_on_a_dataset_and_keeps_the_accuracy(synth_dataset, tmp_path):
+    """The shipped (trained) checkpoint: the tiny fixture's random weights score an mIoU near
+    zero, where no loss of accuracy could show."""
+    out = tmp_path / "shipped_int8.onnx"
+    report = export_onnx(str(SHIPPED_CHECKPOINT), str(out), precision="int8",
                          calib_dir=str(synth_dataset), calib_images=6, verify_images=1)
     int8 = report["int8"]
     assert (int8["calib_split"], int8["calib_images"]) == ("train", 6)
     assert int8["eval_split"] == "val" and int8["eval_images"] == 6
-    assert 0 <= int8["miou_fp32"] <= 1 and 0 <= int8["miou_int8"] <= 1
-    assert 0.5 < int8["agreement_with_fp32"] <= 1.0
+    assert int8["miou_fp32"] > 0.05, "the shipped model should have learned the synthetic scenes"
+    assert abs(int8["miou_int8"] - int8["miou_fp32"]) <= MAX_INT8_MIOU_LOSS, int8
+    assert MIN_AGREEMENT_INT8 <= int8["agreement_with_fp32"] <= 1.0, int8
     ops = {node.op_type for node in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert onnx_meta(out)["precision"] == "int8"
     seg = Segmenter(str(out))
     assert seg.precision == "int8"
-    labels = seg.segment(check_scenes(1, 128)[0]).labels
-    assert labels.shape == (128, 128) and labels.max() < NUM_CLASSES
+    labels = seg.segment(check_scenes(1, 160)[0]).labels
+    assert labels.shape == (160, 160) and labels.max() < NUM_CLASSES
 
 
 @pytest.mark.slow
@@ -127,17 +137,22 @@ def test_export_that_fails_its_check_writes_nothing(tiny_checkpoint, tmp_path):
 
 
 def test_refused_checkpoint_exits_nonzero_without_traceback(tmp_path):
-    """A .pt file whose unpickling would build arbitrary objects: refused, named, exit 1."""
-    evil = tmp_path / "evil.pt"
-    code = ("import torch, collections, sys\n"
-            "torch.save({'state_dict': collections.Counter(a=1), 'meta': {}}, sys.argv[1])\n")
-    subprocess.run([sys.executable, "-c", code, str(evil)], check=True, timeout=120)
+    """A .pt file whose unpickling would run a command: refused, named, not run, exit 1."""
+    evil, marker = tmp_path / "evil.pt", tmp_path / "payload_ran"
+    code = ("import os, sys, torch\n"
+            "class RunsCode:\n"
+            "    def __reduce__(self):\n"
+            "        return os.system, ('touch ' + sys.argv[2],)\n"
+            "torch.save({'state_dict': {}, 'meta': RunsCode()}, sys.argv[1])\n")
+    subprocess.run([sys.executable, "-c", code, str(evil), str(marker)], check=True,
+                   timeout=120)
     proc = subprocess.run([sys.executable, "-m", "training", "export", "--checkpoint", str(evil),
                            "--format", "onnx", "--out", str(tmp_path / "m.onnx")],
                           cwd=str(REPO), capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
-    assert "evil.pt" in proc.stderr and "Traceback" not in proc.stderr
-    assert not (tmp_path / "m.onnx").exists()
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("export: error:") and "refused to load" in proc.stderr
+    assert str(evil) in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists() and not (tmp_path / "m.onnx").exists()
 
 
 def test_missing_checkpoint_is_named(tmp_path, capsys):

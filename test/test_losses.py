@@ -96,7 +96,7 @@ def test_logit_kl_matches_torch_kl_div_times_t_squared():
     got = LogitKL(temperature=t)(student, teacher, labels)
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
     assert LogitKL(2.0)(student, student, labels).item() == pytest.approx(0.0, abs=1e-6)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="kd_temperature must be positive, got 0.0"):
         LogitKL(0.0)
 
 
@@ -133,7 +133,7 @@ def test_feature_generation_masks_the_student_and_learns_to_reconstruct():
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.5 * first
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"fg_mask_ratio must be in \[0, 1\), got 1.0"):
         FeatureGeneration(4, 4, mask_ratio=1.0)
 
 

@@ -152,9 +152,10 @@ def test_bad_input_raises_value_error(pred, gt, message):
 
 def test_update_confusion_checks_its_matrix():
     metrics = SegmentationMetrics()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"shape \(3, 3\), expected \(%d, %d\)"
+                       % (NUM_CLASSES, NUM_CLASSES)):
         metrics.update_confusion(np.zeros((3, 3), np.int64))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="non-negative integer pixel counts"):
         metrics.update_confusion(-np.ones((NUM_CLASSES, NUM_CLASSES), np.int64))
 
 

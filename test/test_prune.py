@@ -294,7 +294,7 @@ def test_prune_command_finetunes_and_runs_in_onnxruntime(tiny_checkpoint, synth_
          "--data", str(synth_dataset), "--out", str(out), "--method", "all", "--target",
          "sparsity", "--amount", "0.5", "--finetune-iters", "2", "crop_size=64", "batch_size=2",
          "workers=0", "max_eval_images=2"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+        cwd=REPO, capture_output=True, text=True, timeout=540)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "parameters" in result.stdout
     for name in ("best.safetensors", "last.safetensors", "pruned.safetensors", "prune.json"):

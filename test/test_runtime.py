@@ -1,7 +1,6 @@
 """lpcv_segmentation.runtime: pre/post-processing, the back ends on real models, the torch-free
 ONNX Runtime path, and the errors for bad back ends, devices, precisions and model files."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +100,13 @@ def test_onnx_segmenter_reads_metadata_and_segments_at_source_size(tiny_onnx):
     expected = cv2.resize(logits[0].argmax(0).astype(np.uint8), (170, 90),
                           interpolation=cv2.INTER_NEAREST_EXACT)
     np.testing.assert_array_equal(result.labels, expected)
+    # the confidence is the winning class's softmax probability, resized the same way
+    # (> 1/C holds for any probability vector, so it is recomputed here by hand too)
+    probs = np.exp(logits[0] - logits[0].max(axis=0)).astype(np.float64)
+    probs /= probs.sum(axis=0)
+    winner = cv2.resize(probs.max(axis=0).astype(np.float32), (170, 90),
+                        interpolation=cv2.INTER_NEAREST_EXACT)
+    np.testing.assert_allclose(result.confidence, winner, rtol=1e-4, atol=1e-6)
     assert seg.segment(rgb).confidence is None
 
 

@@ -124,7 +124,7 @@ def summary(report: Dict[str, object], args: argparse.Namespace, model: str,
         for i, name in enumerate(sorted(per_class, key=lambda n: -per_class[n])):
             rows.append(("detections per class" if i == 0 else "",
                          "%-26s %3d regions in %d frames" % (name, per_class[name],
-                                                            frames_with.get(name, 0))))
+                                                             frames_with.get(name, 0))))
     else:
         rows.append(("detections per class", "none"))
     for i, path in enumerate(report["overlays"]):
@@ -178,7 +178,7 @@ def run_demo(args: argparse.Namespace) -> int:
         problems.append("the node segmented none of the %d frames" % report["frames"])
     if report["node"]["exit_code"] not in (0, None):
         problems.append("the node exited with code %s (log %s)" % (report["node"]["exit_code"],
-                                                                    report["node"]["log"]))
+                                                                   report["node"]["log"]))
     if report["miou"] is None:
         problems.append("no frame could be scored against the ground truth")
     if problems:
