@@ -144,6 +144,7 @@ def watch(args: argparse.Namespace) -> Dict[str, object]:
         last.update({kv.key: kv.value for kv in msg.status[0].values})
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, reliable)
     print(json.dumps({"ready": True}), flush=True)
+
     def settled() -> bool:  # every frame sent has ended processed, dropped or rejected
         ended = sum(int(last.get("frames_" + k, 0)) for k in ("processed", "dropped", "rejected"))
         return ended >= args.masks and ended == int(last.get("frames_received", -1))

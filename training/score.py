@@ -96,8 +96,6 @@ def score_dirs(pred_dir: str, gt_dir: str, workers: int = 1,
     return metrics
 
 
-
-
 def main(args: argparse.Namespace) -> int:
     try:
         metrics = score_dirs(args.pred, args.gt, workers=args.workers)

@@ -7,11 +7,15 @@ file is an error naming both.
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, List, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Type, Union
 
 __all__ = ["StageRunner"]
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _to_stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 class StageRunner:
@@ -19,11 +23,10 @@ class StageRunner:
     {"stage", "reused": True}, plus the caller's ``extra``), ``seconds`` maps name -> time."""
 
     def __init__(self, resume: bool, error: Type[Exception] = RuntimeError,
-                 say: Callable[[str], None] = lambda text: print(text, file=sys.stderr,
-                                                                   flush=True)) -> None:
+                 say: Optional[Callable[[str], None]] = None) -> None:
         self.resume = resume
         self.error = error
-        self.say = say
+        self.say = say or _to_stderr
         self.records: List[Dict[str, Any]] = []
         self.seconds: Dict[str, float] = {}
 
