@@ -29,12 +29,13 @@ import hashlib
 import os
 import sys
 
-# Before torch is imported (libgomp reads it once): see the module docstring.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
+
+# Before torch is imported (libgomp reads it once): see the module docstring.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent

@@ -103,14 +103,14 @@ def targets_of(result: Dict[str, object]) -> List[Target]:
         Target("load (%s): model slower than the camera" % tag, "< %g Hz" % result["rate_hz"],
                "%s Hz processed" % fmt(result["output_rate_hz"]), slower if counts else None),
         Target("load (%s): end-to-end p95, last %gs / first %gs" % (tag, result["window_s"],
-                                                                  result["window_s"]),
+                                                                    result["window_s"]),
                "<= %.2fx" % P95_RATIO_TARGET,
                "%s (%s / %s ms)" % (fmt(p95_ratio, "%.2fx"), fmt(result["p95_last_ms"], "%.0f"),
                                     fmt(result["p95_first_ms"], "%.0f")),
                None if p95_ratio is None else p95_ratio <= P95_RATIO_TARGET),
         Target("load (%s): resident memory growth" % tag, "< %g MB" % MEMORY_GROWTH_TARGET_MB,
                "%s MB (%s -> %s)" % (fmt(growth, "%+.1f"), fmt(result["rss_first_mb"], "%.0f"),
-                                      fmt(result["rss_last_mb"], "%.0f")),
+                                     fmt(result["rss_last_mb"], "%.0f")),
                None if growth is None else growth < MEMORY_GROWTH_TARGET_MB),
         Target("load (%s): every frame that reached the node processed, dropped or rejected"
                % tag, "received == processed + dropped + rejected",
@@ -201,7 +201,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for profile, duration in runs:
             started = time.monotonic()
             print("load: %s the DDS profile, %gs ..." % ("with" if profile else "without",
-                                                        duration), file=sys.stderr, flush=True)
+                                                         duration), file=sys.stderr, flush=True)
             results.append(run_load(work / ("profile" if profile else "no_profile"), model,
                                     args.backend, args.size, args.rate, duration, args.window,
                                     profile))

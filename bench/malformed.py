@@ -370,7 +370,7 @@ def section(results: Dict[str, Dict[str, object]], model: str) -> Tuple[str, Lis
         if result.get("node_exit_log"):
             details.append("\nThe %s node exited with code %s after SIGINT; its log ends:\n\n"
                            "```\n%s\n```" % (input_type, result["node_exit_code"],
-                                              result["node_exit_log"]))
+                                             result["node_exit_log"]))
     body = "\n\n".join([
         "Model %s. Each input type ran in its own node (reliable QoS); the driver sent one "
         "frame at a time and waited for its mask or its rejection." % model,

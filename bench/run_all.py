@@ -88,7 +88,7 @@ def steps(args: argparse.Namespace) -> List[Step]:
              True, 480),
         Step("pruning", "2. Pruning: pruned vs unpruned students",
              "pruning.py", pruning + ["--rounds", "3"], pruning + ["--rounds", "2",
-                                                                    "--sizes", "288"],
+                                                                   "--sizes", "288"],
              True, 900),
         Step("overhead", "3. Node overhead: the node vs the bare back end", "node_overhead.py",
              node_model + ["--frames", "32", "--rounds", "4"],
@@ -345,7 +345,7 @@ def document(outcomes: Sequence[Outcome], args: argparse.Namespace, facts: Dict[
     if targets:
         lines += [markdown_table(["item", "what", "target", "measured", "verdict"], targets), ""]
     lines.append("Missed: %s." % ("; ".join("%s (%s, target %s)" % (r[1], r[3], r[2])
-                                           for r in missed) if missed else "none"))
+                                            for r in missed) if missed else "none"))
     if problems:
         lines.append("Not measured (see their sections): %s." % ", ".join(
             o.step.heading.split(":")[0] for o in problems))

@@ -332,7 +332,7 @@ class FrameReader:
             rgb = image_to_rgb(msg)
         except ImageConversionError as error:
             raise BagError("%s: %s at stamp %d: %s" % (self.path, self.camera_topic, stamp,
-                                                      error)) from None
+                                                       error)) from None
         if gt is not None and gt.shape != rgb.shape[:2]:
             raise BagError("%s: %s at stamp %d is %dx%d (WxH) but its frame on %s is %dx%d; "
                            "ground truth must match the camera frame"

@@ -142,7 +142,7 @@ def load_checkpoint(path: str, device: str = "cpu") -> Tuple[SegModel, Dict[str,
             raise CheckpointError(
                 "%s: metadata does not match the weights: tensor %r is %s in the file but %s in "
                 "the %s model the metadata describes" % (path, key, tuple(state[key].shape),
-                                                        tuple(tensor.shape), meta["arch"]))
+                                                         tuple(tensor.shape), meta["arch"]))
     unexpected = [k for k in state if k not in expected]
     if unexpected:
         raise CheckpointError("%s: tensor %r is not part of the %s model its metadata describes"

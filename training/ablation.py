@@ -304,7 +304,7 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
                  measure_row(stages, "eval_student_kd", student_kd, data, out, ev)))
     if sweep_shares_point:  # measured by the sweep already: the same file, the same way
         point = os.path.join(run_dir("sweep"), sweep_lib.point_name(settings.method,
-                                                                     settings.amount))
+                                                                    settings.amount))
         with open(os.path.join(point, sweep_lib.EVAL_JSON), "r", encoding="utf-8") as handle:
             pruned_row = json.load(handle)
     else:

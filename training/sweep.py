@@ -347,7 +347,7 @@ def main(args: argparse.Namespace) -> int:
         print("error: %s" % e, file=sys.stderr)
         return 2
     print("%-14s %7s %9s %8s %8s %8s %10s %8s" % ("method", "amount", "params", "GMACs",
-                                                 "mIoU", "Dice", "ORT ms", "speed-up"))
+                                                  "mIoU", "Dice", "ORT ms", "speed-up"))
     for r in rows:
         print("%-14s %7.2f %8.3fM %8.3f %8.4f %8.4f %10.1f %7.2fx"
               % (r["method"], r["amount"], r["params"] / 1e6, r["gmacs"], r["miou"] or 0,
