@@ -7,7 +7,7 @@ with the config's overrides and ``decoder=...``), prunes it at each amount with 
 (``training.prune.run_prune``), exports every model as fp32 ONNX at every input size
 (``training.export.export_onnx``) and evaluates each file on the val split with ONNX Runtime
 (``training.evaluate.evaluate``). The first seed's files are then timed together by the
-interleaved timer (``training.sweep.interleaved_latency_ms``), so machine load touches them
+block-interleaved timer (``training.sweep.onnx_latency_ms``), so machine load touches them
 alike. Writes:
 
   OUT/pareto.csv   one row per point: decoder, amount, input size, GMACs, params, mIoU (mean
@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from lpcv_segmentation.fileio import write_json_atomic, write_text_atomic
+from lpcv_segmentation.fileio import atomic_path, write_json_atomic, write_text_atomic
 
 CSV_NAME, MD_NAME, PNG_NAME, LATENCY_JSON = "pareto.csv", "pareto.md", "pareto.png", "latency.json"
 CSV_COLUMNS = ("decoder", "amount", "input_size", "params", "gmacs", "miou", "miou_seeds",
@@ -98,11 +98,12 @@ def run_pareto(config: Dict[str, Any], data: str, out: str, resume: bool = False
     from tqdm import tqdm
 
     from training import prune as prune_lib
-    from training.ablation import Stages, train_run
+    from training.ablation import train_run
+    from training.stages import StageRunner
     from training.evaluate import evaluate
     from training.export import export_onnx
 
-    stages = Stages(out, resume)
+    stages = StageRunner(resume)
     seeds, decoders = [int(s) for s in config["seeds"]], list(config["decoders"])
     amounts = [0.0] + [float(a) for a in config["amounts"]]
     sizes = [int(s) for s in config["input_sizes"]]
@@ -155,7 +156,7 @@ def run_pareto(config: Dict[str, Any], data: str, out: str, resume: bool = False
 def time_first_seed(evals: Dict[Tuple[int, str, float, int], Dict[str, Any]], seed: int, out: str,
                     evaluation: Dict[str, Any], resume: bool) -> Dict[str, float]:
     """{point key: median ms} of the first seed's files, all timed in one interleaved run."""
-    from training.sweep import interleaved_latency_ms
+    from training.sweep import onnx_latency_ms
     path = os.path.join(out, LATENCY_JSON)
     files = {point_key(d, a, s): e["onnx"] for (sd, d, a, s), e in evals.items() if sd == seed}
     if resume and os.path.isfile(path):
@@ -165,8 +166,8 @@ def time_first_seed(evals: Dict[Tuple[int, str, float, int], Dict[str, Any]], se
             return latency
     print("== timing %d files interleaved (%s thread(s), %d runs each)"
           % (len(files), evaluation["threads"], evaluation["latency_runs"]), file=sys.stderr)
-    latency = interleaved_latency_ms(files, threads=evaluation["threads"],
-                                     runs=int(evaluation["latency_runs"]))
+    latency = onnx_latency_ms(files, threads=evaluation["threads"],
+                              runs=int(evaluation["latency_runs"]))
     write_json_atomic(path, latency)
     return latency
 
@@ -251,10 +252,9 @@ def plot(rows: Sequence[Dict[str, Any]], path: str, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = "%s.tmp.%d.png" % (path, os.getpid())
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

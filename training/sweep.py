@@ -31,7 +31,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from lpcv_segmentation import timing
-from lpcv_segmentation.fileio import write_csv_atomic, write_json_atomic
+from lpcv_segmentation.fileio import atomic_path, write_csv_atomic, write_json_atomic
 from training import prune as prune_lib
 
 CSV_NAME = "sweep.csv"
@@ -290,7 +290,8 @@ def plot(rows: Sequence[Dict[str, Any]], out: str, title: str = "") -> List[str]
             ax.set_title(title, fontsize=9)
         fig.tight_layout()
         path = os.path.join(out, filename)
-        fig.savefig(path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp)
         plt.close(fig)
         paths.append(path)
     return paths
