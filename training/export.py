@@ -34,6 +34,8 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from lpcv_segmentation.engine import tensorrt_version
+from lpcv_segmentation.fileio import copy_file_atomic
+from lpcv_segmentation.formatting import fmt
 from lpcv_segmentation.runtime import (INPUT_NAME, METADATA_KEY, OUTPUT_NAME,
                                        RuntimeConfigError, Segmenter, preprocess)
 
@@ -254,7 +256,7 @@ def verify_against_torch(model: Any, onnx_path: str, images: Sequence[np.ndarray
 # Calibration and accuracy data for int8
 # --------------------------------------------------------------------------------------------
 def dataset_pairs(root: str, limit: int) -> Tuple[List[Tuple[Path, Path]], str,
-                                                   List[Tuple[Path, Path]], str]:
+                                                  List[Tuple[Path, Path]], str]:
     """(calibration pairs, their split, evaluation pairs, their split) of an LPCV-layout
     dataset: calibration from train (or val when there is no train), at most ``limit`` spread
     evenly over the split; evaluation from val (or the calibration pairs)."""
@@ -317,13 +319,6 @@ def _load(checkpoint_path: str, input_size: Optional[int]) -> Tuple[Any, Dict[st
         raise ExportError("--input-size %d: %s was built for %d input and cannot be exported at "
                           "another size" % (size, meta["arch"], int(meta["input_size"])))
     return model, meta, size
-
-
-def _write_atomic(src: str, dst: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(dst)) or ".", exist_ok=True)
-    tmp = "%s.tmp.%d" % (dst, os.getpid())
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 def export_onnx(checkpoint_path: str, out_path: str, input_size: Optional[int] = None,
@@ -407,7 +402,7 @@ def export_onnx(checkpoint_path: str, out_path: str, input_size: Optional[int] =
                 "synthetic scenes (largest logit difference %.3g); nothing written to %s"
                 % (precision, checkpoint_path, 100 * check["agreement"], 100 * threshold,
                    check["images"], check["max_abs_diff"], out_path))
-        _write_atomic(final, os.fspath(out_path))
+        copy_file_atomic(final, out_path)
     report["bytes"] = os.path.getsize(out_path)
     report["seconds"] = round(time.perf_counter() - start, 1)
     return report
@@ -489,7 +484,7 @@ def print_report(report: Dict[str, Any]) -> None:
                if check["threshold"] is not None else "reported only")
     print("check against PyTorch fp32 on %d synthetic scenes: argmax agreement %.3f%%, largest "
           "|logit difference| %.3g (%s)" % (check["images"], 100 * check["agreement"],
-                                           check["max_abs_diff"], verdict))
+                                            check["max_abs_diff"], verdict))
     int8 = report.get("int8")
     if int8:
         print("int8 (%s): calibrated (%s) on %d %s images of %s; on %d %s images: agreement with "
@@ -497,11 +492,7 @@ def print_report(report: Dict[str, Any]) -> None:
               % (int8["recipe"], int8["calib_method"], int8["calib_images"], int8["calib_split"],
                  int8["calib_dir"],
                  int8["eval_images"], int8["eval_split"], 100 * int8["agreement_with_fp32"],
-                 _fmt(int8["miou_fp32"]), _fmt(int8["miou_int8"])))
-
-
-def _fmt(value: Optional[float]) -> str:
-    return "n/a" if value is None else "%.4f" % value
+                 fmt(int8["miou_fp32"]), fmt(int8["miou_int8"])))
 
 
 def main(args: argparse.Namespace) -> int:
