@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import List
 
+import numpy as np
 import pytest
 
 from ros_helpers import (HELPERS, REPO, random_domain_id, ros_env, start, stop,
@@ -302,12 +303,28 @@ def test_optional_outputs_are_built_only_while_subscribed(tmp_path, palette_mode
 
 
 # -- loading and warm-up in /diagnostics (issue 13) --------------------------------------------
-def write_slow_model(path: Path, matmuls: int = 60, side: int = 1024) -> Path:
-    """The palette model plus a branch that costs real time: ``matmuls`` chained
-    ``side`` x ``side`` matrix products that depend on the input (so ONNX Runtime cannot fold
-    them away) and add zero to the logits. About 1.5 s per forward pass on one core here, so
-    the warm-up (two passes) outlasts DDS discovery of the new node."""
-    import numpy as np
+def write_slow_model(path: Path, seconds_per_pass: float = 3.0, side: int = 1024) -> Path:
+    """The palette model plus a branch that costs real time: chained ``side`` x ``side``
+    matrix products that depend on the input (so ONNX Runtime cannot fold them away) and add
+    zero to the logits. Their count is calibrated on this machine (one thread) so that a
+    forward pass takes about ``seconds_per_pass``: the warm-up (two passes) then outlasts DDS
+    discovery of the new node on a quiet machine as on a loaded one."""
+    import onnxruntime
+
+    probe = _write_slow_model(path, 4, side)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(probe), options, providers=["CPUExecutionProvider"])
+    x = np.zeros([d if isinstance(d, int) else 1 for d in session.get_inputs()[0].shape],
+                 np.float32)
+    session.run(None, {session.get_inputs()[0].name: x})
+    started = time.monotonic()
+    session.run(None, {session.get_inputs()[0].name: x})
+    per_matmul = max(1e-3, (time.monotonic() - started) / 4)
+    return _write_slow_model(path, max(4, int(round(seconds_per_pass / per_matmul))), side)
+
+
+def _write_slow_model(path: Path, matmuls: int, side: int) -> Path:
     import onnx
     from onnx import helper, numpy_helper
 
