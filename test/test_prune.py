@@ -25,6 +25,7 @@ def base():
 
 
 def _pruned(base, method, amount=0.5, **kwargs):
+    kwargs.setdefault("importance", "l2")  # the structural tests need no calibration data
     model = copy.deepcopy(base)
     P.prune_step(model, method, amount, **kwargs)
     return model
@@ -315,3 +316,10 @@ def test_prune_command_finetunes_and_runs_in_onnxruntime(tiny_checkpoint, synth_
     torch_labels = Segmenter(str(out / "best.safetensors"), backend="pytorch").segment(rgb).labels
     assert onnx_labels.shape == (128, 128)
     assert (onnx_labels == torch_labels).mean() > 0.99
+
+
+def test_prune_step_defaults_to_the_modules_importance(base):
+    # the default is gradient-based (DEFAULT_IMPORTANCE), so without calibration data it refuses
+    assert P.DEFAULT_IMPORTANCE == "taylor"
+    with pytest.raises(P.PruneError, match="needs a labelled calibration batch"):
+        P.prune_step(copy.deepcopy(base), "filter", 0.5)

@@ -364,11 +364,13 @@ def _prune_widths(model: nn.Module, kinds: Sequence[str], ratio: float, importan
     model.zero_grad(set_to_none=True)
 
 
-def prune_step(model: nn.Module, method: str, ratio: float, importance: str = "l2",
+def prune_step(model: nn.Module, method: str, ratio: float,
+               importance: str = DEFAULT_IMPORTANCE,
                allocation: str = "local", calib: Optional[Batch] = None,
                round_to: Optional[int] = None) -> nn.Module:
-    """Prune ``model`` in place by the fraction ``ratio`` of its current units of ``method``.
-    Returns the model (in eval mode)."""
+    """Prune ``model`` in place by the fraction ``ratio`` of its current units of ``method``,
+    ranked by ``importance`` (the gradient-based default needs ``calib``; pass ``"l2"`` to
+    prune without data). Returns the model (in eval mode)."""
     if method not in STRUCTURED_METHODS:
         raise PruneError("prune_step takes a structured method (%s), not %r"
                          % (", ".join(STRUCTURED_METHODS), method))

@@ -457,6 +457,30 @@ class MetricsLog:
             self.tensorboard.close()
 
 
+class ProgressWindow:
+    """Loss sums over the steps since the progress bar's last update, and their speed."""
+
+    def __init__(self, names: List[str], images_per_step: int) -> None:
+        self.names = names
+        self.images_per_step = images_per_step
+        self.sums = torch.zeros(len(names), dtype=torch.float64)
+        self.count = 0
+        self.start = time.time()
+
+    def add(self, values: torch.Tensor) -> None:
+        self.sums += values
+        self.count += 1
+
+    def flush(self) -> Tuple[Dict[str, float], float]:
+        """The means by name and images per second since the last flush; starts anew."""
+        elapsed = max(time.time() - self.start, 1e-9)
+        means = dict(zip(self.names, (self.sums / max(self.count, 1)).tolist()))
+        images_per_s = self.count * self.images_per_step / elapsed
+        self.sums.zero_()
+        self.count, self.start = 0, time.time()
+        return means, images_per_s
+
+
 def _fmt(value: Optional[float]) -> str:
     return "n/a" if value is None else "%.4f" % value
 
@@ -641,14 +665,11 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------
     def fit(self) -> int:
+        """Train to ``iters``: step, log, and validate-and-checkpoint on their schedules."""
         from tqdm import tqdm
 
         config, ctx = self.config, self.ctx
-        if ctx.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(self.run_dir)
-            config_lib.save_config(config, str(self.run_dir / CONFIG_YAML))
-        barrier(ctx)
+        self._prepare_run_dir()
         iters = config["iters"]
         if self.iteration >= iters:
             self.log("nothing to do: the run is at iteration %d of %d (raise iters= to go on)"
@@ -658,20 +679,9 @@ class Trainer:
         val = val_loader(self.val_set, config, ctx)
         metrics_log = MetricsLog(self.run_dir, csv_columns(self.active),
                                  self.iteration) if ctx.is_main else None
-        eval_every = config["eval_every"]
-        checkpoint_every = config["checkpoint_every"] or eval_every
-        stop_after = config["stop_after"]
-        self.log("training %s (%.2fM params) on %s: %d train / %d val images, %d process%s, "
-                 "device %s, losses %s"
-                 % (self.model.arch, count_params(self.model) / 1e6, self.data,
-                    len(self.train_set), len(self.val_set), ctx.world_size,
-                    "es" if ctx.distributed else "", self.device,
-                    " + ".join("%g*%s" % (self.weights[t], t) for t in self.active)))
-
-        names = ["loss"] + self.active
-        window = torch.zeros(len(names), dtype=torch.float64)  # since the last bar update
-        window_count, window_start = 0, time.time()
-        images_per_step = config["batch_size"] * ctx.world_size
+        self._log_start()
+        window = ProgressWindow(["loss"] + self.active,
+                                config["batch_size"] * ctx.world_size)
         bar = tqdm(total=iters, initial=self.iteration, disable=not ctx.is_main,
                    desc="train", unit="it", dynamic_ncols=True)
         batches: Iterator = iter(loader)
@@ -683,53 +693,11 @@ class Trainer:
                 self.iteration += 1
                 self.loss_sums += values
                 self.loss_count += 1
-                window += values
-                window_count += 1
+                window.add(values)
                 bar.update(1)
-                if window_count >= (config["log_every"] or 1) or self.iteration == iters:
-                    elapsed = max(time.time() - window_start, 1e-9)
-                    means = (window / window_count).tolist()
-                    postfix = {n: "%.4f" % v for n, v in zip(names, means)}
-                    postfix.update(lr="%.2e" % lr,
-                                   img_s="%.3g" % (window_count * images_per_step / elapsed))
-                    bar.set_postfix(postfix, refresh=False)
-                    if metrics_log is not None:
-                        metrics_log.scalars(self.iteration, dict(zip(names, means), lr=lr), "train")
-                    window.zero_()
-                    window_count, window_start = 0, time.time()
-
-                evaluate_now = self.iteration % eval_every == 0 or self.iteration == iters
-                if evaluate_now:
-                    broadcast_buffers(ctx, self.model)
-                    summary = validate(self.model, val, ctx, self.amp)
-                    self.last_summary = summary
-                    improved = summary["miou"] is not None and (
-                        self.best_miou is None or summary["miou"] > self.best_miou)
-                    if improved:
-                        self.best_miou = summary["miou"]
-                        self.save_best()
-                    if metrics_log is not None:
-                        row = {"iteration": self.iteration,
-                               "epoch": self.sampler.position(self.iteration - 1)[0],
-                               "time_s": round(self.elapsed(), 2), "lr": lr}
-                        row.update(zip(names, (self.loss_sums / max(self.loss_count, 1)).tolist()))
-                        row.update(miou=summary["miou"], dice=summary["dice"],
-                                   pixel_acc=summary["pixel_acc"])
-                        row.update({"iou_%s" % k: v for k, v in summary["per_class_iou"].items()})
-                        metrics_log.append(row)
-                        metrics_log.scalars(self.iteration, {k: summary[k] for k in
-                                                             ("miou", "dice", "pixel_acc")}, "val")
-                    self.loss_sums.zero_()
-                    self.loss_count = 0
-                    self.log("iteration %d: val mIoU %s, Dice %s, pixel acc %s%s"
-                             % (self.iteration, _fmt(summary["miou"]), _fmt(summary["dice"]),
-                                _fmt(summary["pixel_acc"]), " (best)" if improved else ""))
-                stopping = stop_after is not None and self.iteration >= stop_after
-                if (evaluate_now or stopping or self.iteration % checkpoint_every == 0):
-                    if not evaluate_now:
-                        broadcast_buffers(ctx, self.model)
-                    self.save_last()
-                if stopping and self.iteration < iters:
+                if window.count >= (config["log_every"] or 1) or self.iteration == iters:
+                    self.log_progress(bar, window, lr, metrics_log)
+                if self.validate_and_checkpoint(val, lr, metrics_log):
                     self.log("stopped after iteration %d (stop_after); continue with --resume"
                              % self.iteration)
                     return 0
@@ -738,15 +706,93 @@ class Trainer:
             if metrics_log is not None:
                 metrics_log.close()
             del batches
-        if config["save_rank_weights"] and ctx.distributed:
+        self._finish()
+        return 0
+
+    def _prepare_run_dir(self) -> None:
+        if self.ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.run_dir)
+            config_lib.save_config(self.config, str(self.run_dir / CONFIG_YAML))
+        barrier(self.ctx)
+
+    def _log_start(self) -> None:
+        ctx = self.ctx
+        self.log("training %s (%.2fM params) on %s: %d train / %d val images, %d process%s, "
+                 "device %s, losses %s"
+                 % (self.model.arch, count_params(self.model) / 1e6, self.data,
+                    len(self.train_set), len(self.val_set), ctx.world_size,
+                    "es" if ctx.distributed else "", self.device,
+                    " + ".join("%g*%s" % (self.weights[t], t) for t in self.active)))
+
+    # -- logging -----------------------------------------------------------------------
+    def log_progress(self, bar: Any, window: "ProgressWindow", lr: float,
+                     metrics_log: Optional["MetricsLog"]) -> None:
+        """The progress bar's loss means since its last update, and the same to TensorBoard."""
+        means, images_per_s = window.flush()
+        postfix = {n: "%.4f" % v for n, v in means.items()}
+        postfix.update(lr="%.2e" % lr, img_s="%.3g" % images_per_s)
+        bar.set_postfix(postfix, refresh=False)
+        if metrics_log is not None:
+            metrics_log.scalars(self.iteration, dict(means, lr=lr), "train")
+
+    # -- validate and checkpoint -------------------------------------------------------
+    def validate_and_checkpoint(self, val: DataLoader, lr: float,
+                                metrics_log: Optional["MetricsLog"]) -> bool:
+        """Validate every ``eval_every`` iterations and at the end (best.safetensors when
+        mIoU improves, a metrics.csv row), write last every ``checkpoint_every``, at each
+        validation and at ``stop_after``. Returns True when the run stops here."""
+        config, ctx = self.config, self.ctx
+        iters = config["iters"]
+        evaluate_now = self.iteration % config["eval_every"] == 0 or self.iteration == iters
+        stopping = config["stop_after"] is not None and self.iteration >= config["stop_after"]
+        checkpoint_every = config["checkpoint_every"] or config["eval_every"]
+        if evaluate_now:
+            broadcast_buffers(ctx, self.model)
+            self.record_validation(validate(self.model, val, ctx, self.amp), lr, metrics_log)
+        if evaluate_now or stopping or self.iteration % checkpoint_every == 0:
+            if not evaluate_now:
+                broadcast_buffers(ctx, self.model)
+            self.save_last()
+        return stopping and self.iteration < iters
+
+    def record_validation(self, summary: Dict[str, Any], lr: float,
+                          metrics_log: Optional["MetricsLog"]) -> None:
+        """best.safetensors on improvement, a metrics.csv row with the loss means since the
+        last row, and a log line."""
+        self.last_summary = summary
+        improved = summary["miou"] is not None and (
+            self.best_miou is None or summary["miou"] > self.best_miou)
+        if improved:
+            self.best_miou = summary["miou"]
+            self.save_best()
+        if metrics_log is not None:
+            row = {"iteration": self.iteration,
+                   "epoch": self.sampler.position(self.iteration - 1)[0],
+                   "time_s": round(self.elapsed(), 2), "lr": lr}
+            row.update(zip(["loss"] + self.active,
+                           (self.loss_sums / max(self.loss_count, 1)).tolist()))
+            row.update(miou=summary["miou"], dice=summary["dice"], pixel_acc=summary["pixel_acc"])
+            row.update({"iou_%s" % k: v for k, v in summary["per_class_iou"].items()})
+            metrics_log.append(row)
+            metrics_log.scalars(self.iteration, {k: summary[k] for k in
+                                                 ("miou", "dice", "pixel_acc")}, "val")
+        self.loss_sums.zero_()
+        self.loss_count = 0
+        self.log("iteration %d: val mIoU %s, Dice %s, pixel acc %s%s"
+                 % (self.iteration, _fmt(summary["miou"]), _fmt(summary["dice"]),
+                    _fmt(summary["pixel_acc"]), " (best)" if improved else ""))
+
+    def _finish(self) -> None:
+        ctx = self.ctx
+        if self.config["save_rank_weights"] and ctx.distributed:
             from safetensors.torch import save_file
             save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
                       str(self.run_dir / ("rank%d%s" % (ctx.rank, CHECKPOINT_EXT))))
         barrier(ctx)
         self.log("done: %d iterations in %.0f s; best val mIoU %s; checkpoints %s and %s"
-                 % (iters, time.time() - self.start_time, _fmt(self.best_miou),
+                 % (self.config["iters"], time.time() - self.start_time, _fmt(self.best_miou),
                     self.run_dir / BEST, self.run_dir / LAST))
-        return 0
 
 
 def train(args: argparse.Namespace) -> int:
