@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from lpcv_segmentation.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from lpcv_segmentation.metrics import SegmentationMetrics
@@ -23,7 +24,8 @@ from lpcv_segmentation.model import build_model
 from training.__main__ import main as cli
 from training.data import SegmentationDataset
 from training.distributed import ResumableBatchSampler, SeededSamples
-from training.train import (atomic_torch_save, load_teacher, lr_factor, teacher_forward)
+from training.train import (atomic_torch_save, fit_schedule, load_teacher, lr_factor,
+                            teacher_forward)
 
 REPO = Path(__file__).resolve().parents[1]
 STUDENT_YAML = str(REPO / "training" / "configs" / "student.yaml")
@@ -105,6 +107,31 @@ def test_learning_rate_warms_up_then_decays_to_zero():
     assert f[5] == pytest.approx((1 - 0.05) * (0.1 + 0.9 * 0.5))
     assert f[10] == pytest.approx(0.9) and f[50] == pytest.approx(0.5) and f[100] == 0.0
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
+
+
+def test_schedules_that_would_silently_fail_are_fitted_with_a_note(synth_dataset, tmp_path,
+                                                                   capsys):
+    config = {"iters": 300, "warmup_iters": 1500, "warmup_factor": 1e-3, "poly_power": 1.0,
+              "eval_every": 2000, "checkpoint_every": 500}
+    notes = fit_schedule(config)
+    assert config["warmup_iters"] == 30 and config["eval_every"] == 300
+    assert config["checkpoint_every"] == 300 and len(notes) == 3
+    assert "warmup_iters=1500 is more than a quarter of iters=300" in notes[0]
+    # with the fitted warm-up the learning rate reaches (nearly) lr; unfitted it peaked at 0.05
+    peak = max(lr_factor(i, 300, 30, 1e-3, 1.0) for i in range(300))
+    assert peak > 0.85
+    sane = {"iters": 300, "warmup_iters": 20, "warmup_factor": 1e-3, "poly_power": 1.0,
+            "eval_every": 100, "checkpoint_every": None}
+    assert fit_schedule(dict(sane)) == [] and fit_schedule(sane) == [] and sane["warmup_iters"] == 20
+    # a run reports the change and saves the fitted schedule in its config.yaml
+    run = tmp_path / "run"
+    assert train_cli(synth_dataset, run, *TINY, "iters=2", "warmup_iters=1500",
+                     "eval_every=50", "max_eval_images=2") == 0
+    err = capsys.readouterr().err
+    assert "note: warmup_iters=1500" in err and "note: eval_every=50 is beyond iters=2" in err
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["warmup_iters"] == 0 and saved["eval_every"] == 2
+    assert [r["iteration"] for r in read_rows(run)] == ["2"]
 
 
 def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path):

@@ -266,6 +266,36 @@ def lr_factor(iteration: int, iters: int, warmup_iters: int, warmup_factor: floa
     return factor
 
 
+# A warm-up may take at most this fraction of the run; a longer one is fitted to
+# WARMUP_FIT_FRACTION of it (the fine-tuning runs of prune.py use the same tenth).
+MAX_WARMUP_FRACTION = 0.25
+WARMUP_FIT_FRACTION = 0.1
+
+
+def fit_schedule(config: Dict[str, Any]) -> List[str]:
+    """Fit a schedule that would silently fail into ``iters``, in place, and return one note
+    per change: a warm-up longer than a quarter of the run (the learning rate would never
+    reach ``lr``) becomes a tenth of it; ``eval_every`` / ``checkpoint_every`` beyond
+    ``iters`` (no validation or checkpoint until the end) become ``iters``."""
+    notes = []
+    iters = int(config["iters"])
+    warmup = int(config["warmup_iters"])
+    if warmup > iters * MAX_WARMUP_FRACTION:
+        fitted = int(iters * WARMUP_FIT_FRACTION)
+        peak = max(lr_factor(i, iters, warmup, config["warmup_factor"], config["poly_power"])
+                   for i in range(iters))
+        notes.append("warmup_iters=%d is more than a quarter of iters=%d (the learning rate "
+                     "would peak at %.2f x lr): using warmup_iters=%d, a tenth of the run"
+                     % (warmup, iters, peak, fitted))
+        config["warmup_iters"] = fitted
+    for key in ("eval_every", "checkpoint_every"):
+        if config[key] is not None and int(config[key]) > iters:
+            notes.append("%s=%d is beyond iters=%d: using %s=%d (once, at the end)"
+                         % (key, config[key], iters, key, iters))
+            config[key] = iters
+    return notes
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer,
                     config: Dict[str, Any]) -> torch.optim.lr_scheduler.LambdaLR:
     # A closure (not an object) so that LambdaLR's state holds only the step count: a resumed
@@ -499,6 +529,8 @@ class Trainer:
         self.data = os.path.abspath(args.data)
         self.device = ctx.device
         self.start_time = time.time()
+        for note in fit_schedule(config):
+            self.log("note: " + note)
 
         seed = config["seed"]
         random.seed(seed + ctx.rank)
