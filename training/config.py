@@ -20,7 +20,7 @@ DEFAULTS: Dict[str, Any] = {
     "arch": "mobilevit_xxs",         # encoder: mobilevit_xxs/xs/s, swinv2_tiny, resnet18, ...
     "decoder_channels": 64,          # UPerNet width
     "input_size": 288,               # square inference size stored in the checkpoint
-    "encoder_weights": None,         # local file with ImageNet encoder weights (no hub here)
+    "encoder_weights": None,         # imagenet (timm weights via the HF hub cache) or a file
     "init": None,                    # start from this checkpoint (e.g. a pruned model)
     # data
     "crop_size": 256,                # square training crop

@@ -55,6 +55,7 @@ from training.distributed import (DistContext, ResumableBatchSampler, SeededSamp
                                   all_gather_objects, all_reduce_mean, barrier,
                                   broadcast_buffers, cleanup_distributed, init_distributed)
 from training.losses import (FeatureDistillation, LogitKL, LogitMSE, build_supervised_loss)
+from training.pretrained import EncoderWeights, WeightsError, resolve_encoder_weights
 
 CHECKPOINT_EXT = ".safetensors"
 LAST = "last" + CHECKPOINT_EXT
@@ -99,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     try:
         return train(args)
-    except (ConfigError, TrainingError, DatasetError, CheckpointError) as exc:
+    except (ConfigError, TrainingError, DatasetError, CheckpointError, WeightsError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -141,8 +142,10 @@ def resolve_config(args: argparse.Namespace) -> Dict[str, Any]:
 # --------------------------------------------------------------------------------------
 # Model, teacher and the module DDP wraps
 # --------------------------------------------------------------------------------------
-def create_model(config: Dict[str, Any]) -> SegModel:
-    """A new model from the config, or the model of ``init`` (e.g. a pruned checkpoint)."""
+def create_model(config: Dict[str, Any],
+                 weights: Optional[EncoderWeights] = None) -> SegModel:
+    """A new model from the config, or the model of ``init`` (e.g. a pruned checkpoint).
+    ``weights``: the resolved ``encoder_weights`` (resolved here when not given)."""
     if config["init"]:
         model, meta = load_checkpoint(config["init"])
         for key in ("arch", "decoder_channels", "input_size"):
@@ -150,8 +153,10 @@ def create_model(config: Dict[str, Any]) -> SegModel:
         return model.train()
     try:
         check_input_size(config["arch"], config["input_size"])
+        if weights is None:
+            weights = resolve_encoder_weights(config["arch"], config["encoder_weights"])
         return build_model(config["arch"], NUM_CLASSES, config["decoder_channels"],
-                           config["input_size"], config["encoder_weights"])
+                           config["input_size"], weights.path if weights else None)
     except ValueError as exc:
         raise ConfigError("cannot build the model: %s" % exc)
 
@@ -537,13 +542,21 @@ class Trainer:
         np.random.seed(seed + ctx.rank)
         torch.manual_seed(seed + ctx.rank)
 
+        # before the datasets are read: a missing weights file stops the run at once
+        weights = (None if args.resume or config["init"] else
+                   resolve_encoder_weights(config["arch"], config["encoder_weights"]))
         self.train_set, self.val_set = build_datasets(args.data, config, ctx)
         state = read_state(self.run_dir, self.device) if args.resume else None
         if state is not None:
-            self.model, _ = load_checkpoint(str(self.run_dir / LAST))
+            self.model, last_meta = load_checkpoint(str(self.run_dir / LAST))
             self.model.train()
-        else:
+            self.encoder_weights = (last_meta.get("training") or {}).get("encoder_weights")
+        elif config["init"]:
             self.model = create_model(config)
+            self.encoder_weights = {"source": "init", "path": os.path.abspath(config["init"])}
+        else:
+            self.encoder_weights = weights.record() if weights else None
+            self.model = create_model(config, weights)
         if self.model.fixed_input_size and config["crop_size"] != self.model.input_size:
             raise ConfigError("%s takes %dx%d input only: set crop_size=%d"
                               % (self.model.arch, self.model.input_size, self.model.input_size,
@@ -626,6 +639,7 @@ class Trainer:
             "iteration": self.iteration,
             "iters": self.config["iters"],
             "teacher": self.config["teacher"],
+            "encoder_weights": self.encoder_weights,
             "world_size": self.ctx.world_size,
             "metrics": {k: summary.get(k) for k in ("miou", "dice", "pixel_acc", "per_class_iou")},
             "best_miou": self.best_miou,
