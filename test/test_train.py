@@ -24,6 +24,7 @@ from lpcv_segmentation.model import build_model
 from training.__main__ import main as cli
 from training.data import SegmentationDataset
 from training.distributed import ResumableBatchSampler, SeededSamples
+from training.onnx_teacher import OnnxTeacher
 from training.train import (atomic_torch_save, fit_schedule, load_teacher, lr_factor,
                             teacher_forward)
 
@@ -376,3 +377,39 @@ def test_unknown_config_key_and_misuse_of_run_folders(synth_dataset, tmp_path, c
     capsys.readouterr()
     assert train_cli(synth_dataset, run, *TINY, "iters=1") == 1  # would overwrite a run
     assert "--resume" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------
+# ONNX teachers
+# --------------------------------------------------------------------------------------
+def test_onnx_teacher_gives_the_exported_models_logits(tiny_checkpoint, tiny_onnx):
+    torch_teacher = load_teacher(str(tiny_checkpoint), torch.device("cpu"))
+    onnx_teacher = load_teacher(str(tiny_onnx), torch.device("cpu"))
+    assert isinstance(onnx_teacher, OnnxTeacher) and onnx_teacher.input_size == 128
+    torch.manual_seed(0)
+    images = torch.randn(3, 3, 96, 96)  # the ONNX file takes 1x3x128x128: resized, one by one
+    out = teacher_forward(onnx_teacher, images, (80, 80))
+    assert out["logits"].shape == (3, 14, 80, 80) and out["encoder"] is None
+    with torch.no_grad():
+        resized = torch.nn.functional.interpolate(images, size=(128, 128), mode="bilinear",
+                                                  align_corners=False)
+        reference = torch.nn.functional.interpolate(torch_teacher(resized, full_res=True),
+                                                    size=(80, 80), mode="bilinear",
+                                                    align_corners=False)
+    assert torch.allclose(out["logits"], reference, atol=1e-3, rtol=1e-3)
+
+
+def test_student_distils_from_an_onnx_teacher(synth_dataset, tiny_onnx, tmp_path, capsys):
+    run = tmp_path / "kd_onnx"
+    assert train_cli(synth_dataset, run, *TINY, "iters=3", "eval_every=3", "max_eval_images=2",
+                     teacher=tiny_onnx) == 0
+    row = read_rows(run)[-1]
+    assert float(row["kd_mse"]) > 0 and np.isfinite(float(row["kd_mse"]))
+    meta = load_checkpoint(str(run / "last.safetensors"))[1]
+    assert meta["training"]["teacher"] == str(tiny_onnx)
+    # feature distillation needs encoder features an ONNX file does not have
+    capsys.readouterr()
+    assert train_cli(synth_dataset, tmp_path / "fm", *TINY, "iters=2", "fm_weight=1",
+                     teacher=tiny_onnx) == 1
+    err = capsys.readouterr().err
+    assert "ONNX teacher" in err and "fm_weight=0" in err and "Traceback" not in err

@@ -536,7 +536,10 @@ def check_inputs(checkpoint: str, data_dir: Optional[str], teacher: Optional[str
         meta = read_metadata(checkpoint)
     except CheckpointError as e:
         raise PruneError("--checkpoint: %s" % e)
-    if teacher:
+    if teacher and teacher.lower().endswith(".onnx"):
+        if not os.path.isfile(teacher):
+            raise PruneError("--teacher: %s does not exist" % teacher)
+    elif teacher:
         try:
             read_metadata(teacher)
         except CheckpointError as e:

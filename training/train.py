@@ -21,7 +21,8 @@ overrides still apply, e.g. iters=... to train longer); the result equals an uni
 
 With a teacher (--teacher CKPT or teacher=CKPT) the student also learns from the teacher's
 logits (MSE, kd_mse_weight; KL with temperature, kd_kl_weight) and encoder features
-(mimicking at fm_stages, fm_weight; masked generation at fg_stages, fg_weight).
+(mimicking at fm_stages, fm_weight; masked generation at fg_stages, fg_weight). A teacher
+given as an ONNX file is run through ONNX Runtime and distils its logits only.
 
 Under ``torchrun --nproc_per_node=N -m training train ...`` each process trains on its share
 of every epoch (batch_size is per process), gradients are averaged (DDP; gloo on the CPU,
@@ -35,7 +36,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -47,14 +48,16 @@ from lpcv_segmentation.checkpoint import CheckpointError, load_checkpoint, save_
 from lpcv_segmentation.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, check_class_table
 from lpcv_segmentation.metrics import SegmentationMetrics
 from lpcv_segmentation.model import SegModel, build_model, check_input_size, count_params
-from lpcv_segmentation.runtime import postprocess
+from lpcv_segmentation.runtime import RuntimeConfigError, postprocess
 from training import config as config_lib
 from training.config import ConfigError
-from training.data import DatasetError, EvalTransform, SegmentationDataset, TrainTransform
+from training.data import (IMAGENET_MEAN, IMAGENET_STD, DatasetError, EvalTransform,
+                           SegmentationDataset, TrainTransform)
 from training.distributed import (DistContext, ResumableBatchSampler, SeededSamples,
                                   all_gather_objects, all_reduce_mean, barrier,
                                   broadcast_buffers, cleanup_distributed, init_distributed)
 from training.losses import (FeatureDistillation, LogitKL, LogitMSE, build_supervised_loss)
+from training.onnx_teacher import OnnxTeacher, is_onnx_path
 from training.pretrained import EncoderWeights, WeightsError, resolve_encoder_weights
 
 CHECKPOINT_EXT = ".safetensors"
@@ -90,7 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="RUN_DIR",
                         help="run folder for checkpoints, metrics.csv and config.yaml")
     parser.add_argument("--teacher", metavar="CKPT",
-                        help="distil from this teacher checkpoint (same as teacher=CKPT)")
+                        help="distil from this teacher: a checkpoint, or an ONNX file (logit "
+                        "distillation through ONNX Runtime) (same as teacher=CKPT)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in RUN_DIR from its last checkpoint")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -161,8 +165,19 @@ def create_model(config: Dict[str, Any],
         raise ConfigError("cannot build the model: %s" % exc)
 
 
-def load_teacher(path: str, device: torch.device) -> SegModel:
-    """The frozen teacher: eval mode, no gradients; refuses a checkpoint of other classes."""
+Teacher = Union[SegModel, OnnxTeacher]
+
+
+def load_teacher(path: str, device: torch.device) -> Teacher:
+    """The frozen teacher: eval mode, no gradients; refuses a model of other classes. A
+    ``.onnx`` file becomes an OnnxTeacher (logits through ONNX Runtime)."""
+    if is_onnx_path(path):
+        if not os.path.isfile(path):
+            raise TrainingError("teacher ONNX file %s does not exist" % path)
+        try:
+            return OnnxTeacher(path, device, IMAGENET_MEAN, IMAGENET_STD)
+        except (RuntimeConfigError, ValueError) as exc:
+            raise TrainingError("teacher ONNX file %s: %s" % (path, exc))
     try:
         teacher, meta = load_checkpoint(path, device=str(device))
     except CheckpointError as exc:
@@ -180,11 +195,13 @@ def load_teacher(path: str, device: torch.device) -> SegModel:
 
 
 @torch.no_grad()
-def teacher_forward(teacher: SegModel, images: torch.Tensor,
+def teacher_forward(teacher: Teacher, images: torch.Tensor,
                     out_hw: Sequence[int]) -> Dict[str, Any]:
-    """Teacher logits at ``out_hw`` and its encoder features. A teacher built for one input
-    size (Swin's windows) sees the batch resized to that size; the losses resize its outputs
-    back to the student's sizes."""
+    """Teacher logits at ``out_hw`` and its encoder features (None for an ONNX teacher). A
+    teacher built for one input size (Swin's windows, an ONNX file) sees the batch resized to
+    that size; the losses resize its outputs back to the student's sizes."""
+    if isinstance(teacher, OnnxTeacher):
+        return {"logits": teacher.logits(images, out_hw), "encoder": None}
     size = teacher.input_size
     if getattr(teacher, "fixed_input_size", False) and tuple(images.shape[-2:]) != (size, size):
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
@@ -225,7 +242,7 @@ class StudentStep(nn.Module):
         return terms
 
 
-def build_step(model: SegModel, teacher: Optional[SegModel],
+def build_step(model: SegModel, teacher: Optional[Teacher],
                config: Dict[str, Any]) -> Tuple[StudentStep, List[str]]:
     """The StudentStep for this config and the names of its active loss terms."""
     distil = teacher is not None
@@ -235,6 +252,12 @@ def build_step(model: SegModel, teacher: Optional[SegModel],
     fm_stages = config["fm_stages"] if config["fm_weight"] > 0 else []
     fg_stages = config["fg_stages"] if config["fg_weight"] > 0 else []
     if distil and (fm_stages or fg_stages):
+        if isinstance(teacher, OnnxTeacher):
+            raise TrainingError(
+                "feature distillation (fm_weight/fg_weight) needs the teacher's encoder "
+                "features, and the ONNX teacher %s gives logits only: set fm_weight=0 "
+                "fg_weight=0 for logit distillation, or give a .safetensors teacher"
+                % config["teacher"])
         try:
             features = FeatureDistillation(model.encoder_channels, teacher.encoder_channels,
                                            fm_stages, fg_stages, config["fg_mask_ratio"])
