@@ -19,6 +19,8 @@ COMMANDS = {
     "prune": ("training.prune", "structured pruning with fine-tuning"),
     "sweep": ("training.sweep", "sparsity sweep: prune, fine-tune, evaluate, plot"),
     "ablation": ("training.ablation", "ablation table: baseline, +KD, +pruning, +fp16/int8"),
+    "import-dataset": ("training.import_dataset",
+                       "convert a colour/index-labelled UAV dataset into the LPCV layout"),
     "dataset-to-bag": ("training.dataset_to_bag", "write a dataset split as a rosbag2 flight"),
     "default-model": ("training.default_model", "build the shipped default model end to end"),
     "demo": ("training.demo", "replay a synthetic flight through the node and summarise it"),
