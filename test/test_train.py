@@ -413,3 +413,28 @@ def test_student_distils_from_an_onnx_teacher(synth_dataset, tiny_onnx, tmp_path
                      teacher=tiny_onnx) == 1
     err = capsys.readouterr().err
     assert "ONNX teacher" in err and "fm_weight=0" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------------
+# The paper's recipe
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,arch", [("teacher", "swinv2_tiny"), ("student", "mobilevit_s")])
+def test_paper_configs_build_their_models(name, arch):
+    from training import config as config_lib
+    from training.train import create_model
+    path = REPO / "training" / "configs" / "paper" / (name + ".yaml")
+    paper = config_lib.load_config(str(path))
+    # the paper's schedule, as its code trained it
+    assert (paper["arch"], paper["iters"], paper["batch_size"], paper["crop_size"]) == \
+        (arch, 20000, 16, 512)
+    assert paper["encoder_weights"] == "imagenet" and paper["amp"] is True
+    assert (paper["optimizer"], paper["lr"], paper["poly_power"], paper["warmup_iters"]) == \
+        ("sgd", 1e-3, 0.9, 1000)
+    assert paper["kd_mse_weight"] == 1.0 and paper["fm_weight"] == paper["fg_weight"] == 0
+    # built at a tiny size, without the hub (encoder_weights=null)
+    tiny = config_lib.load_config(str(path), ["input_size=64", "crop_size=64",
+                                              "decoder_channels=16", "encoder_weights=null"])
+    model = create_model(tiny).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64), full_res=True).shape == (1, 14, 64, 64)
+    assert model.arch == arch
