@@ -212,7 +212,8 @@ def test_distillation_losses_fall(synth_dataset, tmp_path):
     # student crops of 64 px: the teacher sees them resized to its 128 px input
     assert train_cli(synth_dataset, student_run, *TINY, "iters=40", "eval_every=20",
                      "kd_mse_weight=1", "kd_kl_weight=0.5", "fm_weight=1", "fg_weight=1",
-                     "fm_stages=[0,1]", "fg_stages=[2]", teacher=teacher) == 0
+                     "fm_stages=[0,1]", "fg_stages=[2]", "kd_normalize=false",
+                     "kd_teacher_correct_only=false", teacher=teacher) == 0  # the paper's MSE
     rows = read_rows(student_run)
     assert len(rows) == 2
     for term in ("kd_mse", "kd_kl", "fm", "fg", "sup", "loss"):
@@ -431,6 +432,8 @@ def test_paper_configs_build_their_models(name, arch):
     assert (paper["optimizer"], paper["lr"], paper["poly_power"], paper["warmup_iters"]) == \
         ("sgd", 1e-3, 0.9, 1000)
     assert paper["kd_mse_weight"] == 1.0 and paper["fm_weight"] == paper["fg_weight"] == 0
+    if name == "student":  # the paper's raw MSE on every pixel, not this project's default
+        assert paper["kd_normalize"] is False and paper["kd_teacher_correct_only"] is False
     # built at a tiny size, without the hub (encoder_weights=null)
     tiny = config_lib.load_config(str(path), ["input_size=64", "crop_size=64",
                                               "decoder_channels=16", "encoder_weights=null"])
@@ -438,3 +441,17 @@ def test_paper_configs_build_their_models(name, arch):
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64), full_res=True).shape == (1, 14, 64, 64)
     assert model.arch == arch
+
+
+def test_scores_before_distilling_are_reported_and_a_teacher_no_better_is_warned(
+        synth_dataset, tiny_checkpoint, tmp_path, capsys):
+    run = tmp_path / "self_kd"
+    # the student starts from the teacher's own weights: the teacher cannot be better
+    assert train_cli(synth_dataset, run, *TINY, "iters=1", "eval_every=1", "max_eval_images=4",
+                     "init=%s" % tiny_checkpoint, teacher=tiny_checkpoint) == 0
+    err = capsys.readouterr().err
+    scores = read_metadata(str(run / "last.safetensors"))["training"]["before_distilling"]
+    assert scores["teacher_miou"] == pytest.approx(scores["student_miou"])
+    assert "before distilling: val mIoU teacher %.4f, student %.4f" % (
+        scores["teacher_miou"], scores["student_miou"]) in err
+    assert "warning: the teacher (val mIoU" in err and "is not better than the student" in err

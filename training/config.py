@@ -47,6 +47,8 @@ DEFAULTS: Dict[str, Any] = {
     # knowledge distillation (active with --teacher / teacher=CKPT)
     "teacher": None,
     "kd_mse_weight": 1.0,            # MSE between full-resolution logits (paper's best)
+    "kd_normalize": True,            # ... of standardised logits (false: the paper's raw MSE)
+    "kd_teacher_correct_only": True,  # ... where the teacher predicts the label (false: all)
     "kd_kl_weight": 0.0,             # KL divergence of softened probabilities
     "kd_temperature": 4.0,
     "fm_weight": 0.0,                # feature mimicking (1x1 projection + MSE) ...

@@ -246,7 +246,8 @@ def build_step(model: SegModel, teacher: Optional[Teacher],
                config: Dict[str, Any]) -> Tuple[StudentStep, List[str]]:
     """The StudentStep for this config and the names of its active loss terms."""
     distil = teacher is not None
-    kd_mse = LogitMSE() if distil and config["kd_mse_weight"] > 0 else None
+    kd_mse = (LogitMSE(config["kd_normalize"], config["kd_teacher_correct_only"])
+              if distil and config["kd_mse_weight"] > 0 else None)
     kd_kl = LogitKL(config["kd_temperature"]) if distil and config["kd_kl_weight"] > 0 else None
     features = None
     fm_stages = config["fm_stages"] if config["fm_weight"] > 0 else []
@@ -383,23 +384,28 @@ def val_loader(val_set: SegmentationDataset, config: Dict[str, Any],
 
 
 @torch.no_grad()
-def validate(model: SegModel, loader: DataLoader, ctx: DistContext,
+def validate(model: Union[SegModel, OnnxTeacher], loader: DataLoader, ctx: DistContext,
              amp: Any = None) -> Dict[str, Any]:
     """SegmentationMetrics over this rank's share of the val split, merged over ranks.
     Predictions are made as the runtime's Segmenter makes them (the same resize of the
     image, logits at the input size, and ``runtime.postprocess`` back to the label's size),
-    so this figure is the one ``python -m training evaluate`` reports for the checkpoint."""
-    was_training = model.training
+    so this figure is the one ``python -m training evaluate`` reports for the checkpoint.
+    A teacher (of another input size, or ONNX) is scored through ``teacher_forward``."""
+    student = isinstance(model, SegModel) and not getattr(model, "fixed_input_size", False)
+    was_training = model.training if isinstance(model, nn.Module) else False
     model.eval()
     metrics = SegmentationMetrics(NUM_CLASSES, IGNORE_INDEX)
     for images, labels in loader:
+        images = images.to(ctx.device, non_blocking=True)
         with amp() if amp is not None else nullcontext():
-            logits = model(images.to(ctx.device, non_blocking=True), full_res=True)
+            logits = (model(images, full_res=True) if student else
+                      teacher_forward(model, images, images.shape[-2:])["logits"])
         logits = logits.float().cpu().numpy()
         for i, label in enumerate(labels):
             pred, _ = postprocess(logits[i:i + 1], tuple(label.shape[-2:]))
             metrics.update(pred, label.numpy())
-    model.train(was_training)
+    if isinstance(model, nn.Module):
+        model.train(was_training)
     merged = SegmentationMetrics(NUM_CLASSES, IGNORE_INDEX)
     for part in all_gather_objects(ctx, metrics):
         merged.merge(part)
@@ -604,6 +610,7 @@ class Trainer:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.iteration = 0
+        self.before_distilling: Optional[Dict[str, Any]] = None
         self.best_miou: Optional[float] = None
         self.last_summary: Optional[Dict[str, Any]] = None
         self.elapsed_before = 0.0  # training seconds of earlier invocations of this run
@@ -627,6 +634,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
         self.best_miou = state.get("best_miou")
+        self.before_distilling = state.get("before_distilling")
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
         if state.get("loss_sums") is not None and len(state["loss_sums"]) == len(self.loss_sums):
             self.loss_sums = state["loss_sums"].double()
@@ -663,6 +671,7 @@ class Trainer:
             "iters": self.config["iters"],
             "teacher": self.config["teacher"],
             "encoder_weights": self.encoder_weights,
+            "before_distilling": self.before_distilling,
             "world_size": self.ctx.world_size,
             "metrics": {k: summary.get(k) for k in ("miou", "dice", "pixel_acc", "per_class_iou")},
             "best_miou": self.best_miou,
@@ -689,6 +698,7 @@ class Trainer:
             "rng": rng_states,
             "sampler": dict(zip(("epoch", "batch"), self.sampler.position(self.iteration))),
             "best_miou": self.best_miou,
+            "before_distilling": self.before_distilling,
             "world_size": self.ctx.world_size,
             "elapsed_s": self.elapsed(),
             "loss_sums": self.loss_sums.clone(),
@@ -749,6 +759,8 @@ class Trainer:
         metrics_log = MetricsLog(self.run_dir, csv_columns(self.active),
                                  self.iteration) if ctx.is_main else None
         self._log_start()
+        if self.teacher is not None and self.iteration == 0:
+            self.compare_with_teacher(val)
         window = ProgressWindow(["loss"] + self.active,
                                 config["batch_size"] * ctx.world_size)
         bar = tqdm(total=iters, initial=self.iteration, disable=not ctx.is_main,
@@ -793,6 +805,19 @@ class Trainer:
                     len(self.train_set), len(self.val_set), ctx.world_size,
                     "es" if ctx.distributed else "", self.device,
                     " + ".join("%g*%s" % (self.weights[t], t) for t in self.active)))
+
+    def compare_with_teacher(self, val: DataLoader) -> None:
+        """The teacher's and the student's val mIoU before distilling, with a warning when
+        the teacher is not better (it then has nothing to teach the student)."""
+        teacher = validate(self.teacher, val, self.ctx, self.amp)["miou"]
+        student = validate(self.model, val, self.ctx, self.amp)["miou"]
+        self.before_distilling = {"teacher_miou": teacher, "student_miou": student}
+        self.log("before distilling: val mIoU teacher %s, student %s"
+                 % (_fmt(teacher), _fmt(student)))
+        if teacher is not None and student is not None and teacher <= student:
+            self.log("warning: the teacher (val mIoU %s) is not better than the student (%s): "
+                     "distilling from it can only hold the student back; use a stronger "
+                     "teacher or train without one" % (_fmt(teacher), _fmt(student)))
 
     # -- logging -----------------------------------------------------------------------
     def log_progress(self, bar: Any, window: "ProgressWindow", lr: float,
