@@ -57,7 +57,7 @@ def make_models(checkpoint: Optional[str], pruned: Optional[str], arch: str, met
     if pruned:
         structured, _ = load_checkpoint(pruned)
     else:
-        structured = prune.prune_step(copy.deepcopy(base), method, amount,
+        structured = prune.prune_step(copy.deepcopy(base), method, amount, importance="l2",
                                       round_to=prune.DEFAULT_ROUND_TO)
     unstructured = copy.deepcopy(base)
     prune.prune_unstructured(unstructured, amount)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from lpcv_segmentation.classes import IGNORE_INDEX
 from training.losses import (CrossEntropy, FeatureDistillation, FeatureGeneration,
                              FeatureMimicking, LogitKL, LogitMSE, OhemCrossEntropy,
-                             build_supervised_loss)
+                             build_supervised_loss, standardize)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
@@ -150,3 +150,24 @@ def test_feature_distillation_heads_per_stage():
         FeatureDistillation([8, 16], [8, 16], fm_stages=[2])
     with pytest.raises(ValueError, match="stages"):
         FeatureDistillation([8, 16, 24], [8, 16], fm_stages=[0])
+
+
+def test_normalised_logit_mse_ignores_scale_and_teacher_errors():
+    torch.manual_seed(0)
+    student = torch.randn(2, 14, 8, 8)
+    teacher = torch.randn(2, 14, 8, 8)
+    labels = teacher.argmax(dim=1)
+    plain, scaled = LogitMSE(), LogitMSE(normalize=True)
+    # the paper's MSE grows with the teacher's scale; the standardised one does not
+    assert plain(student, 10 * teacher, labels) > 20 * plain(student, teacher, labels)
+    assert torch.allclose(scaled(student, 10 * teacher, labels), scaled(student, teacher, labels))
+    assert 0 < float(scaled(student, teacher, labels)) <= 4
+    assert float(scaled(3 * teacher + 1, teacher, labels)) < 1e-6  # same ranking and margins
+    # teacher-correct-only: pixels where the teacher is wrong do not count
+    gated = LogitMSE(normalize=True, teacher_correct_only=True)
+    wrong = (labels + 1) % 14
+    assert float(gated(student, teacher, wrong)) == 0.0
+    half = labels.clone()
+    half[:, :4] = wrong[:, :4]
+    per_pixel = (standardize(student) - standardize(teacher)).pow(2).mean(dim=1)
+    assert torch.isclose(gated(student, teacher, half), per_pixel[:, 4:].mean())

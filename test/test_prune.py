@@ -27,6 +27,7 @@ def base():
 
 
 def _pruned(base, method, amount=0.5, **kwargs):
+    kwargs.setdefault("importance", "l2")  # the structural tests need no calibration data
     model = copy.deepcopy(base)
     P.prune_step(model, method, amount, **kwargs)
     return model
@@ -308,6 +309,9 @@ def test_prune_command_finetunes_and_runs_in_onnxruntime(tiny_checkpoint, synth_
     assert record["heads_after"] == P.heads_per_layer(model)
     assert set(record["heads_after"].values()) == {2}  # 4 heads per layer before
     assert meta["training"]["iteration"] == 2  # the training loop fine-tuned it
+    # distilling from the unpruned checkpoint by default, its score reported first
+    assert meta["training"]["teacher"] == str(tiny_checkpoint)
+    assert set(meta["training"]["before_distilling"]) == {"teacher_miou", "student_miou"}
 
     onnx_path = str(tmp_path / "pruned.onnx")
     report = export_onnx(str(out / "best.safetensors"), onnx_path, verify_images=1)
@@ -317,3 +321,30 @@ def test_prune_command_finetunes_and_runs_in_onnxruntime(tiny_checkpoint, synth_
     torch_labels = Segmenter(str(out / "best.safetensors"), backend="pytorch").segment(rgb).labels
     assert onnx_labels.shape == (128, 128)
     assert (onnx_labels == torch_labels).mean() > 0.99
+
+
+def test_prune_step_defaults_to_the_modules_importance(base):
+    # the default is gradient-based (DEFAULT_IMPORTANCE), so without calibration data it refuses
+    assert P.DEFAULT_IMPORTANCE == "taylor"
+    with pytest.raises(P.PruneError, match="needs a labelled calibration batch"):
+        P.prune_step(copy.deepcopy(base), "filter", 0.5)
+
+
+def test_calibration_images_cover_every_class_present(tmp_path):
+    import cv2
+    paths = []
+    for i in range(20):  # class 3 only in image 17, class 9 only in image 2, 0 everywhere
+        label = np.zeros((8, 8), np.uint8)
+        label[0, 0] = {17: 3, 2: 9}.get(i, 0)
+        label[1, 1] = 12 if i % 2 else 0
+        label[2, 2] = 255  # ignored pixels are not a class
+        paths.append(tmp_path / ("%02d.png" % i))
+        cv2.imwrite(str(paths[-1]), label)
+    chosen = P.calibration_images(paths, count=4)
+    assert 2 in chosen and 17 in chosen and len(chosen) == 4 == len(set(chosen))
+    classes = set()
+    for i in chosen:
+        classes |= set(np.unique(cv2.imread(str(paths[i]), cv2.IMREAD_UNCHANGED)).tolist())
+    assert classes - {255} == {0, 3, 9, 12}
+    # more classes than count: the batch grows to hold them all
+    assert {2, 17} <= set(P.calibration_images(paths, count=1))

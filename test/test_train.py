@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from lpcv_segmentation.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from lpcv_segmentation.metrics import SegmentationMetrics
@@ -24,7 +25,9 @@ from lpcv_segmentation.model import build_model
 from training.__main__ import main as cli
 from training.data import SegmentationDataset
 from training.distributed import ResumableBatchSampler, SeededSamples
-from training.train import (atomic_torch_save, load_teacher, lr_factor, teacher_forward)
+from training.onnx_teacher import OnnxTeacher
+from training.train import (atomic_torch_save, fit_schedule, load_teacher, lr_factor,
+                            teacher_forward)
 
 REPO = Path(__file__).resolve().parents[1]
 STUDENT_YAML = str(REPO / "training" / "configs" / "student.yaml")
@@ -108,6 +111,31 @@ def test_learning_rate_warms_up_then_decays_to_zero():
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
 
 
+def test_schedules_that_would_silently_fail_are_fitted_with_a_note(synth_dataset, tmp_path,
+                                                                   capsys):
+    config = {"iters": 300, "warmup_iters": 1500, "warmup_factor": 1e-3, "poly_power": 1.0,
+              "eval_every": 2000, "checkpoint_every": 500}
+    notes = fit_schedule(config)
+    assert config["warmup_iters"] == 30 and config["eval_every"] == 300
+    assert config["checkpoint_every"] == 300 and len(notes) == 3
+    assert "warmup_iters=1500 is more than a quarter of iters=300" in notes[0]
+    # with the fitted warm-up the learning rate reaches (nearly) lr; unfitted it peaked at 0.05
+    peak = max(lr_factor(i, 300, 30, 1e-3, 1.0) for i in range(300))
+    assert peak > 0.85
+    sane = {"iters": 300, "warmup_iters": 20, "warmup_factor": 1e-3, "poly_power": 1.0,
+            "eval_every": 100, "checkpoint_every": None}
+    assert fit_schedule(dict(sane)) == [] and fit_schedule(sane) == [] and sane["warmup_iters"] == 20
+    # a run reports the change and saves the fitted schedule in its config.yaml
+    run = tmp_path / "run"
+    assert train_cli(synth_dataset, run, *TINY, "iters=2", "warmup_iters=1500",
+                     "eval_every=50", "max_eval_images=2") == 0
+    err = capsys.readouterr().err
+    assert "note: warmup_iters=1500" in err and "note: eval_every=50 is beyond iters=2" in err
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["warmup_iters"] == 0 and saved["eval_every"] == 2
+    assert [r["iteration"] for r in read_rows(run)] == ["2"]
+
+
 def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "last.state.pt"
     atomic_torch_save({"iteration": 1, "w": torch.ones(3)}, path)
@@ -185,7 +213,8 @@ def test_distillation_losses_fall(synth_dataset, tmp_path):
     # student crops of 64 px: the teacher sees them resized to its 128 px input
     assert train_cli(synth_dataset, student_run, *TINY, "iters=40", "eval_every=20",
                      "kd_mse_weight=1", "kd_kl_weight=0.5", "fm_weight=1", "fg_weight=1",
-                     "fm_stages=[0,1]", "fg_stages=[2]", teacher=teacher) == 0
+                     "fm_stages=[0,1]", "fg_stages=[2]", "kd_normalize=false",
+                     "kd_teacher_correct_only=false", teacher=teacher) == 0  # the paper's MSE
     rows = read_rows(student_run)
     assert len(rows) == 2
     for term in ("kd_mse", "kd_kl", "fm", "fg", "sup", "loss"):
@@ -350,3 +379,80 @@ def test_unknown_config_key_and_misuse_of_run_folders(synth_dataset, tmp_path, c
     capsys.readouterr()
     assert train_cli(synth_dataset, run, *TINY, "iters=1") == 1  # would overwrite a run
     assert "--resume" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------
+# ONNX teachers
+# --------------------------------------------------------------------------------------
+def test_onnx_teacher_gives_the_exported_models_logits(tiny_checkpoint, tiny_onnx):
+    torch_teacher = load_teacher(str(tiny_checkpoint), torch.device("cpu"))
+    onnx_teacher = load_teacher(str(tiny_onnx), torch.device("cpu"))
+    assert isinstance(onnx_teacher, OnnxTeacher) and onnx_teacher.input_size == 128
+    torch.manual_seed(0)
+    images = torch.randn(3, 3, 96, 96)  # the ONNX file takes 1x3x128x128: resized, one by one
+    out = teacher_forward(onnx_teacher, images, (80, 80))
+    assert out["logits"].shape == (3, 14, 80, 80) and out["encoder"] is None
+    with torch.no_grad():
+        resized = torch.nn.functional.interpolate(images, size=(128, 128), mode="bilinear",
+                                                  align_corners=False)
+        reference = torch.nn.functional.interpolate(torch_teacher(resized, full_res=True),
+                                                    size=(80, 80), mode="bilinear",
+                                                    align_corners=False)
+    assert torch.allclose(out["logits"], reference, atol=1e-3, rtol=1e-3)
+
+
+def test_student_distils_from_an_onnx_teacher(synth_dataset, tiny_onnx, tmp_path, capsys):
+    run = tmp_path / "kd_onnx"
+    assert train_cli(synth_dataset, run, *TINY, "iters=3", "eval_every=3", "max_eval_images=2",
+                     teacher=tiny_onnx) == 0
+    row = read_rows(run)[-1]
+    assert float(row["kd_mse"]) > 0 and np.isfinite(float(row["kd_mse"]))
+    meta = load_checkpoint(str(run / "last.safetensors"))[1]
+    assert meta["training"]["teacher"] == str(tiny_onnx)
+    # feature distillation needs encoder features an ONNX file does not have
+    capsys.readouterr()
+    assert train_cli(synth_dataset, tmp_path / "fm", *TINY, "iters=2", "fm_weight=1",
+                     teacher=tiny_onnx) == 1
+    err = capsys.readouterr().err
+    assert "ONNX teacher" in err and "fm_weight=0" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------------
+# The paper's recipe
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,arch", [("teacher", "swinv2_tiny"), ("student", "mobilevit_s")])
+def test_paper_configs_build_their_models(name, arch):
+    from training import config as config_lib
+    from training.train import create_model
+    path = REPO / "training" / "configs" / "paper" / (name + ".yaml")
+    paper = config_lib.load_config(str(path))
+    # the paper's schedule, as its code trained it
+    assert (paper["arch"], paper["iters"], paper["batch_size"], paper["crop_size"]) == \
+        (arch, 20000, 16, 512)
+    assert paper["encoder_weights"] == "imagenet" and paper["amp"] is True
+    assert (paper["optimizer"], paper["lr"], paper["poly_power"], paper["warmup_iters"]) == \
+        ("sgd", 1e-3, 0.9, 1000)
+    assert paper["kd_mse_weight"] == 1.0 and paper["fm_weight"] == paper["fg_weight"] == 0
+    if name == "student":  # the paper's raw MSE on every pixel, not this project's default
+        assert paper["kd_normalize"] is False and paper["kd_teacher_correct_only"] is False
+    # built at a tiny size, without the hub (encoder_weights=null)
+    tiny = config_lib.load_config(str(path), ["input_size=64", "crop_size=64",
+                                              "decoder_channels=16", "encoder_weights=null"])
+    model = create_model(tiny).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64), full_res=True).shape == (1, 14, 64, 64)
+    assert model.arch == arch
+
+
+def test_scores_before_distilling_are_reported_and_a_teacher_no_better_is_warned(
+        synth_dataset, tiny_checkpoint, tmp_path, capsys):
+    run = tmp_path / "self_kd"
+    # the student starts from the teacher's own weights: the teacher cannot be better
+    assert train_cli(synth_dataset, run, *TINY, "iters=1", "eval_every=1", "max_eval_images=4",
+                     "init=%s" % tiny_checkpoint, teacher=tiny_checkpoint) == 0
+    err = capsys.readouterr().err
+    scores = read_metadata(str(run / "last.safetensors"))["training"]["before_distilling"]
+    assert scores["teacher_miou"] == pytest.approx(scores["student_miou"])
+    assert "before distilling: val mIoU teacher %.4f, student %.4f" % (
+        scores["teacher_miou"], scores["student_miou"]) in err
+    assert "warning: the teacher (val mIoU" in err and "is not better than the student" in err

@@ -22,6 +22,8 @@ COMMANDS = {
     "sweep": ("training.sweep", "sparsity sweep: prune, fine-tune, evaluate, plot"),
     "ablation": ("training.ablation", "ablation table: baseline, +KD, +pruning, +fp16/int8"),
     "pareto": ("training.pareto", "mIoU against ONNX Runtime latency: decoders x pruning x input size"),
+    "import-dataset": ("training.import_dataset",
+                       "convert a colour/index-labelled UAV dataset into the LPCV layout"),
     "dataset-to-bag": ("training.dataset_to_bag", "write a dataset split as a rosbag2 flight"),
     "default-model": ("training.default_model", "build the shipped default model end to end"),
     "demo": ("training.demo", "replay a synthetic flight through the node and summarise it"),

@@ -23,7 +23,7 @@ DEFAULTS: Dict[str, Any] = {
     "decoder": "upernet",            # upernet | upernet_lite (lpcv_segmentation.decoders)
     "decoder_channels": 64,          # decoder width
     "input_size": 288,               # square inference size stored in the checkpoint
-    "encoder_weights": None,         # local file with ImageNet encoder weights (no hub here)
+    "encoder_weights": None,         # imagenet (timm weights via the HF hub cache) or a file
     "init": None,                    # start from this checkpoint (e.g. a pruned model)
     # data
     "crop_size": 256,                # square training crop
@@ -50,6 +50,8 @@ DEFAULTS: Dict[str, Any] = {
     # knowledge distillation (active with --teacher / teacher=CKPT)
     "teacher": None,
     "kd_mse_weight": 1.0,            # MSE between full-resolution logits (paper's best)
+    "kd_normalize": True,            # ... of standardised logits (false: the paper's raw MSE)
+    "kd_teacher_correct_only": True,  # ... where the teacher predicts the label (false: all)
     "kd_kl_weight": 0.0,             # KL divergence of softened probabilities
     "kd_temperature": 4.0,
     "fm_weight": 0.0,                # feature mimicking (1x1 projection + MSE) ...

@@ -85,16 +85,39 @@ def _masked_pixel_mean(per_pixel: torch.Tensor, labels: torch.Tensor,
     return (per_pixel * valid).sum() / valid.sum().clamp(min=1.0)
 
 
-class LogitMSE(nn.Module):
-    """MSE between student and teacher logits at full resolution (the paper's best KD)."""
+def standardize(logits: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Each pixel's logits minus their mean over classes, divided by their standard deviation:
+    the class ranking and relative margins without the scale (logit standardisation,
+    Sun et al., CVPR 2024)."""
+    centred = logits - logits.mean(dim=1, keepdim=True)
+    return centred / (centred.pow(2).mean(dim=1, keepdim=True).sqrt() + eps)
 
-    def __init__(self, ignore_index: int = IGNORE_INDEX) -> None:
+
+class LogitMSE(nn.Module):
+    """MSE between student and teacher logits at full resolution (the paper's KD).
+
+    ``normalize``: compare standardised logits (per pixel, over classes), so the term no
+    longer grows with the teacher's logit scale (the paper's plain MSE started at 2.6x the
+    supervised loss on real imagery) and stays in [0, 4]. ``teacher_correct_only``: average
+    over the pixels whose label the teacher predicts, so a teacher no better than the student
+    teaches only where it is right; the labels alone teach the rest."""
+
+    def __init__(self, normalize: bool = False, teacher_correct_only: bool = False,
+                 ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
+        self.normalize = normalize
+        self.teacher_correct_only = teacher_correct_only
         self.ignore_index = ignore_index
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor,
                 labels: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            student, teacher = standardize(student), standardize(teacher)
         per_pixel = (student - teacher).pow(2).mean(dim=1)
+        if self.teacher_correct_only:
+            # pixels the teacher gets wrong are relabelled as ignored for this term only
+            labels = torch.where(teacher.argmax(dim=1) == labels, labels,
+                                 torch.full_like(labels, self.ignore_index))
         return _masked_pixel_mean(per_pixel, labels, self.ignore_index)
 
 

@@ -30,14 +30,15 @@ equal steps, fine-tuning after each with --finetune-iters / K iterations.
 
   python -m training prune --checkpoint runs/student/best.safetensors --data DIR \\
       --out runs/pruned --method all --target sparsity --amount 0.5 --finetune-iters 2000 \\
-      [--teacher runs/teacher/best.safetensors] [--importance lamp --allocation global]
+      [--teacher runs/teacher/best.safetensors | --no-distil] [--importance lamp --allocation global]
 
 writes RUN_DIR/best.safetensors and RUN_DIR/last.safetensors (the pruned, fine-tuned model, with
 ``training.pruning`` in its metadata: settings, sizes before and after, heads per attention
 layer), RUN_DIR/prune.json (the report) and, when it fine-tunes, RUN_DIR/pruned.safetensors
 (the model straight after pruning) with the training loop's config.yaml and metrics.csv.
 Fine-tuning runs the project's training loop (training.train) from the checkpoint's own
-training config with lr x 0.5; --config and key=value change it.
+training config with lr x 0.5; --config and key=value change it. It distils from the unpruned
+--checkpoint unless --teacher names another teacher or --no-distil asks for none.
 """
 import argparse
 import copy
@@ -48,11 +49,12 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lpcv_segmentation.classes import IGNORE_INDEX
+from lpcv_segmentation.classes import IGNORE_INDEX, NUM_CLASSES
 from lpcv_segmentation.fileio import write_json_atomic
 
 # --------------------------------------------------------------------------------------------
@@ -274,13 +276,42 @@ def _ignored_except(model: nn.Module, roots: Set[nn.Module]) -> List[nn.Module]:
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
 
+def calibration_images(label_paths: Sequence[str], count: int) -> List[int]:
+    """Indices of at least ``count`` images that together contain every class present in
+    the labels (greedy set cover, the image adding most missing classes first), filled up to
+    ``count`` with images spread over the rest. Taylor importance ranks units by the
+    gradients of this batch: a class absent from it looks unimportant and is pruned away
+    (flood/water and vehicles lost all their IoU on real imagery with the first 8 images)."""
+    from lpcv_segmentation.labels_io import read_label_png
+    present: List[Set[int]] = []
+    for path in label_paths:
+        values = np.unique(read_label_png(str(path)))
+        present.append({int(v) for v in values if v < NUM_CLASSES})
+    missing = set().union(*present) if present else set()
+    chosen: List[int] = []
+    while missing:
+        best = max(range(len(present)), key=lambda i: (len(present[i] & missing), -i))
+        if not present[best] & missing:
+            break
+        chosen.append(best)
+        missing -= present[best]
+    rest = [i for i in range(len(present)) if i not in chosen]
+    extra = max(0, count - len(chosen))
+    if extra and rest:
+        step = len(rest) / float(extra)
+        chosen += sorted({rest[int(k * step)] for k in range(min(extra, len(rest)))})
+    return sorted(chosen)
+
+
 def calibration_batch(data_dir: str, input_size: int, count: int = 8,
                       split: str = "train") -> Batch:
-    """The first ``count`` images of a split, resized to the model input: (images, labels)."""
-    from training.data import EvalTransform, SegmentationDataset
+    """At least ``count`` images of a split that together contain every class present in it
+    (``calibration_images``), resized to the model input: (images, labels)."""
+    from training.data import EvalTransform, SegmentationDataset, find_pairs
     dataset = SegmentationDataset(data_dir, split, EvalTransform(input_size), validate=False,
                                   progress=False)
-    items = [dataset[i] for i in range(min(count, len(dataset)))]
+    indices = calibration_images([label for _, label in find_pairs(data_dir, split)], count)
+    items = [dataset[i] for i in indices]
     return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
 
 
@@ -361,11 +392,13 @@ def _prune_widths(model: nn.Module, kinds: Sequence[str], ratio: float, importan
     model.zero_grad(set_to_none=True)
 
 
-def prune_step(model: nn.Module, method: str, ratio: float, importance: str = "l2",
+def prune_step(model: nn.Module, method: str, ratio: float,
+               importance: str = DEFAULT_IMPORTANCE,
                allocation: str = "local", calib: Optional[Batch] = None,
                round_to: Optional[int] = None) -> nn.Module:
-    """Prune ``model`` in place by the fraction ``ratio`` of its current units of ``method``.
-    Returns the model (in eval mode)."""
+    """Prune ``model`` in place by the fraction ``ratio`` of its current units of ``method``,
+    ranked by ``importance`` (the gradient-based default needs ``calib``; pass ``"l2"`` to
+    prune without data). Returns the model (in eval mode)."""
     if method not in STRUCTURED_METHODS:
         raise PruneError("prune_step takes a structured method (%s), not %r"
                          % (", ".join(STRUCTURED_METHODS), method))
@@ -531,7 +564,10 @@ def check_inputs(checkpoint: str, data_dir: Optional[str], teacher: Optional[str
         meta = read_metadata(checkpoint)
     except CheckpointError as e:
         raise PruneError("--checkpoint: %s" % e)
-    if teacher:
+    if teacher and teacher.lower().endswith(".onnx"):
+        if not os.path.isfile(teacher):
+            raise PruneError("--teacher: %s does not exist" % teacher)
+    elif teacher:
         try:
             read_metadata(teacher)
         except CheckpointError as e:
@@ -782,7 +818,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-iters", type=int, default=0, metavar="N",
                         help="fine-tuning iterations in all (split over --iterative steps)")
     parser.add_argument("--teacher", default=None, metavar="CKPT",
-                        help="distil from this teacher while fine-tuning")
+                        help="distil from this teacher while fine-tuning (default: the "
+                             "unpruned --checkpoint itself; a checkpoint or an ONNX file)")
+    parser.add_argument("--no-distil", action="store_true",
+                        help="fine-tune on the labels alone (no teacher)")
     parser.add_argument("--iterative", type=int, default=1, metavar="K",
                         help="reach the amount in K prune + fine-tune steps (default 1)")
     parser.add_argument("--round-to", type=int, default=DEFAULT_ROUND_TO, metavar="N",
@@ -813,7 +852,11 @@ def main(args: argparse.Namespace) -> int:
     from training.data import DatasetError
     from training.train import TrainingError
     try:
-        report = run_prune(args.checkpoint, args.data, args.out, settings, teacher=args.teacher,
+        # the standard recovery: the pruned model learns from the model it was cut from
+        teacher = None if args.no_distil else (args.teacher or args.checkpoint)
+        if args.no_distil and args.teacher:
+            raise PruneError("--no-distil and --teacher contradict each other; choose one")
+        report = run_prune(args.checkpoint, args.data, args.out, settings, teacher=teacher,
                            config_path=args.config, overrides=args.overrides)
     except (PruneError, ConfigError, DatasetError, CheckpointError, TrainingError) as e:
         print("error: %s" % e, file=sys.stderr)

@@ -21,7 +21,8 @@ overrides still apply, e.g. iters=... to train longer); the result equals an uni
 
 With a teacher (--teacher CKPT or teacher=CKPT) the student also learns from the teacher's
 logits (MSE, kd_mse_weight; KL with temperature, kd_kl_weight) and encoder features
-(mimicking at fm_stages, fm_weight; masked generation at fg_stages, fg_weight).
+(mimicking at fm_stages, fm_weight; masked generation at fg_stages, fg_weight). A teacher
+given as an ONNX file is run through ONNX Runtime and distils its logits only.
 
 Under ``torchrun --nproc_per_node=N -m training train ...`` each process trains on its share
 of every epoch (batch_size is per process), gradients are averaged (DDP; gloo on the CPU,
@@ -35,7 +36,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -44,12 +45,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from lpcv_segmentation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from lpcv_segmentation.fileio import atomic_path
 from lpcv_segmentation.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, check_class_table
 from lpcv_segmentation.cost import count_params
+from lpcv_segmentation.fileio import atomic_path
+from lpcv_segmentation.formatting import fmt
 from lpcv_segmentation.metrics import SegmentationMetrics
 from lpcv_segmentation.model import SegModel, build_model, check_input_size
-from lpcv_segmentation.runtime import postprocess
+from lpcv_segmentation.runtime import IMAGENET_MEAN, IMAGENET_STD, RuntimeConfigError, postprocess
 from training import config as config_lib
 from training.config import ConfigError
 from training.data import DatasetError, EvalTransform, SegmentationDataset, TrainTransform
@@ -57,6 +59,8 @@ from training.distributed import (DistContext, ResumableBatchSampler, SeededSamp
                                   all_gather_objects, all_reduce_mean, barrier,
                                   broadcast_buffers, cleanup_distributed, init_distributed)
 from training.losses import (FeatureDistillation, LogitKL, LogitMSE, build_supervised_loss)
+from training.onnx_teacher import OnnxTeacher, is_onnx_path
+from training.pretrained import EncoderWeights, WeightsError, resolve_encoder_weights
 
 CHECKPOINT_EXT = ".safetensors"
 LAST = "last" + CHECKPOINT_EXT
@@ -91,7 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="RUN_DIR",
                         help="run folder for checkpoints, metrics.csv and config.yaml")
     parser.add_argument("--teacher", metavar="CKPT",
-                        help="distil from this teacher checkpoint (same as teacher=CKPT)")
+                        help="distil from this teacher: a checkpoint, or an ONNX file (logit "
+                        "distillation through ONNX Runtime) (same as teacher=CKPT)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in RUN_DIR from its last checkpoint")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -101,7 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     try:
         return train(args)
-    except (ConfigError, TrainingError, DatasetError, CheckpointError) as exc:
+    except (ConfigError, TrainingError, DatasetError, CheckpointError, WeightsError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -143,8 +148,10 @@ def resolve_config(args: argparse.Namespace) -> Dict[str, Any]:
 # --------------------------------------------------------------------------------------
 # Model, teacher and the module DDP wraps
 # --------------------------------------------------------------------------------------
-def create_model(config: Dict[str, Any]) -> SegModel:
-    """A new model from the config, or the model of ``init`` (e.g. a pruned checkpoint)."""
+def create_model(config: Dict[str, Any],
+                 weights: Optional[EncoderWeights] = None) -> SegModel:
+    """A new model from the config, or the model of ``init`` (e.g. a pruned checkpoint).
+    ``weights``: the resolved ``encoder_weights`` (resolved here when not given)."""
     if config["init"]:
         model, meta = load_checkpoint(config["init"])
         for key in ("arch", "decoder_channels", "input_size"):
@@ -153,14 +160,28 @@ def create_model(config: Dict[str, Any]) -> SegModel:
         return model.train()
     try:
         check_input_size(config["arch"], config["input_size"])
+        if weights is None:
+            weights = resolve_encoder_weights(config["arch"], config["encoder_weights"])
         return build_model(config["arch"], NUM_CLASSES, config["decoder_channels"],
-                           config["input_size"], config["encoder_weights"], config["decoder"])
+                           config["input_size"], weights.path if weights else None,
+                           config["decoder"])
     except ValueError as exc:
         raise ConfigError("cannot build the model: %s" % exc)
 
 
-def load_teacher(path: str, device: torch.device) -> SegModel:
-    """The frozen teacher: eval mode, no gradients; refuses a checkpoint of other classes."""
+Teacher = Union[SegModel, OnnxTeacher]
+
+
+def load_teacher(path: str, device: torch.device) -> Teacher:
+    """The frozen teacher: eval mode, no gradients; refuses a model of other classes. A
+    ``.onnx`` file becomes an OnnxTeacher (logits through ONNX Runtime)."""
+    if is_onnx_path(path):
+        if not os.path.isfile(path):
+            raise TrainingError("teacher ONNX file %s does not exist" % path)
+        try:
+            return OnnxTeacher(path, device, IMAGENET_MEAN, IMAGENET_STD)
+        except (RuntimeConfigError, ValueError) as exc:
+            raise TrainingError("teacher ONNX file %s: %s" % (path, exc))
     try:
         teacher, meta = load_checkpoint(path, device=str(device))
     except CheckpointError as exc:
@@ -178,11 +199,13 @@ def load_teacher(path: str, device: torch.device) -> SegModel:
 
 
 @torch.no_grad()
-def teacher_forward(teacher: SegModel, images: torch.Tensor,
+def teacher_forward(teacher: Teacher, images: torch.Tensor,
                     out_hw: Sequence[int]) -> Dict[str, Any]:
-    """Teacher logits at ``out_hw`` and its encoder features. A teacher built for one input
-    size (Swin's windows) sees the batch resized to that size; the losses resize its outputs
-    back to the student's sizes."""
+    """Teacher logits at ``out_hw`` and its encoder features (None for an ONNX teacher). A
+    teacher built for one input size (Swin's windows, an ONNX file) sees the batch resized to
+    that size; the losses resize its outputs back to the student's sizes."""
+    if isinstance(teacher, OnnxTeacher):
+        return {"logits": teacher.logits(images, out_hw), "encoder": None}
     size = teacher.input_size
     if getattr(teacher, "fixed_input_size", False) and tuple(images.shape[-2:]) != (size, size):
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
@@ -223,16 +246,23 @@ class StudentStep(nn.Module):
         return terms
 
 
-def build_step(model: SegModel, teacher: Optional[SegModel],
+def build_step(model: SegModel, teacher: Optional[Teacher],
                config: Dict[str, Any]) -> Tuple[StudentStep, List[str]]:
     """The StudentStep for this config and the names of its active loss terms."""
     distil = teacher is not None
-    kd_mse = LogitMSE() if distil and config["kd_mse_weight"] > 0 else None
+    kd_mse = (LogitMSE(config["kd_normalize"], config["kd_teacher_correct_only"])
+              if distil and config["kd_mse_weight"] > 0 else None)
     kd_kl = LogitKL(config["kd_temperature"]) if distil and config["kd_kl_weight"] > 0 else None
     features = None
     fm_stages = config["fm_stages"] if config["fm_weight"] > 0 else []
     fg_stages = config["fg_stages"] if config["fg_weight"] > 0 else []
     if distil and (fm_stages or fg_stages):
+        if isinstance(teacher, OnnxTeacher):
+            raise TrainingError(
+                "feature distillation (fm_weight/fg_weight) needs the teacher's encoder "
+                "features, and the ONNX teacher %s gives logits only: set fm_weight=0 "
+                "fg_weight=0 for logit distillation, or give a .safetensors teacher"
+                % config["teacher"])
         try:
             features = FeatureDistillation(model.encoder_channels, teacher.encoder_channels,
                                            fm_stages, fg_stages, config["fg_mask_ratio"])
@@ -267,6 +297,36 @@ def lr_factor(iteration: int, iters: int, warmup_iters: int, warmup_factor: floa
     if iteration < warmup_iters:
         factor *= warmup_factor + (1.0 - warmup_factor) * iteration / float(warmup_iters)
     return factor
+
+
+# A warm-up may take at most this fraction of the run; a longer one is fitted to
+# WARMUP_FIT_FRACTION of it (the fine-tuning runs of prune.py use the same tenth).
+MAX_WARMUP_FRACTION = 0.25
+WARMUP_FIT_FRACTION = 0.1
+
+
+def fit_schedule(config: Dict[str, Any]) -> List[str]:
+    """Fit a schedule that would silently fail into ``iters``, in place, and return one note
+    per change: a warm-up longer than a quarter of the run (the learning rate would never
+    reach ``lr``) becomes a tenth of it; ``eval_every`` / ``checkpoint_every`` beyond
+    ``iters`` (no validation or checkpoint until the end) become ``iters``."""
+    notes = []
+    iters = int(config["iters"])
+    warmup = int(config["warmup_iters"])
+    if warmup > iters * MAX_WARMUP_FRACTION:
+        fitted = int(iters * WARMUP_FIT_FRACTION)
+        peak = max(lr_factor(i, iters, warmup, config["warmup_factor"], config["poly_power"])
+                   for i in range(iters))
+        notes.append("warmup_iters=%d is more than a quarter of iters=%d (the learning rate "
+                     "would peak at %.2f x lr): using warmup_iters=%d, a tenth of the run"
+                     % (warmup, iters, peak, fitted))
+        config["warmup_iters"] = fitted
+    for key in ("eval_every", "checkpoint_every"):
+        if config[key] is not None and int(config[key]) > iters:
+            notes.append("%s=%d is beyond iters=%d: using %s=%d (once, at the end)"
+                         % (key, config[key], iters, key, iters))
+            config[key] = iters
+    return notes
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer,
@@ -328,23 +388,28 @@ def val_loader(val_set: SegmentationDataset, config: Dict[str, Any],
 
 
 @torch.no_grad()
-def validate(model: SegModel, loader: DataLoader, ctx: DistContext,
+def validate(model: Union[SegModel, OnnxTeacher], loader: DataLoader, ctx: DistContext,
              amp: Any = None) -> Dict[str, Any]:
     """SegmentationMetrics over this rank's share of the val split, merged over ranks.
     Predictions are made as the runtime's Segmenter makes them (the same resize of the
     image, logits at the input size, and ``runtime.postprocess`` back to the label's size),
-    so this figure is the one ``python -m training evaluate`` reports for the checkpoint."""
-    was_training = model.training
+    so this figure is the one ``python -m training evaluate`` reports for the checkpoint.
+    A teacher (of another input size, or ONNX) is scored through ``teacher_forward``."""
+    student = isinstance(model, SegModel) and not getattr(model, "fixed_input_size", False)
+    was_training = model.training if isinstance(model, nn.Module) else False
     model.eval()
     metrics = SegmentationMetrics(NUM_CLASSES, IGNORE_INDEX)
     for images, labels in loader:
+        images = images.to(ctx.device, non_blocking=True)
         with amp() if amp is not None else nullcontext():
-            logits = model(images.to(ctx.device, non_blocking=True), full_res=True)
+            logits = (model(images, full_res=True) if student else
+                      teacher_forward(model, images, images.shape[-2:])["logits"])
         logits = logits.float().cpu().numpy()
         for i, label in enumerate(labels):
             pred, _ = postprocess(logits[i:i + 1], tuple(label.shape[-2:]))
             metrics.update(pred, label.numpy())
-    model.train(was_training)
+    if isinstance(model, nn.Module):
+        model.train(was_training)
     merged = SegmentationMetrics(NUM_CLASSES, IGNORE_INDEX)
     for part in all_gather_objects(ctx, metrics):
         merged.merge(part)
@@ -452,8 +517,28 @@ class MetricsLog:
             self.tensorboard.close()
 
 
-def _fmt(value: Optional[float]) -> str:
-    return "n/a" if value is None else "%.4f" % value
+class ProgressWindow:
+    """Loss sums over the steps since the progress bar's last update, and their speed."""
+
+    def __init__(self, names: List[str], images_per_step: int) -> None:
+        self.names = names
+        self.images_per_step = images_per_step
+        self.sums = torch.zeros(len(names), dtype=torch.float64)
+        self.count = 0
+        self.start = time.time()
+
+    def add(self, values: torch.Tensor) -> None:
+        self.sums += values
+        self.count += 1
+
+    def flush(self) -> Tuple[Dict[str, float], float]:
+        """The means by name and images per second since the last flush; starts anew."""
+        elapsed = max(time.time() - self.start, 1e-9)
+        means = dict(zip(self.names, (self.sums / max(self.count, 1)).tolist()))
+        images_per_s = self.count * self.images_per_step / elapsed
+        self.sums.zero_()
+        self.count, self.start = 0, time.time()
+        return means, images_per_s
 
 
 # --------------------------------------------------------------------------------------
@@ -470,19 +555,29 @@ class Trainer:
         self.data = os.path.abspath(args.data)
         self.device = ctx.device
         self.start_time = time.time()
+        for note in fit_schedule(config):
+            self.log("note: " + note)
 
         seed = config["seed"]
         random.seed(seed + ctx.rank)
         np.random.seed(seed + ctx.rank)
         torch.manual_seed(seed + ctx.rank)
 
+        # before the datasets are read: a missing weights file stops the run at once
+        weights = (None if args.resume or config["init"] else
+                   resolve_encoder_weights(config["arch"], config["encoder_weights"]))
         self.train_set, self.val_set = build_datasets(args.data, config, ctx)
         state = read_state(self.run_dir, self.device) if args.resume else None
         if state is not None:
-            self.model, _ = load_checkpoint(str(self.run_dir / LAST))
+            self.model, last_meta = load_checkpoint(str(self.run_dir / LAST))
             self.model.train()
-        else:
+            self.encoder_weights = (last_meta.get("training") or {}).get("encoder_weights")
+        elif config["init"]:
             self.model = create_model(config)
+            self.encoder_weights = {"source": "init", "path": os.path.abspath(config["init"])}
+        else:
+            self.encoder_weights = weights.record() if weights else None
+            self.model = create_model(config, weights)
         if self.model.fixed_input_size and config["crop_size"] != self.model.input_size:
             raise ConfigError("%s takes %dx%d input only: set crop_size=%d"
                               % (self.model.arch, self.model.input_size, self.model.input_size,
@@ -507,6 +602,7 @@ class Trainer:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.iteration = 0
+        self.before_distilling: Optional[Dict[str, Any]] = None
         self.best_miou: Optional[float] = None
         self.last_summary: Optional[Dict[str, Any]] = None
         self.elapsed_before = 0.0  # training seconds of earlier invocations of this run
@@ -530,6 +626,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
         self.best_miou = state.get("best_miou")
+        self.before_distilling = state.get("before_distilling")
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
         if state.get("loss_sums") is not None and len(state["loss_sums"]) == len(self.loss_sums):
             self.loss_sums = state["loss_sums"].double()
@@ -565,6 +662,8 @@ class Trainer:
             "iteration": self.iteration,
             "iters": self.config["iters"],
             "teacher": self.config["teacher"],
+            "encoder_weights": self.encoder_weights,
+            "before_distilling": self.before_distilling,
             "world_size": self.ctx.world_size,
             "metrics": {k: summary.get(k) for k in ("miou", "dice", "pixel_acc", "per_class_iou")},
             "best_miou": self.best_miou,
@@ -591,6 +690,7 @@ class Trainer:
             "rng": rng_states,
             "sampler": dict(zip(("epoch", "batch"), self.sampler.position(self.iteration))),
             "best_miou": self.best_miou,
+            "before_distilling": self.before_distilling,
             "world_size": self.ctx.world_size,
             "elapsed_s": self.elapsed(),
             "loss_sums": self.loss_sums.clone(),
@@ -636,14 +736,11 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------
     def fit(self) -> int:
+        """Train to ``iters``: step, log, and validate-and-checkpoint on their schedules."""
         from tqdm import tqdm
 
         config, ctx = self.config, self.ctx
-        if ctx.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(self.run_dir)
-            config_lib.save_config(config, str(self.run_dir / CONFIG_YAML))
-        barrier(ctx)
+        self._prepare_run_dir()
         iters = config["iters"]
         if self.iteration >= iters:
             self.log("nothing to do: the run is at iteration %d of %d (raise iters= to go on)"
@@ -653,20 +750,11 @@ class Trainer:
         val = val_loader(self.val_set, config, ctx)
         metrics_log = MetricsLog(self.run_dir, csv_columns(self.active),
                                  self.iteration) if ctx.is_main else None
-        eval_every = config["eval_every"]
-        checkpoint_every = config["checkpoint_every"] or eval_every
-        stop_after = config["stop_after"]
-        self.log("training %s (%.2fM params) on %s: %d train / %d val images, %d process%s, "
-                 "device %s, losses %s"
-                 % (self.model.arch, count_params(self.model) / 1e6, self.data,
-                    len(self.train_set), len(self.val_set), ctx.world_size,
-                    "es" if ctx.distributed else "", self.device,
-                    " + ".join("%g*%s" % (self.weights[t], t) for t in self.active)))
-
-        names = ["loss"] + self.active
-        window = torch.zeros(len(names), dtype=torch.float64)  # since the last bar update
-        window_count, window_start = 0, time.time()
-        images_per_step = config["batch_size"] * ctx.world_size
+        self._log_start()
+        if self.teacher is not None and self.iteration == 0:
+            self.compare_with_teacher(val)
+        window = ProgressWindow(["loss"] + self.active,
+                                config["batch_size"] * ctx.world_size)
         bar = tqdm(total=iters, initial=self.iteration, disable=not ctx.is_main,
                    desc="train", unit="it", dynamic_ncols=True)
         batches: Iterator = iter(loader)
@@ -678,53 +766,11 @@ class Trainer:
                 self.iteration += 1
                 self.loss_sums += values
                 self.loss_count += 1
-                window += values
-                window_count += 1
+                window.add(values)
                 bar.update(1)
-                if window_count >= (config["log_every"] or 1) or self.iteration == iters:
-                    elapsed = max(time.time() - window_start, 1e-9)
-                    means = (window / window_count).tolist()
-                    postfix = {n: "%.4f" % v for n, v in zip(names, means)}
-                    postfix.update(lr="%.2e" % lr,
-                                   img_s="%.3g" % (window_count * images_per_step / elapsed))
-                    bar.set_postfix(postfix, refresh=False)
-                    if metrics_log is not None:
-                        metrics_log.scalars(self.iteration, dict(zip(names, means), lr=lr), "train")
-                    window.zero_()
-                    window_count, window_start = 0, time.time()
-
-                evaluate_now = self.iteration % eval_every == 0 or self.iteration == iters
-                if evaluate_now:
-                    broadcast_buffers(ctx, self.model)
-                    summary = validate(self.model, val, ctx, self.amp)
-                    self.last_summary = summary
-                    improved = summary["miou"] is not None and (
-                        self.best_miou is None or summary["miou"] > self.best_miou)
-                    if improved:
-                        self.best_miou = summary["miou"]
-                        self.save_best()
-                    if metrics_log is not None:
-                        row = {"iteration": self.iteration,
-                               "epoch": self.sampler.position(self.iteration - 1)[0],
-                               "time_s": round(self.elapsed(), 2), "lr": lr}
-                        row.update(zip(names, (self.loss_sums / max(self.loss_count, 1)).tolist()))
-                        row.update(miou=summary["miou"], dice=summary["dice"],
-                                   pixel_acc=summary["pixel_acc"])
-                        row.update({"iou_%s" % k: v for k, v in summary["per_class_iou"].items()})
-                        metrics_log.append(row)
-                        metrics_log.scalars(self.iteration, {k: summary[k] for k in
-                                                             ("miou", "dice", "pixel_acc")}, "val")
-                    self.loss_sums.zero_()
-                    self.loss_count = 0
-                    self.log("iteration %d: val mIoU %s, Dice %s, pixel acc %s%s"
-                             % (self.iteration, _fmt(summary["miou"]), _fmt(summary["dice"]),
-                                _fmt(summary["pixel_acc"]), " (best)" if improved else ""))
-                stopping = stop_after is not None and self.iteration >= stop_after
-                if (evaluate_now or stopping or self.iteration % checkpoint_every == 0):
-                    if not evaluate_now:
-                        broadcast_buffers(ctx, self.model)
-                    self.save_last()
-                if stopping and self.iteration < iters:
+                if window.count >= (config["log_every"] or 1) or self.iteration == iters:
+                    self.log_progress(bar, window, lr, metrics_log)
+                if self.validate_and_checkpoint(val, lr, metrics_log):
                     self.log("stopped after iteration %d (stop_after); continue with --resume"
                              % self.iteration)
                     return 0
@@ -733,15 +779,106 @@ class Trainer:
             if metrics_log is not None:
                 metrics_log.close()
             del batches
-        if config["save_rank_weights"] and ctx.distributed:
+        self._finish()
+        return 0
+
+    def _prepare_run_dir(self) -> None:
+        if self.ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.run_dir)
+            config_lib.save_config(self.config, str(self.run_dir / CONFIG_YAML))
+        barrier(self.ctx)
+
+    def _log_start(self) -> None:
+        ctx = self.ctx
+        self.log("training %s (%.2fM params) on %s: %d train / %d val images, %d process%s, "
+                 "device %s, losses %s"
+                 % (self.model.arch, count_params(self.model) / 1e6, self.data,
+                    len(self.train_set), len(self.val_set), ctx.world_size,
+                    "es" if ctx.distributed else "", self.device,
+                    " + ".join("%g*%s" % (self.weights[t], t) for t in self.active)))
+
+    def compare_with_teacher(self, val: DataLoader) -> None:
+        """The teacher's and the student's val mIoU before distilling, with a warning when
+        the teacher is not better (it then has nothing to teach the student)."""
+        teacher = validate(self.teacher, val, self.ctx, self.amp)["miou"]
+        student = validate(self.model, val, self.ctx, self.amp)["miou"]
+        self.before_distilling = {"teacher_miou": teacher, "student_miou": student}
+        self.log("before distilling: val mIoU teacher %s, student %s"
+                 % (fmt(teacher), fmt(student)))
+        if teacher is not None and student is not None and teacher <= student:
+            self.log("warning: the teacher (val mIoU %s) is not better than the student (%s): "
+                     "distilling from it can only hold the student back; use a stronger "
+                     "teacher or train without one" % (fmt(teacher), fmt(student)))
+
+    # -- logging -----------------------------------------------------------------------
+    def log_progress(self, bar: Any, window: "ProgressWindow", lr: float,
+                     metrics_log: Optional["MetricsLog"]) -> None:
+        """The progress bar's loss means since its last update, and the same to TensorBoard."""
+        means, images_per_s = window.flush()
+        postfix = {n: "%.4f" % v for n, v in means.items()}
+        postfix.update(lr="%.2e" % lr, img_s="%.3g" % images_per_s)
+        bar.set_postfix(postfix, refresh=False)
+        if metrics_log is not None:
+            metrics_log.scalars(self.iteration, dict(means, lr=lr), "train")
+
+    # -- validate and checkpoint -------------------------------------------------------
+    def validate_and_checkpoint(self, val: DataLoader, lr: float,
+                                metrics_log: Optional["MetricsLog"]) -> bool:
+        """Validate every ``eval_every`` iterations and at the end (best.safetensors when
+        mIoU improves, a metrics.csv row), write last every ``checkpoint_every``, at each
+        validation and at ``stop_after``. Returns True when the run stops here."""
+        config, ctx = self.config, self.ctx
+        iters = config["iters"]
+        evaluate_now = self.iteration % config["eval_every"] == 0 or self.iteration == iters
+        stopping = config["stop_after"] is not None and self.iteration >= config["stop_after"]
+        checkpoint_every = config["checkpoint_every"] or config["eval_every"]
+        if evaluate_now:
+            broadcast_buffers(ctx, self.model)
+            self.record_validation(validate(self.model, val, ctx, self.amp), lr, metrics_log)
+        if evaluate_now or stopping or self.iteration % checkpoint_every == 0:
+            if not evaluate_now:
+                broadcast_buffers(ctx, self.model)
+            self.save_last()
+        return stopping and self.iteration < iters
+
+    def record_validation(self, summary: Dict[str, Any], lr: float,
+                          metrics_log: Optional["MetricsLog"]) -> None:
+        """best.safetensors on improvement, a metrics.csv row with the loss means since the
+        last row, and a log line."""
+        self.last_summary = summary
+        improved = summary["miou"] is not None and (
+            self.best_miou is None or summary["miou"] > self.best_miou)
+        if improved:
+            self.best_miou = summary["miou"]
+            self.save_best()
+        if metrics_log is not None:
+            row = {"iteration": self.iteration,
+                   "epoch": self.sampler.position(self.iteration - 1)[0],
+                   "time_s": round(self.elapsed(), 2), "lr": lr}
+            row.update(zip(["loss"] + self.active,
+                           (self.loss_sums / max(self.loss_count, 1)).tolist()))
+            row.update(miou=summary["miou"], dice=summary["dice"], pixel_acc=summary["pixel_acc"])
+            row.update({"iou_%s" % k: v for k, v in summary["per_class_iou"].items()})
+            metrics_log.append(row)
+            metrics_log.scalars(self.iteration, {k: summary[k] for k in
+                                                 ("miou", "dice", "pixel_acc")}, "val")
+        self.loss_sums.zero_()
+        self.loss_count = 0
+        self.log("iteration %d: val mIoU %s, Dice %s, pixel acc %s%s"
+                 % (self.iteration, fmt(summary["miou"]), fmt(summary["dice"]),
+                    fmt(summary["pixel_acc"]), " (best)" if improved else ""))
+
+    def _finish(self) -> None:
+        ctx = self.ctx
+        if self.config["save_rank_weights"] and ctx.distributed:
             from safetensors.torch import save_file
             save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
                       str(self.run_dir / ("rank%d%s" % (ctx.rank, CHECKPOINT_EXT))))
         barrier(ctx)
         self.log("done: %d iterations in %.0f s; best val mIoU %s; checkpoints %s and %s"
-                 % (iters, time.time() - self.start_time, _fmt(self.best_miou),
+                 % (self.config["iters"], time.time() - self.start_time, fmt(self.best_miou),
                     self.run_dir / BEST, self.run_dir / LAST))
-        return 0
 
 
 def train(args: argparse.Namespace) -> int:

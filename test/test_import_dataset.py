@@ -1,0 +1,139 @@
+"""training.import_dataset: colour- and index-coded labels become LPCV class indices in the
+LPCV layout that training reads; bad values stop with the file and value, leaving nothing."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from lpcv_segmentation.classes import CLASS_NAMES, IGNORE_INDEX
+from lpcv_segmentation.labels_io import read_label_png
+from training.__main__ import main as cli
+from training.data import SegmentationDataset
+from training.import_dataset import read_mapping
+
+REPO = Path(__file__).resolve().parents[1]
+WATER, ROAD, BUILDING = (CLASS_NAMES.index(n) for n in
+                         ("flood/water/river/sea", "road/railway/bridge", "building_undamaged"))
+RGB_MAPPING = {"encoding": "rgb", "classes": [
+    {"value": [28, 42, 168], "class": "flood/water/river/sea"},
+    {"value": [128, 64, 128], "class": "road/railway/bridge"},
+    {"value": [0, 0, 0], "class": "background"},
+    {"value": [255, 255, 255], "class": "ignore"}]}
+
+
+def write_rgb_source(root, count=5, size=(40, 30), odd=None):
+    """Images <stem>.jpg and colour labels <stem>_lab.png: water left, road right, a white
+    (ignored) corner; ``odd`` paints one pixel of the third label with that colour."""
+    images, labels = root / "img", root / "lab"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    w, h = size
+    for i in range(count):
+        rgb = np.full((h, w, 3), 20 * i, np.uint8)
+        cv2.imwrite(str(images / ("%03d.jpg" % i)), rgb)
+        lab = np.zeros((h, w, 3), np.uint8)
+        lab[:, : w // 2] = (28, 42, 168)
+        lab[:, w // 2:] = (128, 64, 128)
+        lab[:3, :3] = (255, 255, 255)
+        if odd is not None and i == 2:
+            lab[h - 1, w - 1] = odd
+        cv2.imwrite(str(labels / ("%03d_lab.png" % i)), cv2.cvtColor(lab, cv2.COLOR_RGB2BGR))
+    return images, labels
+
+
+def write_mapping(path, mapping):
+    path.write_text(yaml.safe_dump(mapping))
+    return path
+
+
+def run(images, labels, mapping, out, *extra):
+    return cli(["import-dataset", "--images", str(images), "--labels", str(labels),
+                "--mapping", str(mapping), "--out", str(out), *extra])
+
+
+def test_rgb_labels_become_lpcv_indices_in_the_lpcv_layout(tmp_path):
+    images, labels = write_rgb_source(tmp_path / "src", count=10)
+    mapping = write_mapping(tmp_path / "map.yaml", RGB_MAPPING)
+    out = tmp_path / "out"
+    assert run(images, labels, mapping, out, "--label-suffix", "_lab", "--val-fraction", "0.3",
+               "--seed", "4") == 0
+    train = sorted(p.name for p in (out / "IMG" / "train").iterdir())
+    val = sorted(p.name for p in (out / "IMG" / "val").iterdir())
+    assert len(val) == 3 and len(train) == 7 and not set(train) & set(val)
+    label = read_label_png(str(out / "GT" / "val" / val[0]))
+    assert label.shape == (30, 40)
+    assert (label[5:, :20] == WATER).all() and (label[5:, 20:] == ROAD).all()
+    assert (label[:3, :3] == IGNORE_INDEX).all()
+    # the training loader reads it as it is
+    dataset = SegmentationDataset(str(out), "train", validate=True, progress=False)
+    assert len(dataset) == 7
+    # the same seed draws the same split
+    again = tmp_path / "again"
+    assert run(images, labels, mapping, again, "--label-suffix", "_lab", "--val-fraction",
+               "0.3", "--seed", "4") == 0
+    assert sorted(p.name for p in (again / "IMG" / "val").iterdir()) == val
+
+
+def test_index_labels_resized_by_the_shorter_side_and_suffix_from_the_mapping(tmp_path):
+    images, labels = tmp_path / "img", tmp_path / "lab"
+    images.mkdir()
+    labels.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(images / ("s%d.png" % i)), np.zeros((60, 80, 3), np.uint8))
+        index = np.zeros((60, 80), np.uint8)
+        index[:, 40:] = 7
+        index[:30, :40] = 3
+        cv2.imwrite(str(labels / ("s%d_lab.png" % i)), index)
+    mapping = write_mapping(tmp_path / "map.yaml", {
+        "encoding": "index", "label_suffix": "_lab", "classes": [
+            {"value": 0, "class": "background"}, {"value": 3, "class": "building_undamaged"},
+            {"value": 7, "class": "road/railway/bridge"}]})
+    out = tmp_path / "out"
+    assert run(images, labels, mapping, out, "--size", "30", "--val-fraction", "0",
+               "--prefix", "x_") == 0
+    assert not list((out / "IMG" / "val").iterdir())
+    image = cv2.imread(str(out / "IMG" / "train" / "x_s0.png"))
+    label = read_label_png(str(out / "GT" / "train" / "x_s0.png"))
+    assert image.shape == (30, 40, 3) and label.shape == (30, 40)
+    assert set(np.unique(label).tolist()) == {0, BUILDING, ROAD}  # nearest: no new values
+    assert (label[:, 20:] == ROAD).all() and (label[:15, :20] == BUILDING).all()
+
+
+def test_unknown_value_names_file_and_value_and_writes_nothing(tmp_path, capsys):
+    images, labels = write_rgb_source(tmp_path / "src", odd=(1, 2, 3))
+    mapping = write_mapping(tmp_path / "map.yaml", RGB_MAPPING)
+    out = tmp_path / "out"
+    assert run(images, labels, mapping, out, "--label-suffix", "_lab") == 1
+    err = capsys.readouterr().err
+    assert str(labels / "002_lab.png") in err and "[1, 2, 3]" in err and "(1 pixels)" in err
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.yaml", "src"]  # no staging left
+    # --unknown background maps it to background instead
+    assert run(images, labels, mapping, out, "--label-suffix", "_lab", "--unknown",
+               "background", "--val-fraction", "0") == 0
+    label = read_label_png(str(out / "GT" / "train" / "002.png"))
+    assert label[-1, -1] == 0 and label[-1, 0] == WATER
+
+
+def test_missing_label_and_bad_mapping_are_named(tmp_path, capsys):
+    images, labels = write_rgb_source(tmp_path / "src")
+    (labels / "001_lab.png").unlink()
+    mapping = write_mapping(tmp_path / "map.yaml", RGB_MAPPING)
+    assert run(images, labels, mapping, tmp_path / "o1", "--label-suffix", "_lab") == 1
+    assert "001.jpg: no label" in capsys.readouterr().err
+    bad = write_mapping(tmp_path / "bad.yaml", {"encoding": "rgb", "classes": [
+        {"value": [1, 2, 3], "class": "lava"}]})
+    assert run(images, labels, bad, tmp_path / "o2") == 1
+    assert "classes[0]: unknown class 'lava'" in capsys.readouterr().err
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("name", ["floodnet", "rescuenet", "semantic_drone", "uavid"])
+def test_shipped_mappings_parse_and_cite_their_source_and_licence(name):
+    path = REPO / "training" / "mappings" / (name + ".yaml")
+    mapping = read_mapping(str(path))
+    assert len(mapping.table) >= 8
+    text = path.read_text().lower()
+    assert "licence" in text and "http" in text
