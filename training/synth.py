@@ -462,7 +462,7 @@ def _lava(s: _Scene, count: int) -> None:
         line = line[: int(rng.integers(30, 61))]
         widths = _wavy_widths(rng, len(line), rng.uniform(0.04, 0.12), 0.35, (0.6, 1.3))
         c.fill(_ribbon(line, widths), LAVA, _pick(rng, ((0.16, 0.12, 0.10), (0.25, 0.14, 0.10),
-                                                       (0.12, 0.11, 0.11)), 0.04), "lava")
+                                                        (0.12, 0.11, 0.11)), 0.04), "lava")
         t = _tangents(line)
         normal = np.stack([-t[:, 1], t[:, 0]], axis=1)
         glow = _pick(rng, ((1.0, 0.45, 0.08), (0.95, 0.25, 0.05), (1.0, 0.65, 0.2)), 0.04)
