@@ -47,7 +47,7 @@ def offline_home(tmp_path, monkeypatch):
 
 def config_for(weights, arch="mobilevit_xxs", input_size=64):
     return {"init": None, "arch": arch, "decoder_channels": 16, "input_size": input_size,
-            "encoder_weights": weights}
+            "encoder_weights": weights, "decoder": "upernet"}
 
 
 def test_imagenet_loads_the_hub_caches_weights(offline_home):
