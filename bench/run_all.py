@@ -14,7 +14,6 @@ target is listed at the top, met or MISSED, with the measured figure.
 import argparse
 import collections
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -31,7 +30,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
-from lpcv_segmentation.fileio import write_text_atomic  # noqa: E402
+from lpcv_segmentation.fileio import file_sha256, write_text_atomic  # noqa: E402
 from report import markdown_table  # noqa: E402
 
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -142,14 +141,6 @@ def machine() -> Dict[str, str]:
             "uncommitted": str(dirty)}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
-
-
 MODEL_ROLES = (("node, memory (ONNX Runtime)", "model"),
                ("default student, memory (PyTorch)", "checkpoint"),
                ("unpruned student", "unpruned"),
@@ -167,7 +158,7 @@ def model_facts(args: argparse.Namespace) -> Dict[str, Optional[Dict[str, str]]]
             continue
         meta = _metadata(path)
         facts[role] = {"file": given, "size_mb": "%.1f" % (path.stat().st_size / 1e6),
-                       "sha256": _sha256(path), "arch": str(meta.get("arch", "?")),
+                       "sha256": file_sha256(path)[:12], "arch": str(meta.get("arch", "?")),
                        "input": str(meta.get("input_size", "?")),
                        "params": "%.2fM" % (meta["params"] / 1e6) if meta.get("params")
                        else "?", "precision": str(meta.get("precision", "fp32"))}

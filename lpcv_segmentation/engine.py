@@ -20,7 +20,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from lpcv_segmentation.engine_cache import (ENGINE_METADATA_SUFFIX, EngineError, EngineKey,
-                                            check_writable, engine_path, file_sha256,
+                                            check_writable, engine_path, model_sha256,
                                             read_engine_metadata, resolve_cache_dir)
 from lpcv_segmentation.fileio import write_bytes_atomic, write_json_atomic
 
@@ -81,7 +81,7 @@ def engine_key(model_path: str, precision: str, for_onnxruntime: bool = False) -
             version = None
     if version is None:
         _import_tensorrt()  # raises the one-line "needs the tensorrt Python package"
-    return EngineKey(file_sha256(model_path), precision, str(version), gpu_identity())
+    return EngineKey(model_sha256(model_path), precision, str(version), gpu_identity())
 
 
 def onnx_metadata(model_path: str) -> Dict[str, Any]:

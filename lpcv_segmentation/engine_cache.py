@@ -22,14 +22,15 @@ import os
 import tempfile
 from typing import Any, Dict, NamedTuple, Optional, Sequence
 
+from lpcv_segmentation.fileio import file_sha256
+
 __all__ = ["ENGINE_METADATA_SUFFIX", "EngineError", "EngineKey", "default_cache_dir",
-           "resolve_cache_dir", "file_sha256", "engine_path", "ort_trt_cache_path",
+           "resolve_cache_dir", "model_sha256", "engine_path", "ort_trt_cache_path",
            "check_writable", "engine_build_needed", "uses_tensorrt"]
 
 ENGINE_METADATA_SUFFIX = ".json"  # an engine's metadata lives beside it: MODEL.engine.json
 ENGINE_SUFFIXES = (".engine", ".plan")  # a file with these endings is an engine already
 DIGEST_CHARS = 16  # 64 bits of SHA-256: no accidental collision among a user's engines
-_CHUNK = 1 << 20
 
 
 class EngineError(ValueError):
@@ -68,17 +69,14 @@ def resolve_cache_dir(engine_cache_dir: Optional[str] = None) -> str:
     return default_cache_dir()
 
 
-def file_sha256(path: str) -> str:
-    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
-    digest = hashlib.sha256()
+def model_sha256(path: str) -> str:
+    """Hex SHA-256 of a model file's bytes (``fileio.file_sha256``), as an EngineError naming
+    the file when it cannot be read."""
     try:
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(_CHUNK), b""):
-                digest.update(chunk)
+        return file_sha256(path)
     except OSError as error:
         raise EngineError("cannot read model file %s to key its engine: %s"
                           % (path, error.strerror or error))
-    return digest.hexdigest()
 
 
 def _stem(model_path: str) -> str:

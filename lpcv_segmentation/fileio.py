@@ -1,16 +1,18 @@
 """Atomic file writes: a temporary file beside the target, then a rename, so that a reader
 (or a run killed mid-write) never sees half a file. The one writer for reports, configs,
 tables and, through ``atomic_path``, for checkpoints and model files written by other
-libraries (safetensors, torch.save, onnx)."""
+libraries (safetensors, torch.save, onnx). Also the one content digest of a file
+(``file_sha256``), which model records and caches key on."""
 import contextlib
 import csv
+import hashlib
 import json
 import os
 import shutil
 from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Union
 
 __all__ = ["PathLike", "atomic_path", "write_text_atomic", "write_bytes_atomic", "write_json_atomic",
-           "write_csv_atomic", "write_yaml_atomic", "copy_file_atomic", "TEMP_MARKER"]
+           "write_csv_atomic", "write_yaml_atomic", "copy_file_atomic", "file_sha256", "TEMP_MARKER"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 TEMP_MARKER = ".tmp."  # in every temporary name: "<target>.tmp.<pid><suffix>"
@@ -79,3 +81,12 @@ def copy_file_atomic(src: PathLike, dst: PathLike) -> None:
     """Copy ``src`` over ``dst`` atomically."""
     with atomic_path(dst) as tmp:
         shutil.copyfile(os.fspath(src), tmp)
+
+
+def file_sha256(path: PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (OSError if it cannot be read)."""
+    digest = hashlib.sha256()
+    with open(os.fspath(path), "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

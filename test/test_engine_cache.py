@@ -11,7 +11,7 @@ import pytest
 
 from lpcv_segmentation.engine_cache import (EngineError, EngineKey, check_writable,
                                             default_cache_dir, engine_build_needed, engine_path,
-                                            file_sha256, ort_trt_cache_path,
+                                            model_sha256, ort_trt_cache_path,
                                             read_engine_metadata, resolve_cache_dir,
                                             uses_tensorrt)
 
@@ -46,13 +46,13 @@ def test_model_bytes_key_the_engine(tmp_path):
     b.write_bytes(b"model two")
     a_copy.parent.mkdir()
     a_copy.write_bytes(b"model one")
-    assert file_sha256(str(a)) == file_sha256(str(a_copy)) != file_sha256(str(b))
-    key_a = KEY._replace(model_sha256=file_sha256(str(a)))
-    key_b = KEY._replace(model_sha256=file_sha256(str(b)))
+    assert model_sha256(str(a)) == model_sha256(str(a_copy)) != model_sha256(str(b))
+    key_a = KEY._replace(model_sha256=model_sha256(str(a)))
+    key_b = KEY._replace(model_sha256=model_sha256(str(b)))
     assert engine_path("", str(a), key_a) == engine_path("", str(a_copy), key_a)
     assert engine_path("", str(a), key_a) != engine_path("", str(a), key_b)
     with pytest.raises(EngineError, match="gone.onnx"):
-        file_sha256(str(tmp_path / "gone.onnx"))
+        model_sha256(str(tmp_path / "gone.onnx"))
 
 
 def test_default_cache_is_per_user_and_never_the_package(tmp_path, monkeypatch):

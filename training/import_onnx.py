@@ -27,7 +27,6 @@ Before the copy is written it is loaded through ``lpcv_segmentation.runtime.Segm
 logits are checked against the foreign model's own, upsampled. Every refusal names the file.
 """
 import argparse
-import hashlib
 import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
@@ -35,7 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from lpcv_segmentation.classes import class_table
-from lpcv_segmentation.fileio import atomic_path
+from lpcv_segmentation.fileio import atomic_path, file_sha256
 from lpcv_segmentation.runtime import (INPUT_NAME, OUTPUT_NAME, RuntimeConfigError, Segmenter,
                                        preprocess)
 
@@ -205,14 +204,6 @@ def _append_resize(proto: Any, logits: str, num_classes: int, size: int) -> None
                                                       [1, num_classes, size, size]))
 
 
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def import_onnx(onnx_path: str, out_path: str, input_size: int, mean: Sequence[float],
                 std: Sequence[float], classes: str = "lpcv", norm_scale: float = 255.0,
                 output_stride: Optional[int] = None) -> Dict[str, Any]:
@@ -266,7 +257,7 @@ def import_onnx(onnx_path: str, out_path: str, input_size: int, mean: Sequence[f
         "format": "lpcv-seg/1", "arch": "imported", "num_classes": num_classes,
         "input_size": size, "mean": norm["mean"], "std": norm["std"], "classes": table,
         "precision": "fp32", "params": params, "source": os.path.basename(onnx_path),
-        "imported": {"onnx": os.path.basename(onnx_path), "sha256": _file_sha256(onnx_path),
+        "imported": {"onnx": os.path.basename(onnx_path), "sha256": file_sha256(onnx_path),
                      "input": foreign["input"], "output": foreign["output"],
                      "output_stride": stride, "upsampled_in_graph": stride != 1,
                      "mean_given": [float(v) for v in mean], "std_given": [float(v) for v in std],

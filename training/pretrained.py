@@ -14,11 +14,12 @@ path (.safetensors, or .pth/.pt read with weights_only=True), loaded as before. 
 (repo id, revision and file, or the local path) is recorded in the checkpoint's training
 metadata so a run says where its encoder started from.
 """
-import hashlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
+
+from lpcv_segmentation.fileio import file_sha256
 
 __all__ = ["IMAGENET", "WeightsError", "EncoderWeights", "hub_cache_dir", "hub_model_id",
            "resolve_encoder_weights"]
@@ -74,14 +75,6 @@ def hub_model_id(arch: str) -> str:
     return model_id
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _from_hub(arch: str) -> EncoderWeights:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -103,7 +96,7 @@ def _from_hub(arch: str) -> EncoderWeights:
     # a cached file sits in .../snapshots/<revision>/model.safetensors
     revision = Path(path).parent.name
     return EncoderWeights(path=path, source="hub", model_id=model_id, revision=revision,
-                          sha256=_sha256(path))
+                          sha256=file_sha256(path))
 
 
 def resolve_encoder_weights(arch: str, value: Optional[str]) -> Optional[EncoderWeights]:
@@ -117,4 +110,4 @@ def resolve_encoder_weights(arch: str, value: Optional[str]) -> Optional[Encoder
     if not os.path.isfile(path):
         raise WeightsError("encoder_weights %s does not exist (give a weights file, or "
                            "'imagenet' for timm's hub weights)" % value)
-    return EncoderWeights(path=path, source="file", sha256=_sha256(path))
+    return EncoderWeights(path=path, source="file", sha256=file_sha256(path))
