@@ -98,7 +98,7 @@ def test_pruned_lite_checkpoint_reloads_with_same_outputs(lite, tmp_path):
     """torch-pruning's dependency graph cuts the depthwise convs with the layers they couple
     to; the structure record rebuilds them (groups included)."""
     model = copy.deepcopy(lite)
-    P.prune_step(model, "all", 0.5)
+    P.prune_step(model, "all", 0.5, importance="l2")
     dw = model.decoder.fuse[0]
     assert dw.groups == dw.in_channels == dw.out_channels < lite.decoder.fuse[0].in_channels
     assert model.decoder.fpn_convs[0][3].out_channels < WIDTH  # decoder channels were cut
@@ -134,7 +134,7 @@ def test_lite_exports_in_every_precision_and_runs_on_each_back_end(tmp_path, syn
     torch.manual_seed(0)
     model = build_model("mobilevit_xxs", decoder_channels=WIDTH, input_size=SIZE,
                         decoder="upernet_lite")
-    P.prune_step(model.eval(), "channel", 0.3)  # a pruned lite model, as the pipeline ships
+    P.prune_step(model.eval(), "channel", 0.3, importance="l2")  # a pruned lite model, as the pipeline ships
     ckpt = tmp_path / "lite.safetensors"
     save_checkpoint(str(ckpt), model.eval())
     image = check_scenes(1, SIZE)[0]

@@ -59,7 +59,7 @@ def test_pruned_model_heads_and_widths(one_torch_thread):
     from training import prune as P
     torch.manual_seed(0)
     model = _randomise_batchnorm(build_model("mobilevit_xxs", input_size=64))
-    P.prune_step(model, "all", 0.3)
+    P.prune_step(model, "all", 0.3, importance="l2")
     heads = {m.num_heads for m in model.modules() if hasattr(m, "qkv")}
     assert heads == {3}
     x = torch.randn(1, 3, 64, 64)
