@@ -7,7 +7,7 @@ commands with the arguments a user would type (training stages in their own proc
 short export and evaluation stages in this one):
   data      python -m training synth      synthetic disaster scenes (train + val)
   teacher   python -m training train      UPerNet-Swin-v2-T teacher
-  student   python -m training train      UPerNet-MobileViT-XXS, distilled from the teacher
+  student   python -m training train      the MobileViT student, distilled from the teacher
   prune     python -m training prune      structured pruning (all), distilled fine-tune
   export    python -m training export     ONNX fp32 and fp16 (each checked against PyTorch)
   evaluate  python -m training evaluate   every stage's model on the val split, latency here
@@ -311,6 +311,12 @@ def _cpu_name() -> str:
 # --------------------------------------------------------------------------------------------
 # The model card
 # --------------------------------------------------------------------------------------------
+def _student_title(overrides: Dict[str, Any]) -> str:
+    """The student's encoder and decoder as the config names them."""
+    return "%s decoder on %s" % (overrides.get("decoder", "upernet"),
+                                 overrides.get("arch", "?"))
+
+
 def model_card(report: Dict[str, Any]) -> str:
     """models/README.md: what the model is, how it was made, what it scores, and its limits."""
     s = report["settings"]
@@ -322,8 +328,9 @@ def model_card(report: Dict[str, Any]) -> str:
     n_val = int(round(data["count"] * data["val_fraction"]))
     rows = [("teacher", "UPerNet-Swin-v2-T, %s-ch decoder, %s px"
              % (t_over.get("decoder_channels", "?"), t_over.get("input_size", "?")), "teacher"),
-            ("student (distilled)", "UPerNet-MobileViT-XXS, %s-ch decoder, %s px"
-             % (s_over.get("decoder_channels", "?"), s_over.get("input_size", "?")), "student"),
+            ("student (distilled)", "%s, %s-ch decoder, %s px"
+             % (_student_title(s_over), s_over.get("decoder_channels", "?"),
+                s_over.get("input_size", "?")), "student"),
             ("pruned + distilled fine-tune", "%s pruning, amount %s"
              % (s["prune"]["method"], s["prune"]["amount"]), "pruned"),
             ("**default.onnx** (fp32)", "ONNX Runtime, CPU", "onnx_fp32")]
@@ -374,7 +381,7 @@ and run folders in `{work}/`):
 2. teacher: UPerNet-Swin-v2-T (`training/configs/teacher.yaml`) at {t_size} px, {t_iters}
    iterations from scratch (no pretrained weights can be downloaded here). This is a very
    short run on a CPU: a weak teacher.
-3. student: UPerNet-MobileViT-XXS, {s_dec}-channel decoder, {s_size} px input, trained on
+3. student: {s_title}, {s_dec}-channel decoder, {s_size} px input, trained on
    {s_crop} px crops for {s_iters} iterations with OHEM cross-entropy plus MSE distillation
    from the teacher's logits (`training/configs/student.yaml`).
 4. pruning: `python -m training prune --method {p_method} --target {p_target} --amount
@@ -427,6 +434,7 @@ Built {built} with Python {python}, torch {torch}, onnxruntime {ort}.
         cores=machine["cores"], command=report["command"], count=data["count"],
         size=data["size"], seed=data["seed"], n_train=data["count"] - n_val, n_val=n_val,
         t_size=t_over.get("input_size", "?"), t_iters=t_over.get("iters", "?"),
+        s_title=_student_title(s_over),
         s_dec=s_over.get("decoder_channels", "?"), s_size=s_over.get("input_size", "?"),
         s_crop=s_over.get("crop_size", "?"), s_iters=s_over.get("iters", "?"),
         p_method=s["prune"]["method"], p_target=s["prune"]["target"],
