@@ -199,3 +199,32 @@ def test_runtime_refuses_logits_smaller_than_the_input(tmp_path):
     with pytest.raises(RuntimeConfigError, match=r"strided\.onnx: output 'seg' has shape "
                                                  r"\[1, 14, 8, 8\].*import-onnx"):
         Segmenter(str(path))
+
+
+def test_imported_model_serves_as_an_onnx_teacher(tmp_path):
+    """`--teacher imported.onnx`: the teacher sees the training batch re-normalised to the
+    foreign model's own 0-255 mean/std, and its logits equal the foreign model's, upsampled."""
+    import torch
+    from training.onnx_teacher import OnnxTeacher
+    foreign = foreign_model(tmp_path / "foreign.onnx")
+    out = tmp_path / "imported.onnx"
+    assert run_import(foreign, out) == 0
+    train_mean, train_std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet, [0, 1]
+    teacher = OnnxTeacher(str(out), torch.device("cpu"), train_mean, train_std)
+
+    noise = np.random.default_rng(2).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    rgb = cv2.GaussianBlur(noise, (9, 9), 3)
+    batch = ((rgb.astype(np.float32) / 255 - np.float32(train_mean)) / np.float32(train_std))
+    batch = torch.from_numpy(batch.transpose(2, 0, 1)[None].copy())  # (1, 3, S, S)
+    logits = teacher.logits(batch, (SIZE // 4, SIZE // 4))
+
+    x = ((rgb.astype(np.float32) - np.float32(MEAN_255)) / np.float32(STD_255))
+    x = np.ascontiguousarray(x.transpose(2, 0, 1)[None], np.float32)
+    own = ort.InferenceSession(str(foreign), providers=["CPUExecutionProvider"]).run(
+        None, {"img": x})[0]  # (1, C, S/8, S/8)
+    up = torch.nn.functional.interpolate(torch.from_numpy(own), size=(SIZE, SIZE),
+                                         mode="bilinear", align_corners=False)
+    expected = torch.nn.functional.interpolate(up, size=(SIZE // 4, SIZE // 4),
+                                               mode="bilinear", align_corners=False)
+    assert logits.shape == (1, NUM_CLASSES, SIZE // 4, SIZE // 4)
+    torch.testing.assert_close(logits, expected, rtol=1e-3, atol=1e-3)
