@@ -382,7 +382,7 @@ and run folders in `{work}/`):
    iterations from scratch (no pretrained weights can be downloaded here). This is a very
    short run on a CPU: a weak teacher.
 3. student: {s_title}, {s_dec}-channel decoder, {s_size} px input, trained on
-   {s_crop} px crops for {s_iters} iterations with OHEM cross-entropy plus MSE distillation
+   {s_crop} px crops for {s_iters} iterations with OHEM cross-entropy plus distillation
    from the teacher's logits (`training/configs/student.yaml`).
 4. pruning: `python -m training prune --method {p_method} --target {p_target} --amount
    {p_amount}` (torch-pruning removes heads, MLP neurons, encoder filters and decoder channels
