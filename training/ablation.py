@@ -37,6 +37,7 @@ from lpcv_segmentation.formatting import fmt
 
 from training import prune as prune_lib
 from training import sweep as sweep_lib
+from training.config import load_yaml_mapping
 from training.stages import StageRunner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,15 +74,7 @@ class AblationError(ValueError):
 # --------------------------------------------------------------------------------------------
 def load_ablation_config(path: str) -> Dict[str, Dict[str, Any]]:
     """The YAML at ``path`` over SCHEMA's defaults, every section and key checked."""
-    if not os.path.isfile(path):
-        raise AblationError("config file %s does not exist" % path)
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            data = yaml.safe_load(handle) or {}
-    except yaml.YAMLError as e:
-        raise AblationError("config file %s is not valid YAML: %s" % (path, e))
-    if not isinstance(data, dict):
-        raise AblationError("config file %s must hold a mapping of sections" % path)
+    data = load_yaml_mapping(path, AblationError)
     config: Dict[str, Dict[str, Any]] = {}
     for section, defaults in SCHEMA.items():
         given = data.get(section) or {}

@@ -9,7 +9,7 @@ never silently trains with a default. The effective configuration is written to
 """
 import difflib
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Type
 
 import yaml
 
@@ -148,19 +148,27 @@ def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
     return result
 
 
-def read_yaml(path: str) -> Dict[str, Any]:
-    """A YAML config file as a validated, typed dict (only the keys it sets)."""
+def load_yaml_mapping(path: str, error: Type[Exception] = ConfigError,
+                      what: str = "config file") -> Dict[str, Any]:
+    """The mapping a YAML file holds ({} for an empty file). A missing file, invalid YAML or
+    anything but a mapping raises ``error`` naming ``what`` and the file."""
     if not os.path.isfile(path):
-        raise ConfigError("config file %s does not exist" % path)
+        raise error("%s %s does not exist" % (what, path))
     try:
         with open(path, "r", encoding="utf-8") as handle:
             data = yaml.safe_load(handle)
     except yaml.YAMLError as exc:
-        raise ConfigError("config file %s is not valid YAML: %s" % (path, exc))
+        raise error("%s %s is not valid YAML: %s" % (what, path, exc))
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError("config file %s must hold a mapping of key: value" % path)
+        raise error("%s %s must hold a mapping of key: value" % (what, path))
+    return data
+
+
+def read_yaml(path: str) -> Dict[str, Any]:
+    """A YAML config file as a validated, typed dict (only the keys it sets)."""
+    data = load_yaml_mapping(path)
     result = {}
     for key, value in data.items():
         _check_key(str(key), "config file %s" % path)

@@ -30,10 +30,10 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import yaml
 
 from lpcv_segmentation.fileio import copy_file_atomic, write_json_atomic, write_text_atomic
 from lpcv_segmentation.formatting import fmt
+from training.config import load_yaml_mapping
 from training.stages import StageRunner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,12 +66,7 @@ def _merge(base: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
 
 def load_settings(path: Path, quick: bool = False) -> Dict[str, Any]:
     """The YAML settings, with its ``quick`` section merged on top when asked."""
-    try:
-        settings = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise DefaultModelError("cannot read settings %s: %s" % (path, error)) from None
-    if not isinstance(settings, dict):
-        raise DefaultModelError("%s must hold a mapping" % path)
+    settings = load_yaml_mapping(os.fspath(path), DefaultModelError, "settings")
     quick_settings = settings.pop("quick", {}) or {}
     if quick:
         settings = _merge(settings, quick_settings)

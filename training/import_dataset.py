@@ -38,9 +38,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-import yaml
 
 from lpcv_segmentation.classes import CLASS_NAMES, IGNORE_INDEX
+from training.config import load_yaml_mapping
 
 __all__ = ["DatasetImportError", "Mapping", "read_mapping", "pair_files", "convert_label",
            "import_dataset"]
@@ -77,14 +77,8 @@ def _class_index(name: str, where: str) -> int:
 
 def read_mapping(path: str) -> Mapping:
     """Parse and check a mapping YAML; errors name the file and the entry."""
-    if not os.path.isfile(path):
-        raise DatasetImportError("mapping file %s does not exist" % path)
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except yaml.YAMLError as exc:
-        raise DatasetImportError("mapping file %s is not valid YAML: %s" % (path, exc))
-    if not isinstance(data, dict) or not isinstance(data.get("classes"), list):
+    data = load_yaml_mapping(path, DatasetImportError, "mapping file")
+    if not isinstance(data.get("classes"), list):
         raise DatasetImportError("mapping file %s needs 'encoding' and a 'classes' list" % path)
     encoding = data.get("encoding")
     if encoding not in ("rgb", "index"):

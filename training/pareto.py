@@ -27,9 +27,9 @@ import statistics
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import yaml
 
 from lpcv_segmentation.fileio import atomic_path, write_json_atomic, write_text_atomic
+from training.config import load_yaml_mapping
 
 CSV_NAME, MD_NAME, PNG_NAME, LATENCY_JSON = "pareto.csv", "pareto.md", "pareto.png", "latency.json"
 CSV_COLUMNS = ("decoder", "amount", "input_size", "params", "gmacs", "miou", "miou_seeds",
@@ -56,10 +56,7 @@ class ParetoError(ValueError):
 def load_pareto_config(path: str) -> Dict[str, Any]:
     """The config file over DEFAULTS; unknown keys and decoders are errors naming the file."""
     from lpcv_segmentation.decoders import DECODERS
-    if not os.path.isfile(path):
-        raise ParetoError("--config %s does not exist" % path)
-    with open(path, "r", encoding="utf-8") as handle:
-        data = yaml.safe_load(handle) or {}
+    data = load_yaml_mapping(path, ParetoError, "--config")
     unknown = sorted(set(data) - set(DEFAULTS))
     if unknown:
         raise ParetoError("%s: unknown key %r (known: %s)" % (path, unknown[0], ", ".join(DEFAULTS)))
