@@ -42,7 +42,8 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 from lpcv_segmentation.fileio import atomic_path  # noqa: E402
-from common import interleaved, load_average, set_threads  # noqa: E402
+from common import load_average, set_threads  # noqa: E402
+from lpcv_segmentation.timing import interleaved  # noqa: E402
 import peer as peer_lib  # noqa: E402
 from matmul_rate import matmul_runner  # noqa: E402
 from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402

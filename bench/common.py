@@ -1,16 +1,16 @@
 """What the benches share around the timer: thread setting and the load average.
 
-    from common import set_threads, interleaved
+    from common import set_threads
+    from lpcv_segmentation.timing import interleaved
     set_threads(2)                          # before the first torch/onnxruntime work
     timings = interleaved({"eager": f, "ort": g}, rounds=6)
 
 The timer itself is ``lpcv_segmentation.timing`` (block-interleaved rounds, medians of the wall
-clock and of the process's CPU time), re-exported here; training's sweep and ablation use it too.
+clock and of the process's CPU time), imported from there by the benches as by training's
+sweep and ablation.
 """
 import os
 from typing import Optional
-
-from lpcv_segmentation.timing import BLOCK, Timing, interleaved, time_call, timed  # noqa: F401
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 

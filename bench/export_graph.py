@@ -45,7 +45,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
-from common import interleaved, load_average, set_threads  # noqa: E402
+from common import load_average, set_threads  # noqa: E402
+from lpcv_segmentation.timing import interleaved  # noqa: E402
 from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
 
 PEER_FILE = "lpcv2023_2nd_topformer_tiny_288.onnx"

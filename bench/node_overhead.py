@@ -27,7 +27,8 @@ from typing import Dict, List, Optional, Tuple
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
-from common import load_average, timed  # noqa: E402
+from common import load_average  # noqa: E402
+from lpcv_segmentation.timing import timed  # noqa: E402
 from node_graph import NodeGraph, percentile  # noqa: E402
 from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
 

@@ -32,7 +32,8 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
-from common import BLOCK, interleaved, load_average, set_threads  # noqa: E402
+from common import load_average, set_threads  # noqa: E402
+from lpcv_segmentation.timing import BLOCK, interleaved  # noqa: E402
 import peer as peer_lib  # noqa: E402
 from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
 
