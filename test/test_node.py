@@ -246,7 +246,10 @@ def test_frames_are_dropped_not_queued_when_the_camera_is_faster(graph):
     received = after["received"] - before["received"]
     processed = after["processed"] - before["processed"]
     dropped = after["dropped"] - before["dropped"]
-    assert received > count // 2, "the DDS profile should deliver most frames"
+    # An unpaced burst also overflows the subscription's keep-last history (sensor-data QoS)
+    # while the executor is busy, more so on a loaded machine: those frames never reach the
+    # node and are not its drops. Enough must arrive for the node's own dropping to show.
+    assert received >= 10, "too few frames of the burst reached the node (%d)" % received
     assert dropped > 0 and processed < received
     assert processed + dropped == received  # nothing rejected, nothing left in a queue
     masks = [e for e in graph.events("mask") if e["frame_id"].startswith("burst")]
