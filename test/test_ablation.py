@@ -10,7 +10,7 @@ import sys
 import cv2
 import pytest
 
-from training import ablation
+from training import ablation, recovery
 from training.sweep import PLOTS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,6 +54,30 @@ def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
     assert "Command: `python -m training ablation --config" in table
     assert "%.2fM" % (rows["pruned"]["params"] / 1e6) in table
 
+    # the recovery curve: one run per length; 2 = the pruned row's own fine-tune, reused
+    curve = {r["iters"]: r for r in report["recovery"]}
+    assert sorted(curve) == [0, 1, 2]
+    assert (out / "recovery" / "iters_1" / "pruned" / "best.safetensors").is_file()
+    assert (out / "recovery" / "iters_1" / "control" / "best.safetensors").is_file()
+    assert not (out / "recovery" / "iters_2" / "pruned").exists()
+    for r in curve.values():
+        assert 0 <= r["pruned"] <= 1 and 0 < r["control"] <= 1, r
+        assert r["recovery"] == pytest.approx(r["pruned"] / r["control"])
+    # length 0 measures + KD itself as the control (PyTorch here, ONNX Runtime in its row)
+    assert curve[0]["control"] == pytest.approx(rows["student_kd"]["miou"], abs=0.01)
+    image = cv2.imread(str(out / "recovery" / "recovery.png"))
+    assert image is not None and image.shape[0] > 200, "recovery.png"
+    assert "![recovery](recovery/recovery.png)" in table
+    # per class: the pruned row against the control, from their own evaluations
+    control = rows["control"]["per_class_iou"]
+    listed = {r["class"]: r for r in report["classes"]}
+    assert set(listed) == {name for name, iou in control.items() if iou is not None}
+    for name, r in listed.items():
+        assert r["control"] == control[name]
+        assert r["pruned"] == rows["pruned"]["per_class_iou"][name]
+    assert report["class_target"]["met"] == all(r["met"] for r in listed.values())
+    assert "## Per class: + KD + pruning against the control" in table
+
     with open(out / "sweep" / "sweep.csv") as handle:
         sweep = list(csv.DictReader(handle))
     methods = {r["method"]: r for r in sweep}
@@ -90,3 +114,27 @@ def test_bad_training_override_fails_before_any_work(synth_dataset, tmp_path):
     with pytest.raises(ablation.AblationError, match="iterz"):
         ablation.run_ablation(str(config), str(synth_dataset), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_recovery_lengths_fail_before_any_work(synth_dataset, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("recovery:\n  lengths: [0, -5]\n")
+    with pytest.raises(ablation.AblationError, match="section 'recovery': lengths .* -5"):
+        ablation.run_ablation(str(config), str(synth_dataset), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_class_target_holds_only_the_classes_the_control_segments_well():
+    control = {"per_class_iou": {"background": 0.9, "flood/water/river/sea": 0.5,
+                                 "vehicle": 0.2, "fire": None}}
+    pruned = {"per_class_iou": {"background": 0.88, "flood/water/river/sea": 0.35,
+                                "vehicle": 0.0, "fire": None}}
+    rows = {r["class"]: r for r in recovery.class_comparison(pruned, control)}
+    assert set(rows) == {"background", "flood/water/river/sea", "vehicle"}  # fire: absent
+    assert rows["flood/water/river/sea"]["ratio"] == pytest.approx(0.7)
+    assert rows["vehicle"]["held"] is False and rows["vehicle"]["met"] is True
+    target = recovery.class_target(list(rows.values()))
+    assert target["classes_held"] == ["background", "flood/water/river/sea"]
+    assert target["failed"] == ["flood/water/river/sea"] and target["met"] is False
+    pruned["per_class_iou"]["flood/water/river/sea"] = 0.4  # exactly 0.8x: kept
+    assert recovery.class_target(recovery.class_comparison(pruned, control))["met"] is True

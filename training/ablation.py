@@ -11,6 +11,9 @@ Stages (each a folder under OUT; --resume reuses the ones already finished):
   sweep        prune student_kd per method and amount, fine-tune, evaluate (the plots)
   pruned       student_kd pruned as ``prune:`` says, distilled fine-tune   "+ KD + pruning"
                (the sweep's point when the sweep has the same method and amount)
+  control      student_kd fine-tuned as the pruned one, unpruned: what pruning is judged by
+  recovery     the pruned model and the control fine-tuned for each of ``recovery.lengths``
+               (one run per length): the curve of recovery against fine-tuning length
   fp16, int8   the pruned model exported at fp16 and at int8 (static, calibrated on the
                train split)                                           "+ KD + pruning + fp16/int8"
 Every row's model is exported to ONNX and evaluated on the val split with ONNX Runtime on the
@@ -18,8 +21,9 @@ CPU: mean IoU, Dice (the challenge's per-image mean), parameters, GMACs, latency
 forward pass, ms) and score (Dice / latency in seconds). On a machine with CUDA, a row for
 PyTorch half precision on the GPU is added.
 
-Writes OUT/ablation.md (the table, the targets, the plots), OUT/ablation.json and the plots
-OUT/sweep/*.png. The quick config runs the whole chain at tiny sizes in minutes (the test);
+Writes OUT/ablation.md (the table, the per-class table of the pruned row against the control,
+the targets, the recovery curve, the plots), OUT/ablation.json and the plots OUT/sweep/*.png
+and OUT/recovery/recovery.png. The quick config runs the whole chain at tiny sizes in minutes (the test);
 its figures are real measurements of barely trained models, not of the method.
 """
 import argparse
@@ -36,6 +40,7 @@ from lpcv_segmentation.fileio import write_json_atomic
 from lpcv_segmentation.formatting import fmt
 
 from training import prune as prune_lib
+from training import recovery as recovery_lib
 from training import sweep as sweep_lib
 from training.config import load_yaml_mapping
 from training.stages import StageRunner
@@ -59,6 +64,7 @@ SCHEMA: Dict[str, Dict[str, Any]] = {
     "sweep": {"enabled": True, "methods": ["filter", "channel", "neuron", "head", "all",
                                            "unstructured"],
               "amounts": [0.25, 0.5, 0.75], "finetune_iters": 100, "overrides": {}},
+    "recovery": {"lengths": []},
     "evaluate": {"threads": None, "eval_limit": None, "latency_runs": 20},
 }
 TARGET_SPEEDUP = 1.5  # the pruned student on ONNX Runtime, over the unpruned one
@@ -141,6 +147,11 @@ def check_config(config: Dict[str, Dict[str, Any]], data: str) -> None:
                     prune_settings(config["prune"], amount, method).validate()
     except (prune_lib.PruneError, config_lib.ConfigError) as e:
         raise AblationError("%s (in the ablation config)" % e)
+    lengths = config["recovery"]["lengths"]
+    if not isinstance(lengths, list) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in lengths):
+        raise AblationError("section 'recovery': lengths must be a list of fine-tuning "
+                            "iteration counts >= 0, got %r" % (lengths,))
     for split in ("train", "val"):
         try:
             find_pairs(data, split)
@@ -305,6 +316,17 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
     rows.append(("pruned", "+ KD + pruning", pruned_row))
     control_row = measure_control(stages, config, settings, sweep_shares_point, student_kd,
                                   prune_teacher, data, out)
+    recovery_rows: List[Dict[str, Any]] = []
+    if config["recovery"]["lengths"]:
+        reuse = {settings.finetune_iters: {"pruned": pruned_ckpt}}
+        if control_row is not None:
+            reuse[settings.finetune_iters]["control"] = control_row["checkpoint"]
+        recovery_rows = recovery_lib.run_recovery(
+            stages, run_dir("recovery"), student_kd, data, settings,
+            config["recovery"]["lengths"], prune_teacher, override_list(p["overrides"]), reuse,
+            config["evaluate"]["eval_limit"])
+        recovery_lib.plot_recovery(recovery_rows, os.path.join(run_dir("recovery"),
+                                                               recovery_lib.PLOT))
     if control_row is not None:
         rows.append(("control", "+ KD, fine-tuned %d more iterations, unpruned (control)"
                      % settings.finetune_iters, control_row))
@@ -347,6 +369,7 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
         "pruning": {"settings": vars(settings), "checkpoint": os.path.abspath(pruned_ckpt)},
         "rows": [{"key": k, "label": label, **measurement} for k, label, measurement in rows],
         "sweep": sweep_rows,
+        "recovery": recovery_rows,
         "plots": [os.path.join("sweep", name) for name in sweep_lib.PLOTS] if sw["enabled"] else [],
         "stage_seconds": stages.seconds,
         "seconds": round(time.time() - started, 1),
@@ -357,6 +380,8 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
         report["targets"].append(compare(
             pruned_row, control_row, "+ KD + pruning vs the control (+ KD fine-tuned the same "
             "%d iterations, unpruned)" % settings.finetune_iters, TARGET_SPEEDUP))
+        report["classes"] = recovery_lib.class_comparison(pruned_row, control_row)
+        report["class_target"] = recovery_lib.class_target(report["classes"])
     write_json_atomic(os.path.join(out, REPORT_JSON), report)
     with open(os.path.join(out, REPORT_MD), "w", encoding="utf-8") as handle:
         handle.write(markdown(report))
@@ -430,6 +455,31 @@ def markdown(report: Dict[str, Any]) -> str:
                         t["speedup_goal"], "met" if t["speedup_met"] else "**MISSED**",
                         t["miou_change"], TARGET_MIOU_DROP,
                         "met" if t["miou_met"] else "**MISSED**"))
+    if report.get("class_target"):
+        t = report["class_target"]
+        lines.append("- %s (held: %s): %s" % (
+            t["what"], ", ".join(t["classes_held"]) or "none",
+            "met" if t["met"] else "**MISSED** by %s" % ", ".join(t["failed"])))
+        lines += ["", "## Per class: + KD + pruning against the control", "",
+                  "| class | control IoU | pruned IoU | pruned / control | held to the target |",
+                  "|---|---|---|---|---|"]
+        for r in report["classes"]:
+            lines.append("| %s | %.4f | %s | %s | %s |" % (
+                r["class"], r["control"], fmt(r["pruned"], "%.4f", "-"),
+                fmt(r["ratio"], "%.2f", "-"),
+                ("yes, %s" % ("met" if r["met"] else "**MISSED**")) if r["held"] else "no"))
+    if report.get("recovery"):
+        lines += ["", "## Recovery against fine-tuning length", "",
+                  "Each point is its own run: the + KD student pruned as above and fine-tuned "
+                  "that many iterations, and the control fine-tuned as long (0: the pruned model "
+                  "before fine-tuning against + KD itself); val mIoU with PyTorch on the CPU.",
+                  "", "| fine-tuning iterations | pruned mIoU | control mIoU | pruned / control |",
+                  "|---|---|---|---|"]
+        for r in report["recovery"]:
+            lines.append("| %d | %s | %s | %s |" % (
+                r["iters"], fmt(r["pruned"], "%.4f", "-"), fmt(r["control"], "%.4f", "-"),
+                fmt(r["recovery"], "%.2f", "-")))
+        lines += ["", "![recovery](recovery/%s)" % recovery_lib.PLOT]
     if report["sweep"]:
         lines += ["", "## Sparsity sweep (from + KD)", "",
                   "| method | amount | params | param. sparsity | GMACs | mIoU | Dice | ORT ms "

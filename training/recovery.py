@@ -1,0 +1,134 @@
+"""What pruning costs, class by class, and how much fine-tuning buys back.
+
+Two parts of the ablation report (``training/ablation.py``):
+
+- the recovery curve: the pruned model and its control (the unpruned model, fine-tuned the same
+  way) each fine-tuned for several lengths, one run per length (each with its own schedule, as a
+  user would run it), evaluated on the val split; a table and ``recovery.png``;
+- the per-class table: each class's IoU in the pruned row against the control, and the target
+  that no class the control segments well (IoU >= ``RARE_CLASS_MIN_IOU``) falls below
+  ``RARE_CLASS_KEEP`` of it. The mean hides rare classes; this is where their loss shows.
+"""
+import json
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from lpcv_segmentation.fileio import atomic_path, write_json_atomic
+
+from training import prune as prune_lib
+from training import sweep as sweep_lib
+from training.stages import StageRunner
+
+__all__ = ["RARE_CLASS_MIN_IOU", "RARE_CLASS_KEEP", "run_recovery", "plot_recovery",
+           "class_comparison", "class_target"]
+
+RARE_CLASS_MIN_IOU = 0.3  # classes the control segments at least this well are held to...
+RARE_CLASS_KEEP = 0.8  # ...at least this fraction of their control IoU after pruning
+PLOT = "recovery.png"
+BEST = "best.safetensors"
+
+
+def _evaluate_cached(stages: StageRunner, what: str, checkpoint: str, data: str, path: str,
+                     eval_limit: Optional[int]) -> Dict[str, Any]:
+    """mIoU and per-class IoU of ``checkpoint`` on the val split (PyTorch, CPU), cached at
+    ``path``: accuracy only, the curve needs no latency."""
+    from training.evaluate import evaluate
+
+    def work() -> None:
+        result = evaluate(checkpoint, data, "val", backend="pytorch", limit=eval_limit,
+                          progress=False)
+        keep = ("miou", "dice", "per_class_iou", "images")
+        write_json_atomic(path, {k: result[k] for k in keep})
+
+    stages.run(what, path, work)
+    with open(path, "r", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def run_recovery(stages: StageRunner, out: str, student_kd: str, data: str,
+                 settings: prune_lib.PruneSettings, lengths: Sequence[int],
+                 teacher: Optional[str], overrides: Sequence[str],
+                 reuse: Dict[int, Dict[str, str]], eval_limit: Optional[int]
+                 ) -> List[Dict[str, Any]]:
+    """For each fine-tuning length: prune ``student_kd`` as ``settings`` say and fine-tune that
+    long; fine-tune the unpruned model as long (the control); evaluate both. ``reuse`` maps a
+    length to the {"pruned", "control"} checkpoints the ablation already trained at it. Length 0
+    is the pruned model before any fine-tuning against ``student_kd`` itself. Returns one row
+    per length: ``{"iters", "pruned", "control", "recovery"}`` with recovery = pruned mIoU /
+    control mIoU."""
+    from dataclasses import replace
+    rows = []
+    for iters in sorted(set(int(n) for n in lengths)):
+        point = os.path.join(out, "iters_%d" % iters)
+        given = reuse.get(iters, {})
+        pruned = given.get("pruned") or stages.run(
+            "recovery: pruned, %d iterations" % iters, os.path.join(point, "pruned", BEST),
+            _prune(student_kd, data, os.path.join(point, "pruned"),
+                   replace(settings, finetune_iters=iters), teacher, overrides))
+        control = given.get("control") or (student_kd if iters == 0 else stages.run(
+            "recovery: control, %d iterations" % iters, os.path.join(point, "control", BEST),
+            lambda: sweep_lib.finetune_only(student_kd, data, os.path.join(point, "control"),
+                                            iters, teacher, None, overrides)))
+        scores = {name: _evaluate_cached(
+            stages, "recovery: evaluate %s, %d iterations" % (name, iters), checkpoint, data,
+            os.path.join(point, "%s_eval.json" % name), eval_limit)
+            for name, checkpoint in (("pruned", pruned), ("control", control))}
+        p, c = scores["pruned"]["miou"], scores["control"]["miou"]
+        rows.append({"iters": iters, "pruned": p, "control": c,
+                     "recovery": (p / c) if p is not None and c else None})
+    return rows
+
+
+def _prune(student_kd: str, data: str, out: str, settings: prune_lib.PruneSettings,
+           teacher: Optional[str], overrides: Sequence[str]) -> Callable[[], None]:
+    return lambda: prune_lib.run_prune(student_kd, data, out, settings, teacher=teacher,
+                                       overrides=overrides, progress=False)
+
+
+def plot_recovery(rows: Sequence[Dict[str, Any]], path: str, title: str = "") -> str:
+    """mIoU of the pruned model and of its control against fine-tuning iterations."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    xs = [r["iters"] for r in rows]
+    for key, label, color in (("control", "unpruned, fine-tuned as long (control)", "black"),
+                              ("pruned", "pruned, then fine-tuned", "tab:red")):
+        ys = [float("nan") if r[key] is None else r[key] for r in rows]
+        ax.plot(xs, ys, marker="o", color=color, label=label)
+    ax.set_xlabel("fine-tuning iterations after pruning (one run per point)")
+    ax.set_ylabel("mean IoU (val)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
+    plt.close(fig)
+    return path
+
+
+def class_comparison(pruned: Dict[str, Any], control: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Per class present in the control's evaluation: its IoU there, in the pruned row, the
+    ratio, and whether the class is held to the target (control IoU >= RARE_CLASS_MIN_IOU)."""
+    rows = []
+    for name, ref in control["per_class_iou"].items():
+        if ref is None:  # absent from the val split's labels and never predicted
+            continue
+        got = pruned["per_class_iou"].get(name)
+        ratio = (got or 0.0) / ref if ref > 0 else None
+        held = ref >= RARE_CLASS_MIN_IOU
+        rows.append({"class": name, "control": ref, "pruned": got, "ratio": ratio,
+                     "held": held, "met": (not held) or ratio >= RARE_CLASS_KEEP})
+    return rows
+
+
+def class_target(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """The per-class target over ``class_comparison``'s rows."""
+    held = [r for r in rows if r["held"]]
+    failed = [r["class"] for r in held if not r["met"]]
+    return {"what": "every class with control IoU >= %.1f keeps >= %.1fx of it after pruning"
+                    % (RARE_CLASS_MIN_IOU, RARE_CLASS_KEEP),
+            "classes_held": [r["class"] for r in held], "failed": failed, "met": not failed}
