@@ -163,11 +163,36 @@ def test_normalised_logit_mse_ignores_scale_and_teacher_errors():
     assert torch.allclose(scaled(student, 10 * teacher, labels), scaled(student, teacher, labels))
     assert 0 < float(scaled(student, teacher, labels)) <= 4
     assert float(scaled(3 * teacher + 1, teacher, labels)) < 1e-6  # same ranking and margins
-    # teacher-correct-only: pixels where the teacher is wrong do not count
-    gated = LogitMSE(normalize=True, teacher_correct_only=True)
+    # teacher_correct: pixels where the teacher is wrong do not count, and do not weigh the
+    # others up (the mean is over every labelled pixel)
+    gated = LogitMSE(normalize=True, pixels="teacher_correct")
     wrong = (labels + 1) % 14
     assert float(gated(student, teacher, wrong)) == 0.0
     half = labels.clone()
     half[:, :4] = wrong[:, :4]
     per_pixel = (standardize(student) - standardize(teacher)).pow(2).mean(dim=1)
-    assert torch.isclose(gated(student, teacher, half), per_pixel[:, 4:].mean())
+    assert torch.isclose(gated(student, teacher, half), per_pixel[:, 4:].sum() / labels.numel())
+    half[:, 4:6] = IGNORE_INDEX  # ignored pixels count nowhere
+    assert torch.isclose(gated(student, teacher, half),
+                         per_pixel[:, 6:].sum() / (labels.numel() - 2 * 2 * 8))
+
+
+def test_teacher_better_kd_is_silent_where_the_student_is_surer():
+    torch.manual_seed(1)
+    teacher = torch.randn(1, 14, 6, 6)
+    labels = teacher.argmax(dim=1)  # the teacher is right everywhere
+    better = LogitMSE(normalize=True, pixels="teacher_better")
+    sure = torch.full_like(teacher, -10.0).scatter(1, labels.unsqueeze(1), 10.0)
+    # a student surer of every label than the teacher learns nothing from it...
+    assert float(better(sure, teacher, labels)) == 0.0
+    # ...one less sure everywhere is taught everywhere, as teacher_correct would
+    unsure = torch.zeros_like(teacher)
+    everywhere = LogitMSE(normalize=True, pixels="teacher_correct")
+    assert torch.isclose(better(unsure, teacher, labels), everywhere(unsure, teacher, labels))
+    # and the gate itself carries no gradient: only the matched logits do
+    student = unsure.clone().requires_grad_(True)
+    better(student, teacher, labels).backward()
+    assert student.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="kd_pixels must be one of all, teacher_correct, "
+                                         "teacher_better, got 'some'"):
+        LogitMSE(pixels="some")

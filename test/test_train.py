@@ -214,7 +214,7 @@ def test_distillation_losses_fall(synth_dataset, tmp_path):
     assert train_cli(synth_dataset, student_run, *TINY, "iters=40", "eval_every=20",
                      "kd_mse_weight=1", "kd_kl_weight=0.5", "fm_weight=1", "fg_weight=1",
                      "fm_stages=[0,1]", "fg_stages=[2]", "kd_normalize=false",
-                     "kd_teacher_correct_only=false", teacher=teacher) == 0  # the paper's MSE
+                     "kd_pixels=all", teacher=teacher) == 0  # the paper's MSE
     rows = read_rows(student_run)
     assert len(rows) == 2
     for term in ("kd_mse", "kd_kl", "fm", "fg", "sup", "loss"):
@@ -434,7 +434,7 @@ def test_paper_configs_build_their_models(name, arch):
         ("sgd", 1e-3, 0.9, 1000)
     assert paper["kd_mse_weight"] == 1.0 and paper["fm_weight"] == paper["fg_weight"] == 0
     if name == "student":  # the paper's raw MSE on every pixel, not this project's default
-        assert paper["kd_normalize"] is False and paper["kd_teacher_correct_only"] is False
+        assert paper["kd_normalize"] is False and paper["kd_pixels"] == "all"
     # built at a tiny size, without the hub (encoder_weights=null)
     tiny = config_lib.load_config(str(path), ["input_size=64", "crop_size=64",
                                               "decoder_channels=16", "encoder_weights=null"])

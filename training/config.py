@@ -51,7 +51,7 @@ DEFAULTS: Dict[str, Any] = {
     "teacher": None,
     "kd_mse_weight": 1.0,            # MSE between full-resolution logits (paper's best)
     "kd_normalize": True,            # ... of standardised logits (false: the paper's raw MSE)
-    "kd_teacher_correct_only": True,  # ... where the teacher predicts the label (false: all)
+    "kd_pixels": "teacher_better",   # ... where the teacher is right and surer than the student
     "kd_kl_weight": 0.0,             # KL divergence of softened probabilities
     "kd_temperature": 4.0,
     "fm_weight": 0.0,                # feature mimicking (1x1 projection + MSE) ...
@@ -71,9 +71,11 @@ DEFAULTS: Dict[str, Any] = {
     "save_rank_weights": False,      # torchrun: each rank writes RUN_DIR/rank<R>.safetensors
 }
 
+KD_PIXELS = ("all", "teacher_correct", "teacher_better")  # where logit KD teaches (losses.LogitMSE)
 CHOICES: Dict[str, Sequence[str]] = {
     "optimizer": ("adamw", "sgd"),
     "loss": ("ohem", "ce"),
+    "kd_pixels": KD_PIXELS,
 }
 
 

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 from lpcv_segmentation.classes import IGNORE_INDEX
 
+from training.config import KD_PIXELS
+
 
 class OhemCrossEntropy(nn.Module):
     """Online hard example mining cross-entropy (as in HRNet/PIDNet and the paper's code):
@@ -90,7 +92,8 @@ def standardize(logits: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     the class ranking and relative margins without the scale (logit standardisation,
     Sun et al., CVPR 2024)."""
     centred = logits - logits.mean(dim=1, keepdim=True)
-    return centred / (centred.pow(2).mean(dim=1, keepdim=True).sqrt() + eps)
+    # eps inside the root: the gradient stays finite where a pixel's logits are all equal
+    return centred / (centred.pow(2).mean(dim=1, keepdim=True) + eps).sqrt()
 
 
 class LogitMSE(nn.Module):
@@ -98,27 +101,39 @@ class LogitMSE(nn.Module):
 
     ``normalize``: compare standardised logits (per pixel, over classes), so the term no
     longer grows with the teacher's logit scale (the paper's plain MSE started at 2.6x the
-    supervised loss on real imagery) and stays in [0, 4]. ``teacher_correct_only``: average
-    over the pixels whose label the teacher predicts, so a teacher no better than the student
-    teaches only where it is right; the labels alone teach the rest."""
+    supervised loss on real imagery) and stays in [0, 4]. ``pixels`` says where the teacher
+    teaches: ``all`` labelled pixels (the paper); ``teacher_correct``, where the teacher
+    predicts the label; ``teacher_better``, where it does and gives the label a higher
+    probability than the student does, so a teacher no better than the student falls silent
+    as the student passes it. The gated modes still divide by every labelled pixel: a teacher
+    right on few pixels adds little, rather than weighting those few up."""
 
-    def __init__(self, normalize: bool = False, teacher_correct_only: bool = False,
+    def __init__(self, normalize: bool = False, pixels: str = "all",
                  ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
+        if pixels not in KD_PIXELS:
+            raise ValueError("kd_pixels must be one of %s, got %r"
+                             % (", ".join(KD_PIXELS), pixels))
         self.normalize = normalize
-        self.teacher_correct_only = teacher_correct_only
+        self.pixels = pixels
         self.ignore_index = ignore_index
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor,
                 labels: torch.Tensor) -> torch.Tensor:
+        valid = labels != self.ignore_index
+        taught = valid
+        if self.pixels != "all":
+            safe = torch.where(valid, labels, torch.zeros_like(labels)).unsqueeze(1)  # N,1,H,W
+            taught = valid & (teacher.argmax(dim=1) == labels)
+            if self.pixels == "teacher_better":
+                with torch.no_grad():
+                    p_teacher = F.softmax(teacher, dim=1).gather(1, safe).squeeze(1)  # N,H,W
+                    p_student = F.softmax(student, dim=1).gather(1, safe).squeeze(1)
+                taught = taught & (p_teacher > p_student)
         if self.normalize:
             student, teacher = standardize(student), standardize(teacher)
         per_pixel = (student - teacher).pow(2).mean(dim=1)
-        if self.teacher_correct_only:
-            # pixels the teacher gets wrong are relabelled as ignored for this term only
-            labels = torch.where(teacher.argmax(dim=1) == labels, labels,
-                                 torch.full_like(labels, self.ignore_index))
-        return _masked_pixel_mean(per_pixel, labels, self.ignore_index)
+        return (per_pixel * taught.to(per_pixel.dtype)).sum() / valid.sum().clamp(min=1)
 
 
 class LogitKL(nn.Module):

@@ -250,7 +250,7 @@ def build_step(model: SegModel, teacher: Optional[Teacher],
                config: Dict[str, Any]) -> Tuple[StudentStep, List[str]]:
     """The StudentStep for this config and the names of its active loss terms."""
     distil = teacher is not None
-    kd_mse = (LogitMSE(config["kd_normalize"], config["kd_teacher_correct_only"])
+    kd_mse = (LogitMSE(config["kd_normalize"], config["kd_pixels"])
               if distil and config["kd_mse_weight"] > 0 else None)
     kd_kl = LogitKL(config["kd_temperature"]) if distil and config["kd_kl_weight"] > 0 else None
     features = None
