@@ -101,3 +101,10 @@ def test_saved_config_round_trips(tmp_path):
 def test_coerce_keeps_none_for_optional_keys():
     assert coerce("grad_clip", "null") is None
     assert coerce("stop_after", "5") == 5
+
+
+def test_a_replaced_key_says_what_to_write_instead():
+    with pytest.raises(ConfigError,
+                       match=r"unknown config key 'kd_teacher_correct_only' in .*replaced: "
+                             r"write kd_pixels: teacher_correct \(for true\) or all"):
+        parse_overrides(["kd_teacher_correct_only=false"])

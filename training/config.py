@@ -83,10 +83,16 @@ class ConfigError(ValueError):
     """A configuration file or override that cannot be used; the message names the key."""
 
 
+# keys of earlier versions: what to write instead (a run config.yaml from before may hold them)
+REPLACED = {"kd_teacher_correct_only": "kd_pixels: teacher_correct (for true) or all (for false)"}
+
+
 def _check_key(key: str, origin: str) -> None:
     if key not in DEFAULTS:
         close = difflib.get_close_matches(key, list(DEFAULTS), n=3)
         hint = (" (did you mean %s?)" % ", ".join(close)) if close else ""
+        if key in REPLACED:
+            hint = " (it was replaced: write %s)" % REPLACED[key]
         raise ConfigError("unknown config key %r in %s%s; known keys: %s"
                           % (key, origin, hint, ", ".join(sorted(DEFAULTS))))
 
