@@ -90,38 +90,19 @@ def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
         assert "sweep/%s" % name in table
 
 
-def test_unknown_config_key_fails_before_any_work(synth_dataset, tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ("prune:\n  method: all\n  amout: 0.5\n", "unknown key.*amout.*section 'prune'"),
+    ("prune:\n  amount: 1.5\n", "amount"),
+    ("student:\n  overrides: {iterz: 3}\n", "iterz"),
+    ("recovery:\n  lengths: [0, -5]\n", "section 'recovery': lengths .* -5"),
+], ids=["unknown key", "pruning amount", "training override", "recovery lengths"])
+def test_a_bad_config_fails_before_any_work(synth_dataset, tmp_path, text, message):
     config = tmp_path / "bad.yaml"
-    config.write_text("prune:\n  method: all\n  amout: 0.5\n")
+    config.write_text(text)
     out = tmp_path / "out"
-    with pytest.raises(ablation.AblationError, match="amout"):
+    with pytest.raises(ablation.AblationError, match=message):
         ablation.run_ablation(str(config), str(synth_dataset), str(out))
     assert not out.exists()
-
-
-def test_bad_pruning_amount_in_config_fails_before_any_work(synth_dataset, tmp_path):
-    config = tmp_path / "bad.yaml"
-    config.write_text("prune:\n  amount: 1.5\n")
-    out = tmp_path / "out"
-    with pytest.raises(ablation.AblationError, match="amount"):
-        ablation.run_ablation(str(config), str(synth_dataset), str(out))
-    assert not out.exists()
-
-
-def test_bad_training_override_fails_before_any_work(synth_dataset, tmp_path):
-    config = tmp_path / "bad.yaml"
-    config.write_text("student:\n  overrides: {iterz: 3}\n")
-    with pytest.raises(ablation.AblationError, match="iterz"):
-        ablation.run_ablation(str(config), str(synth_dataset), str(tmp_path / "out"))
-    assert not (tmp_path / "out").exists()
-
-
-def test_bad_recovery_lengths_fail_before_any_work(synth_dataset, tmp_path):
-    config = tmp_path / "bad.yaml"
-    config.write_text("recovery:\n  lengths: [0, -5]\n")
-    with pytest.raises(ablation.AblationError, match="section 'recovery': lengths .* -5"):
-        ablation.run_ablation(str(config), str(synth_dataset), str(tmp_path / "out"))
-    assert not (tmp_path / "out").exists()
 
 
 def test_class_target_holds_only_the_classes_the_control_segments_well():
