@@ -808,8 +808,9 @@ class Trainer:
                  % (fmt(teacher), fmt(student)))
         if teacher is not None and student is not None and teacher <= student:
             self.log("warning: the teacher (val mIoU %s) is not better than the student (%s): "
-                     "distilling from it can only hold the student back; use a stronger "
-                     "teacher or train without one" % (fmt(teacher), fmt(student)))
+                     "distilling from it may hold the student back (kd_pixels=%s says where "
+                     "it teaches); use a stronger teacher or train without one"
+                     % (fmt(teacher), fmt(student), self.config["kd_pixels"]))
 
     # -- logging -----------------------------------------------------------------------
     def log_progress(self, bar: Any, window: "ProgressWindow", lr: float,
