@@ -120,12 +120,13 @@ class LogitMSE(nn.Module):
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor,
                 labels: torch.Tensor) -> torch.Tensor:
-        valid = labels != self.ignore_index
-        taught = valid
+        taught = None  # every labelled pixel
         if self.pixels != "all":
-            safe = torch.where(valid, labels, torch.zeros_like(labels)).unsqueeze(1)  # N,1,H,W
-            taught = valid & (teacher.argmax(dim=1) == labels)
+            taught = teacher.argmax(dim=1) == labels
             if self.pixels == "teacher_better":
+                # ignored pixels are left out by the mean below; any valid index gathers there
+                safe = torch.where(labels == self.ignore_index, torch.zeros_like(labels),
+                                   labels).unsqueeze(1)  # N,1,H,W
                 with torch.no_grad():
                     p_teacher = F.softmax(teacher, dim=1).gather(1, safe).squeeze(1)  # N,H,W
                     p_student = F.softmax(student, dim=1).gather(1, safe).squeeze(1)
@@ -133,7 +134,9 @@ class LogitMSE(nn.Module):
         if self.normalize:
             student, teacher = standardize(student), standardize(teacher)
         per_pixel = (student - teacher).pow(2).mean(dim=1)
-        return (per_pixel * taught.to(per_pixel.dtype)).sum() / valid.sum().clamp(min=1)
+        if taught is not None:
+            per_pixel = per_pixel * taught.to(per_pixel.dtype)
+        return _masked_pixel_mean(per_pixel, labels, self.ignore_index)
 
 
 class LogitKL(nn.Module):

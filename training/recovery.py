@@ -11,7 +11,8 @@ Two parts of the ablation report (``training/ablation.py``):
 """
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from dataclasses import replace
+from typing import Any, Dict, List, Optional, Sequence
 
 from lpcv_segmentation.fileio import atomic_path, write_json_atomic
 
@@ -56,15 +57,15 @@ def run_recovery(stages: StageRunner, out: str, student_kd: str, data: str,
     is the pruned model before any fine-tuning against ``student_kd`` itself. Returns one row
     per length: ``{"iters", "pruned", "control", "recovery"}`` with recovery = pruned mIoU /
     control mIoU."""
-    from dataclasses import replace
     rows = []
     for iters in sorted(set(int(n) for n in lengths)):
         point = os.path.join(out, "iters_%d" % iters)
         given = reuse.get(iters, {})
         pruned = given.get("pruned") or stages.run(
             "recovery: pruned, %d iterations" % iters, os.path.join(point, "pruned", BEST),
-            _prune(student_kd, data, os.path.join(point, "pruned"),
-                   replace(settings, finetune_iters=iters), teacher, overrides))
+            lambda: prune_lib.run_prune(student_kd, data, os.path.join(point, "pruned"),
+                                        replace(settings, finetune_iters=iters),
+                                        teacher=teacher, overrides=overrides, progress=False))
         control = given.get("control") or (student_kd if iters == 0 else stages.run(
             "recovery: control, %d iterations" % iters, os.path.join(point, "control", BEST),
             lambda: sweep_lib.finetune_only(student_kd, data, os.path.join(point, "control"),
@@ -77,12 +78,6 @@ def run_recovery(stages: StageRunner, out: str, student_kd: str, data: str,
         rows.append({"iters": iters, "pruned": p, "control": c,
                      "recovery": (p / c) if p is not None and c else None})
     return rows
-
-
-def _prune(student_kd: str, data: str, out: str, settings: prune_lib.PruneSettings,
-           teacher: Optional[str], overrides: Sequence[str]) -> Callable[[], None]:
-    return lambda: prune_lib.run_prune(student_kd, data, out, settings, teacher=teacher,
-                                       overrides=overrides, progress=False)
 
 
 def plot_recovery(rows: Sequence[Dict[str, Any]], path: str, title: str = "") -> str:
