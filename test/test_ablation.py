@@ -53,12 +53,16 @@ def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
         assert label in table
     assert "Command: `python -m training ablation --config" in table
     assert "%.2fM" % (rows["pruned"]["params"] / 1e6) in table
+    # pruned in the config's two steps, each fine-tuned, not taken from the one-step sweep
+    steps = json.loads((out / "pruned" / "prune.json").read_text())["pruning"]["steps"]
+    assert [s["finetune_iters"] for s in steps] == [1, 1]
+    assert "all, sparsity 0.50 in 2 steps" in table
 
     # the recovery curve: one run per length; 2 = the pruned row's own fine-tune, reused
     curve = {r["iters"]: r for r in report["recovery"]}
-    assert sorted(curve) == [0, 1, 2]
-    assert (out / "recovery" / "iters_1" / "pruned" / "best.safetensors").is_file()
-    assert (out / "recovery" / "iters_1" / "control" / "best.safetensors").is_file()
+    assert sorted(curve) == [0, 2, 4]
+    assert (out / "recovery" / "iters_4" / "pruned" / "best.safetensors").is_file()
+    assert (out / "recovery" / "iters_4" / "control" / "best.safetensors").is_file()
     assert not (out / "recovery" / "iters_2" / "pruned").exists()
     for r in curve.values():
         assert 0 <= r["pruned"] <= 1 and 0 < r["control"] <= 1, r
@@ -95,7 +99,11 @@ def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
     ("prune:\n  amount: 1.5\n", "amount"),
     ("student:\n  overrides: {iterz: 3}\n", "iterz"),
     ("recovery:\n  lengths: [0, -5]\n", "section 'recovery': lengths .* -5"),
-], ids=["unknown key", "pruning amount", "training override", "recovery lengths"])
+    ("prune:\n  iterative: 3\n  finetune_iters: 300\nrecovery:\n  lengths: [0, 2, 300]\n",
+     r"section 'recovery': length 2: --finetune-iters 2 is fewer than one iteration per "
+     r"--iterative step \(3\)"),
+], ids=["unknown key", "pruning amount", "training override", "recovery lengths",
+        "recovery length under the pruning steps"])
 def test_a_bad_config_fails_before_any_work(synth_dataset, tmp_path, text, message):
     config = tmp_path / "bad.yaml"
     config.write_text(text)

@@ -31,6 +31,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
@@ -137,21 +138,28 @@ def check_config(config: Dict[str, Dict[str, Any]], data: str) -> None:
             config_lib.load_config(path, override_list(config[name]["overrides"]))
         except config_lib.ConfigError as e:
             raise AblationError("section %r: %s" % (name, e))
-    try:
-        prune_settings(config["prune"]).validate()
-        for key in ("prune", "sweep"):
-            config_lib.parse_overrides(override_list(config[key]["overrides"]))
-        if config["sweep"]["enabled"]:
-            for method in config["sweep"]["methods"]:
-                for amount in config["sweep"]["amounts"]:
-                    prune_settings(config["prune"], amount, method).validate()
-    except (prune_lib.PruneError, config_lib.ConfigError) as e:
-        raise AblationError("%s (in the ablation config)" % e)
     lengths = config["recovery"]["lengths"]
     if not isinstance(lengths, list) or not all(
             isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in lengths):
         raise AblationError("section 'recovery': lengths must be a list of fine-tuning "
                             "iteration counts >= 0, got %r" % (lengths,))
+    try:
+        settings = prune_settings(config["prune"])
+        settings.validate()
+        for key in ("prune", "sweep"):
+            config_lib.parse_overrides(override_list(config[key]["overrides"]))
+        if config["sweep"]["enabled"]:  # the sweep prunes in one step (sweep.run_sweep)
+            for method in config["sweep"]["methods"]:
+                for amount in config["sweep"]["amounts"]:
+                    replace(prune_settings(config["prune"], amount, method), iterative=1,
+                            finetune_iters=int(config["sweep"]["finetune_iters"])).validate()
+    except (prune_lib.PruneError, config_lib.ConfigError) as e:
+        raise AblationError("%s (in the ablation config)" % e)
+    for length in lengths:
+        try:
+            replace(settings, finetune_iters=length).validate()
+        except prune_lib.PruneError as e:
+            raise AblationError("section 'recovery': length %d: %s" % (length, e))
     for split in ("train", "val"):
         try:
             find_pairs(data, split)
@@ -431,9 +439,11 @@ def markdown(report: Dict[str, Any]) -> str:
         % (archs["teacher"], archs["student"], archs["baseline"],
            "%s thread(s)" % (report["config"]["evaluate"]["threads"] or "default"),
            report["config"]["evaluate"]["latency_runs"], timing.BLOCK,
-           "%s, %s %.2f, importance %s, %s allocation" % (
+           "%s, %s %.2f%s, importance %s, %s allocation" % (
                report["pruning"]["settings"]["method"], report["pruning"]["settings"]["target"],
                report["pruning"]["settings"]["amount"],
+               (" in %d steps" % report["pruning"]["settings"]["iterative"]
+                if report["pruning"]["settings"]["iterative"] > 1 else ""),
                report["pruning"]["settings"]["importance"],
                report["pruning"]["settings"]["allocation"]),
            report["pruning"]["settings"]["finetune_iters"],

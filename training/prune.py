@@ -158,6 +158,9 @@ class PruneSettings:
             raise PruneError("--iterative must be at least 1, got %r" % (self.iterative,))
         if int(self.finetune_iters) < 0:
             raise PruneError("--finetune-iters must be >= 0, got %r" % (self.finetune_iters,))
+        if 0 < int(self.finetune_iters) < int(self.iterative):
+            raise PruneError("--finetune-iters %d is fewer than one iteration per --iterative step "
+                             "(%d)" % (self.finetune_iters, self.iterative))
         if int(self.round_to) < 1:
             raise PruneError("--round-to must be at least 1 (1: no rounding), got %r"
                              % (self.round_to,))
@@ -703,9 +706,6 @@ def run_prune(checkpoint: str, data_dir: str, out_dir: str, settings: PruneSetti
     .safetensors plus ``prune.json``. Every input is checked before any work. Returns the report."""
     from lpcv_segmentation.checkpoint import load_checkpoint, save_checkpoint
     settings.validate()
-    if settings.finetune_iters and settings.finetune_iters < settings.iterative:
-        raise PruneError("--finetune-iters %d is fewer than one iteration per --iterative step (%d)"
-                         % (settings.finetune_iters, settings.iterative))
     check_inputs(checkpoint, data_dir, teacher)
     if config_path and not os.path.isfile(config_path):
         raise PruneError("--config %s does not exist" % config_path)
