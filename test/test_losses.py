@@ -177,17 +177,21 @@ def test_normalised_logit_mse_ignores_scale_and_teacher_errors():
                          per_pixel[:, 6:].sum() / (labels.numel() - 2 * 2 * 8))
 
 
-def test_teacher_better_kd_is_silent_where_the_student_is_surer():
+@pytest.mark.parametrize("term", [lambda pixels: LogitMSE(normalize=True, pixels=pixels),
+                                  lambda pixels: LogitKL(temperature=1.0, pixels=pixels)],
+                         ids=["mse", "kl"])
+def test_teacher_better_kd_is_silent_where_the_student_is_surer(term):
     torch.manual_seed(1)
     teacher = torch.randn(1, 14, 6, 6)
     labels = teacher.argmax(dim=1)  # the teacher is right everywhere
-    better = LogitMSE(normalize=True, pixels="teacher_better")
+    better = term("teacher_better")
     sure = torch.full_like(teacher, -10.0).scatter(1, labels.unsqueeze(1), 10.0)
     # a student surer of every label than the teacher learns nothing from it...
     assert float(better(sure, teacher, labels)) == 0.0
+    assert float(term("all")(sure, teacher, labels)) > 0.0
     # ...one less sure everywhere is taught everywhere, as teacher_correct would
     unsure = torch.zeros_like(teacher)
-    everywhere = LogitMSE(normalize=True, pixels="teacher_correct")
+    everywhere = term("teacher_correct")
     assert torch.isclose(better(unsure, teacher, labels), everywhere(unsure, teacher, labels))
     # and the gate itself carries no gradient: only the matched logits do
     student = unsure.clone().requires_grad_(True)
@@ -195,4 +199,4 @@ def test_teacher_better_kd_is_silent_where_the_student_is_surer():
     assert student.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="kd_pixels must be one of all, teacher_correct, "
                                          "teacher_better, got 'some'"):
-        LogitMSE(pixels="some")
+        term("some")

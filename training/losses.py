@@ -5,7 +5,7 @@ Shapes: logits (N, C, H, W), labels (N, H, W) int64 with ``ignore_index`` for pi
 a label. Every distillation loss is averaged over labelled pixels only, because the padding a
 random crop adds carries no image content for the teacher to be right about.
 """
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -96,67 +96,87 @@ def standardize(logits: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return centred / (centred.pow(2).mean(dim=1, keepdim=True) + eps).sqrt()
 
 
+def _check_pixels(pixels: str) -> str:
+    if pixels not in KD_PIXELS:
+        raise ValueError("kd_pixels must be one of %s, got %r" % (", ".join(KD_PIXELS), pixels))
+    return pixels
+
+
+def taught_pixels(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
+                  pixels: str, ignore_index: int = IGNORE_INDEX) -> Optional[torch.Tensor]:
+    """Where the teacher teaches, as an (N, H, W) bool map, or None for every labelled pixel
+    (``all``): ``teacher_correct``, where the teacher predicts the label; ``teacher_better``,
+    where it does and gives the label a higher probability than the student does, so a
+    teacher no better than the student falls silent as the student passes it."""
+    if pixels == "all":
+        return None
+    taught = teacher.argmax(dim=1) == labels
+    if pixels == "teacher_better":
+        # ignored pixels are left out by the mean after this; any valid index gathers there
+        safe = torch.where(labels == ignore_index, torch.zeros_like(labels),
+                           labels).unsqueeze(1)  # N,1,H,W
+        with torch.no_grad():
+            p_teacher = F.softmax(teacher, dim=1).gather(1, safe).squeeze(1)  # N,H,W
+            p_student = F.softmax(student, dim=1).gather(1, safe).squeeze(1)
+        taught = taught & (p_teacher > p_student)
+    return taught
+
+
+def _taught_mean(per_pixel: torch.Tensor, taught: Optional[torch.Tensor], labels: torch.Tensor,
+                 ignore_index: int) -> torch.Tensor:
+    """The term's mean over every labelled pixel, zero where the teacher does not teach: a
+    teacher right on few pixels adds little, rather than weighting those few up."""
+    if taught is not None:
+        per_pixel = per_pixel * taught.to(per_pixel.dtype)
+    return _masked_pixel_mean(per_pixel, labels, ignore_index)
+
+
 class LogitMSE(nn.Module):
     """MSE between student and teacher logits at full resolution (the paper's KD).
 
     ``normalize``: compare standardised logits (per pixel, over classes), so the term no
     longer grows with the teacher's logit scale (the paper's plain MSE started at 2.6x the
-    supervised loss on real imagery) and stays in [0, 4]. ``pixels`` says where the teacher
-    teaches: ``all`` labelled pixels (the paper); ``teacher_correct``, where the teacher
-    predicts the label; ``teacher_better``, where it does and gives the label a higher
-    probability than the student does, so a teacher no better than the student falls silent
-    as the student passes it. The gated modes still divide by every labelled pixel: a teacher
-    right on few pixels adds little, rather than weighting those few up."""
+    supervised loss on real imagery) and stays in [0, 4]. ``pixels``: where the teacher
+    teaches (``taught_pixels``; ``all`` is the paper's)."""
 
     def __init__(self, normalize: bool = False, pixels: str = "all",
                  ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
-        if pixels not in KD_PIXELS:
-            raise ValueError("kd_pixels must be one of %s, got %r"
-                             % (", ".join(KD_PIXELS), pixels))
         self.normalize = normalize
-        self.pixels = pixels
+        self.pixels = _check_pixels(pixels)
         self.ignore_index = ignore_index
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor,
                 labels: torch.Tensor) -> torch.Tensor:
-        taught = None  # every labelled pixel
-        if self.pixels != "all":
-            taught = teacher.argmax(dim=1) == labels
-            if self.pixels == "teacher_better":
-                # ignored pixels are left out by the mean below; any valid index gathers there
-                safe = torch.where(labels == self.ignore_index, torch.zeros_like(labels),
-                                   labels).unsqueeze(1)  # N,1,H,W
-                with torch.no_grad():
-                    p_teacher = F.softmax(teacher, dim=1).gather(1, safe).squeeze(1)  # N,H,W
-                    p_student = F.softmax(student, dim=1).gather(1, safe).squeeze(1)
-                taught = taught & (p_teacher > p_student)
+        taught = taught_pixels(student, teacher, labels, self.pixels, self.ignore_index)
         if self.normalize:
             student, teacher = standardize(student), standardize(teacher)
         per_pixel = (student - teacher).pow(2).mean(dim=1)
-        if taught is not None:
-            per_pixel = per_pixel * taught.to(per_pixel.dtype)
-        return _masked_pixel_mean(per_pixel, labels, self.ignore_index)
+        return _taught_mean(per_pixel, taught, labels, self.ignore_index)
 
 
 class LogitKL(nn.Module):
     """KL(teacher || student) of temperature-softened class distributions, times T^2 so the
-    gradient scale does not depend on the temperature (Hinton et al., 2015)."""
+    gradient scale does not depend on the temperature (Hinton et al., 2015), at the pixels
+    ``pixels`` names (``taught_pixels``)."""
 
-    def __init__(self, temperature: float = 4.0, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(self, temperature: float = 4.0, pixels: str = "all",
+                 ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError("kd_temperature must be positive, got %r" % temperature)
         self.temperature = float(temperature)
+        self.pixels = _check_pixels(pixels)
         self.ignore_index = ignore_index
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor,
                 labels: torch.Tensor) -> torch.Tensor:
+        taught = taught_pixels(student, teacher, labels, self.pixels, self.ignore_index)
         t = self.temperature
         log_p_student = F.log_softmax(student / t, dim=1)
         log_p_teacher = F.log_softmax(teacher / t, dim=1)
         per_pixel = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1)
-        return _masked_pixel_mean(per_pixel, labels, self.ignore_index) * (t * t)
+        return _taught_mean(per_pixel, taught, labels, self.ignore_index) * (t * t)
 
 
 def match_size(feature: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -252,7 +252,8 @@ def build_step(model: SegModel, teacher: Optional[Teacher],
     distil = teacher is not None
     kd_mse = (LogitMSE(config["kd_normalize"], config["kd_pixels"])
               if distil and config["kd_mse_weight"] > 0 else None)
-    kd_kl = LogitKL(config["kd_temperature"]) if distil and config["kd_kl_weight"] > 0 else None
+    kd_kl = (LogitKL(config["kd_temperature"], config["kd_pixels"])
+             if distil and config["kd_kl_weight"] > 0 else None)
     features = None
     fm_stages = config["fm_stages"] if config["fm_weight"] > 0 else []
     fg_stages = config["fg_stages"] if config["fg_weight"] > 0 else []
