@@ -115,7 +115,7 @@ def test_pruned_lite_checkpoint_reloads_with_same_outputs(lite, tmp_path):
 def test_lite_student_distils_from_an_upernet_teacher(lite):
     """Logit KD and feature mimicking read forward_features of both models, whatever the
     decoder's output stride."""
-    config = config_lib.load_config(None, ["fm_weight=1.0", "fg_weight=1.0", "kd_kl_weight=1.0",
+    config = config_lib.load_config(None, ["fm_weight=1.0", "fg_weight=1.0", "kd_mse_weight=1.0",
                                            "ohem_min_kept=10"])
     teacher = build_model("mobilevit_xxs", decoder_channels=WIDTH, input_size=SIZE).eval()
     student = copy.deepcopy(lite).train()

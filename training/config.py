@@ -49,11 +49,11 @@ DEFAULTS: Dict[str, Any] = {
     "ohem_min_kept": 100000,         # ... and at least this many pixels per batch
     # knowledge distillation (active with --teacher / teacher=CKPT)
     "teacher": None,
-    "kd_mse_weight": 1.0,            # MSE between full-resolution logits (paper's best)
+    "kd_mse_weight": 0.0,            # MSE between full-resolution logits (the paper's: 1.0)
     "kd_normalize": True,            # ... of standardised logits (false: the paper's raw MSE)
-    "kd_pixels": "teacher_better",   # ... where the teacher is right and surer than the student
-    "kd_kl_weight": 0.0,             # KL divergence of softened probabilities
-    "kd_temperature": 4.0,
+    "kd_pixels": "teacher_better",   # where logit KD teaches: the teacher right and surer
+    "kd_kl_weight": 3.0,             # KL divergence of the teacher's and student's class
+    "kd_temperature": 1.0,           # ... probabilities (docs/training.md: measured choice)
     "fm_weight": 0.0,                # feature mimicking (1x1 projection + MSE) ...
     "fm_stages": [0, 1],             # ... at these early encoder stages
     "fg_weight": 0.0,                # masked feature generation ...
@@ -71,7 +71,7 @@ DEFAULTS: Dict[str, Any] = {
     "save_rank_weights": False,      # torchrun: each rank writes RUN_DIR/rank<R>.safetensors
 }
 
-KD_PIXELS = ("all", "teacher_correct", "teacher_better")  # where logit KD teaches (losses.LogitMSE)
+KD_PIXELS = ("all", "teacher_correct", "teacher_better")  # losses.taught_pixels
 CHOICES: Dict[str, Sequence[str]] = {
     "optimizer": ("adamw", "sgd"),
     "loss": ("ohem", "ce"),
