@@ -426,7 +426,7 @@ def targets(report: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def markdown(report: Dict[str, Any]) -> str:
-    archs = report["archs"]
+    archs, pruning = report["archs"], report["pruning"]["settings"]
     lines = [
         "# Ablation (the paper's table 2)",
         "",
@@ -440,13 +440,10 @@ def markdown(report: Dict[str, Any]) -> str:
            "%s thread(s)" % (report["config"]["evaluate"]["threads"] or "default"),
            report["config"]["evaluate"]["latency_runs"], timing.BLOCK,
            "%s, %s %.2f%s, importance %s, %s allocation" % (
-               report["pruning"]["settings"]["method"], report["pruning"]["settings"]["target"],
-               report["pruning"]["settings"]["amount"],
-               (" in %d steps" % report["pruning"]["settings"]["iterative"]
-                if report["pruning"]["settings"]["iterative"] > 1 else ""),
-               report["pruning"]["settings"]["importance"],
-               report["pruning"]["settings"]["allocation"]),
-           report["pruning"]["settings"]["finetune_iters"],
+               pruning["method"], pruning["target"], pruning["amount"],
+               " in %d steps" % pruning["iterative"] if pruning["iterative"] > 1 else "",
+               pruning["importance"], pruning["allocation"]),
+           pruning["finetune_iters"],
            " with distillation" if report["config"]["prune"]["distil"] else ""),
         "",
         "| model | input | params | GMACs | mIoU | Dice | ORT latency (ms) | score |",

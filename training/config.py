@@ -89,10 +89,11 @@ REPLACED = {"kd_teacher_correct_only": "kd_pixels: teacher_correct (for true) or
 
 def _check_key(key: str, origin: str) -> None:
     if key not in DEFAULTS:
-        close = difflib.get_close_matches(key, list(DEFAULTS), n=3)
-        hint = (" (did you mean %s?)" % ", ".join(close)) if close else ""
         if key in REPLACED:
             hint = " (it was replaced: write %s)" % REPLACED[key]
+        else:
+            close = difflib.get_close_matches(key, list(DEFAULTS), n=3)
+            hint = (" (did you mean %s?)" % ", ".join(close)) if close else ""
         raise ConfigError("unknown config key %r in %s%s; known keys: %s"
                           % (key, origin, hint, ", ".join(sorted(DEFAULTS))))
 
