@@ -120,6 +120,24 @@ def test_head_rounding_keeps_at_least_one_head(base):
     _runs(model)
 
 
+def test_kinds_joined_by_plus_prune_each_named_kind_only(base):
+    model = _pruned(base, "filter+head", 0.5)
+    units, before = P.count_units(model), P.count_units(base)
+    assert units["encoder_filters"] == before["encoder_filters"] // 2
+    assert units["heads"] == before["heads"] // 2
+    assert units["decoder_channels"] == before["decoder_channels"]
+    assert units["mlp_neurons"] == before["mlp_neurons"]
+    assert P.method_kinds("filter+head") == P.method_kinds("head+filter") == ("head", "filter")
+    _runs(model)
+
+
+@pytest.mark.parametrize("method", ["filter+bogus", "filter+filter", "filter+", "all+head",
+                                    "unstructured+filter", "bogus"])
+def test_unknown_method_is_refused_with_the_choices(method):
+    with pytest.raises(P.PruneError, match="--method .*filter\\+head"):
+        P.PruneSettings(method=method, amount=0.5).validate()
+
+
 def test_all_with_macs_target_reaches_it(base):
     model = copy.deepcopy(base)
     gmacs = P.macs_of(model)
@@ -148,6 +166,23 @@ def test_iterative_steps_reach_the_amount(base):
     assert first["params"] > second["params"]
     assert P.count_units(model)["encoder_filters"] == P.count_units(base)["encoder_filters"] // 2
     assert P.count_units(model)["heads"] == P.count_units(base)["heads"] // 2
+
+
+def test_iterative_head_counts_follow_the_original_count(base):
+    """0.6 of 4 heads in 3 steps leaves round(4 x 0.4) = 2 heads, as one step does; rounding a
+    ratio of the current count at each step would leave 1."""
+    model = copy.deepcopy(base)
+    original = P.heads_per_layer(model)
+    settings = P.PruneSettings(method="head", amount=0.6, iterative=3, importance="l1")
+    done = 0.0
+    kept = []
+    for step in range(3):
+        done = P.prune_model(model, settings, step=step, done=done,
+                             original_heads=original)["amount"]
+        kept.append(set(P.heads_per_layer(model).values()))
+    assert set(original.values()) == {4}
+    assert kept == [{3}, {2}, {2}]  # round(0.8), round(1.6), round(2.4) heads removed
+    _runs(model)
 
 
 def test_round_to_leaves_widths_in_multiples_of_eight(base):
@@ -263,7 +298,7 @@ def test_head_pruning_refused_on_resnet18(tmp_path):
     save_checkpoint(path, build_model("resnet18", input_size=SIZE))
     data = _write_synthetic_pairs(tmp_path / "data")
     out = tmp_path / "run"
-    for method in ("head", "neuron"):
+    for method in ("head", "neuron", "filter+head"):
         with pytest.raises(P.PruneError, match="does not apply to resnet18"):
             P.run_prune(path, data, str(out), P.PruneSettings(method=method, amount=0.5))
     assert not out.exists()

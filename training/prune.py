@@ -16,6 +16,7 @@ Methods (what each removes; the layers coupled to it are cut with it):
   head     whole attention heads (their q, k, v rows of qkv and the output projection's columns),
            ranked by importance inside each attention layer; at least one head always stays
   all      head, neuron, filter and channel together
+  A+B      the unit kinds named, joined by + (``filter+head``: encoder filters and heads)
   unstructured  global magnitude pruning of single weights, for the comparison the paper plotted:
            the weights become zeros, shapes stay, and dense inference is NOT any faster
 The classifier's outputs (the 14 classes) and the 3 input channels are never pruned.
@@ -71,6 +72,9 @@ STRUCTURED_METHODS: Dict[str, Tuple[str, ...]] = {
 }
 UNSTRUCTURED = "unstructured"
 METHODS: Tuple[str, ...] = tuple(STRUCTURED_METHODS) + (UNSTRUCTURED,)
+# kinds may also be named together, joined by this (``filter+head``); they are pruned in the
+# order of ``all``
+KIND_JOINER = "+"
 TARGETS: Tuple[str, ...] = ("sparsity", "macs")
 ALLOCATIONS: Tuple[str, ...] = ("local", "global")
 IMPORTANCES: Tuple[str, ...] = ("l1", "l2", "lamp", "taylor")
@@ -99,6 +103,21 @@ PRUNED = "pruned.safetensors"  # in RUN_DIR: the model right after pruning, befo
 
 class PruneError(ValueError):
     """A pruning request that cannot be carried out; the message names the parameter or file."""
+
+
+def method_kinds(method: str) -> Tuple[str, ...]:
+    """The unit kinds a structured ``method`` removes, in pruning order: a method of
+    STRUCTURED_METHODS, or two or more unit kinds joined by KIND_JOINER (``filter+head``)."""
+    if method in STRUCTURED_METHODS:
+        return STRUCTURED_METHODS[method]
+    named = method.split(KIND_JOINER)
+    order = STRUCTURED_METHODS["all"]
+    if len(named) < 2 or len(set(named)) < len(named) or not set(named) <= set(order):
+        raise PruneError("--method %r is not one of %s, nor unit kinds joined by %s (e.g. "
+                         "filter%shead; kinds: %s)"
+                         % (method, ", ".join(METHODS), KIND_JOINER, KIND_JOINER,
+                            ", ".join(order)))
+    return tuple(k for k in order if k in named)
 
 
 def importance_for(method: str, importance: Optional[str]) -> str:
@@ -141,8 +160,8 @@ class PruneSettings:
 
     def validate(self) -> None:
         """Raise PruneError naming the first option that cannot be used."""
-        if self.method not in METHODS:
-            raise PruneError("--method %r is not one of %s" % (self.method, ", ".join(METHODS)))
+        if self.method != UNSTRUCTURED:
+            method_kinds(self.method)
         if self.target not in TARGETS:
             raise PruneError("--target %r is not one of %s" % (self.target, ", ".join(TARGETS)))
         if not isinstance(self.amount, (int, float)) or not 0.0 < float(self.amount) < 1.0:
@@ -240,7 +259,7 @@ def check_method_applies(model: nn.Module, method: str) -> None:
     if method == UNSTRUCTURED:
         return
     have = applicable_kinds(model)
-    missing = [k for k in STRUCTURED_METHODS[method] if k not in have]
+    missing = [k for k in method_kinds(method) if k not in have]
     if method != "all" and missing:
         raise PruneError("--method %s does not apply to %s: it has no %s (methods that apply: %s)"
                          % (method, getattr(model, "arch", type(model).__name__),
@@ -349,15 +368,18 @@ def _heads_to_remove(heads: int, ratio: float) -> int:
     return max(0, min(int(round(ratio * heads)), heads - 1))
 
 
-def _prune_heads(model: nn.Module, ratio: float, importance: str,
-                 calib: Optional[Batch]) -> None:
-    """Remove round(ratio x heads) whole heads from every attention layer, ranked inside it."""
+def _prune_heads(model: nn.Module, ratio: float, importance: str, calib: Optional[Batch],
+                 keep: Optional[Dict[str, int]] = None) -> None:
+    """Remove whole heads from every attention layer, ranked inside it: round(ratio x heads),
+    or down to ``keep`` heads ({attention module name: heads}) where it names the layer."""
     import torch_pruning as tp
     from lpcv_segmentation.structure import sync_attention_attributes
-    attns = list(attention_layers(model).values())
+    layers = attention_layers(model)
+    remove = {name: (a.num_heads - keep[name] if keep and name in keep
+                     else _heads_to_remove(a.num_heads, ratio)) for name, a in layers.items()}
     # torch-pruning removes ceil(r x heads) heads; give it r = (n - 0.5) / heads so it removes n
-    head_ratios = {a.qkv: (_heads_to_remove(a.num_heads, ratio) - 0.5) / a.num_heads
-                   for a in attns if _heads_to_remove(a.num_heads, ratio) > 0}
+    head_ratios = {a.qkv: (remove[name] - 0.5) / a.num_heads
+                   for name, a in layers.items() if remove[name] > 0}
     if not head_ratios:
         return
     if importance in GRADIENT_IMPORTANCES:
@@ -368,7 +390,7 @@ def _prune_heads(model: nn.Module, ratio: float, importance: str,
         # prune_head_dims=False their width is never cut: this ratio only has to be > 0 for
         # torch-pruning to visit them
         pruning_ratio=0.5, ignored_layers=_ignored_except(model, set(head_ratios)),
-        num_heads={a.qkv: a.num_heads for a in attns}, prune_num_heads=True,
+        num_heads={a.qkv: a.num_heads for a in layers.values()}, prune_num_heads=True,
         prune_head_dims=False, head_pruning_ratio_dict=head_ratios, global_pruning=False)
     pruner.step()
     sync_attention_attributes(model, pruner.num_heads)
@@ -398,19 +420,21 @@ def _prune_widths(model: nn.Module, kinds: Sequence[str], ratio: float, importan
 def prune_step(model: nn.Module, method: str, ratio: float,
                importance: str = DEFAULT_IMPORTANCE,
                allocation: str = "local", calib: Optional[Batch] = None,
-               round_to: Optional[int] = None) -> nn.Module:
+               round_to: Optional[int] = None,
+               heads_to_keep: Optional[Dict[str, int]] = None) -> nn.Module:
     """Prune ``model`` in place by the fraction ``ratio`` of its current units of ``method``,
     ranked by ``importance`` (the gradient-based default needs ``calib``; pass ``"l2"`` to
-    prune without data). Returns the model (in eval mode)."""
-    if method not in STRUCTURED_METHODS:
+    prune without data); ``heads_to_keep`` ({attention module name: heads}) overrides the
+    ratio for heads. Returns the model (in eval mode)."""
+    if method == UNSTRUCTURED:
         raise PruneError("prune_step takes a structured method (%s), not %r"
                          % (", ".join(STRUCTURED_METHODS), method))
     if importance in GRADIENT_IMPORTANCES and calib is None:
         raise PruneError("--importance %s needs a labelled calibration batch" % importance)
     model.eval()
-    kinds = [k for k in STRUCTURED_METHODS[method] if k in applicable_kinds(model)]
+    kinds = [k for k in method_kinds(method) if k in applicable_kinds(model)]
     if "head" in kinds:
-        _prune_heads(model, ratio, importance, calib)
+        _prune_heads(model, ratio, importance, calib, heads_to_keep)
     widths = [k for k in kinds if k != "head"]
     if widths:
         _prune_widths(model, widths, ratio, importance, allocation, calib, round_to)
@@ -605,10 +629,14 @@ def pruning_record(settings: PruneSettings, before: Dict[str, Any], after: Dict[
 
 
 def prune_model(model: nn.Module, settings: PruneSettings, calib: Optional[Batch] = None,
-                step: int = 0, done: float = 0.0, original_gmacs: Optional[float] = None
-                ) -> Dict[str, Any]:
+                step: int = 0, done: float = 0.0, original_gmacs: Optional[float] = None,
+                original_heads: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
     """Step ``step`` (0-based) of ``settings`` on ``model`` in place, given the cumulative
-    amount ``done`` so far. Returns the step's record (ratio used, params, GMACs)."""
+    amount ``done`` so far. Returns the step's record (ratio used, params, GMACs).
+
+    With ``original_heads`` (heads per attention layer before step 0), each layer keeps the
+    heads the cumulative amount leaves of its original count: a ratio of the current count,
+    rounded at every step, would drift (0.6 in 3 steps would leave 1 of 4 heads, not 2)."""
     goal = step_targets(settings)[step]
     if settings.method == UNSTRUCTURED:
         prune_unstructured(model, goal)
@@ -622,8 +650,10 @@ def prune_model(model: nn.Module, settings: PruneSettings, calib: Optional[Batch
                    settings.round_to)
     else:
         ratio = relative_ratio(done, goal)
+        keep = ({name: heads - _heads_to_remove(heads, goal)
+                 for name, heads in original_heads.items()} if original_heads else None)
         prune_step(model, settings.method, ratio, settings.importance, settings.allocation, calib,
-                   settings.round_to)
+                   settings.round_to, heads_to_keep=keep)
     info = describe(model)
     return {"step": step + 1, "amount": goal, "ratio": ratio, "params": info["params"],
             "gmacs": info["gmacs"], "heads": sum(info["heads"].values())}
@@ -727,7 +757,8 @@ def run_prune(checkpoint: str, data_dir: str, out_dir: str, settings: PruneSetti
     done = 0.0
     per_step_iters = settings.finetune_iters // settings.iterative
     for step in range(settings.iterative):
-        record = prune_model(model, settings, calib, step, done, before["gmacs"])
+        record = prune_model(model, settings, calib, step, done, before["gmacs"],
+                             before["heads"])
         done = record["amount"]
         if settings.method == UNSTRUCTURED:
             masks = zero_masks(model)
@@ -803,8 +834,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dataset in the LPCV layout (calibration and fine-tuning)")
     parser.add_argument("--out", required=True, metavar="RUN_DIR",
                         help="writes RUN_DIR/best.safetensors, last.safetensors, prune.json")
-    parser.add_argument("--method", choices=METHODS, default="all",
-                        help="what to remove (default all); unstructured only zeroes weights")
+    parser.add_argument("--method", default="all", metavar="METHOD",
+                        help="what to remove: %s (default all), or unit kinds joined by %s "
+                             "(filter%shead); unstructured only zeroes weights"
+                             % (", ".join(METHODS), KIND_JOINER, KIND_JOINER))
     parser.add_argument("--target", choices=TARGETS, default="sparsity",
                         help="sparsity: remove --amount of each unit; macs: cut MACs by --amount")
     parser.add_argument("--amount", type=_amount, required=True, metavar="A",
