@@ -142,7 +142,7 @@ def test_all_with_macs_target_reaches_it(base):
     model = copy.deepcopy(base)
     gmacs = P.macs_of(model)
     settings = P.PruneSettings(method="all", amount=0.4, target="macs", importance="l2")
-    record = P.prune_model(model, settings, original_gmacs=gmacs)
+    record = P.prune_model(model, settings, original=P.describe(model))
     assert record["gmacs"] <= 0.6 * gmacs + 1e-9
     assert record["gmacs"] > 0.45 * gmacs  # bisection: not far past the target
     _runs(model)
@@ -169,18 +169,18 @@ def test_iterative_steps_reach_the_amount(base):
 
 
 def test_iterative_head_counts_follow_the_original_count(base):
-    """0.6 of 4 heads in 3 steps leaves round(4 x 0.4) = 2 heads, as one step does; rounding a
-    ratio of the current count at each step would leave 1."""
+    """0.6 of 4 heads in 3 steps leaves 4 - round(4 x 0.6) = 2 heads, as one step does;
+    rounding a ratio of the current count at each step would leave 1."""
     model = copy.deepcopy(base)
-    original = P.heads_per_layer(model)
+    original = P.describe(model)
     settings = P.PruneSettings(method="head", amount=0.6, iterative=3, importance="l1")
     done = 0.0
     kept = []
     for step in range(3):
         done = P.prune_model(model, settings, step=step, done=done,
-                             original_heads=original)["amount"]
+                             original=original)["amount"]
         kept.append(set(P.heads_per_layer(model).values()))
-    assert set(original.values()) == {4}
+    assert set(original["heads"].values()) == {4}
     assert kept == [{3}, {2}, {2}]  # round(0.8), round(1.6), round(2.4) heads removed
     _runs(model)
 

@@ -371,11 +371,11 @@ def _heads_to_remove(heads: int, ratio: float) -> int:
 def _prune_heads(model: nn.Module, ratio: float, importance: str, calib: Optional[Batch],
                  keep: Optional[Dict[str, int]] = None) -> None:
     """Remove whole heads from every attention layer, ranked inside it: round(ratio x heads),
-    or down to ``keep`` heads ({attention module name: heads}) where it names the layer."""
+    or, given ``keep`` ({attention module name: heads}), down to that many in each layer."""
     import torch_pruning as tp
     from lpcv_segmentation.structure import sync_attention_attributes
     layers = attention_layers(model)
-    remove = {name: (a.num_heads - keep[name] if keep and name in keep
+    remove = {name: (a.num_heads - keep[name] if keep is not None
                      else _heads_to_remove(a.num_heads, ratio)) for name, a in layers.items()}
     # torch-pruning removes ceil(r x heads) heads; give it r = (n - 0.5) / heads so it removes n
     head_ratios = {a.qkv: (remove[name] - 0.5) / a.num_heads
@@ -629,12 +629,13 @@ def pruning_record(settings: PruneSettings, before: Dict[str, Any], after: Dict[
 
 
 def prune_model(model: nn.Module, settings: PruneSettings, calib: Optional[Batch] = None,
-                step: int = 0, done: float = 0.0, original_gmacs: Optional[float] = None,
-                original_heads: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
+                step: int = 0, done: float = 0.0, original: Optional[Dict[str, Any]] = None
+                ) -> Dict[str, Any]:
     """Step ``step`` (0-based) of ``settings`` on ``model`` in place, given the cumulative
     amount ``done`` so far. Returns the step's record (ratio used, params, GMACs).
 
-    With ``original_heads`` (heads per attention layer before step 0), each layer keeps the
+    ``original`` is ``describe(model)`` before step 0. Its GMACs are what ``--target macs``
+    cuts a fraction of (default: the model's own). Given it, each attention layer keeps the
     heads the cumulative amount leaves of its original count: a ratio of the current count,
     rounded at every step, would drift (0.6 in 3 steps would leave 1 of 4 heads, not 2)."""
     goal = step_targets(settings)[step]
@@ -642,7 +643,7 @@ def prune_model(model: nn.Module, settings: PruneSettings, calib: Optional[Batch
         prune_unstructured(model, goal)
         ratio = goal
     elif settings.target == "macs":
-        start = float(original_gmacs if original_gmacs is not None else macs_of(model))
+        start = float(original["gmacs"] if original is not None else macs_of(model))
         target = start * (1 - goal)
         ratio = ratio_for_macs(model, settings.method, target, settings.importance,
                                settings.allocation, calib, settings.round_to)
@@ -651,7 +652,7 @@ def prune_model(model: nn.Module, settings: PruneSettings, calib: Optional[Batch
     else:
         ratio = relative_ratio(done, goal)
         keep = ({name: heads - _heads_to_remove(heads, goal)
-                 for name, heads in original_heads.items()} if original_heads else None)
+                 for name, heads in original["heads"].items()} if original is not None else None)
         prune_step(model, settings.method, ratio, settings.importance, settings.allocation, calib,
                    settings.round_to, heads_to_keep=keep)
     info = describe(model)
@@ -757,8 +758,7 @@ def run_prune(checkpoint: str, data_dir: str, out_dir: str, settings: PruneSetti
     done = 0.0
     per_step_iters = settings.finetune_iters // settings.iterative
     for step in range(settings.iterative):
-        record = prune_model(model, settings, calib, step, done, before["gmacs"],
-                             before["heads"])
+        record = prune_model(model, settings, calib, step, done, before)
         done = record["amount"]
         if settings.method == UNSTRUCTURED:
             masks = zero_masks(model)
