@@ -383,22 +383,3 @@ def test_calibration_images_cover_every_class_present(tmp_path):
     assert classes - {255} == {0, 3, 9, 12}
     # more classes than count: the batch grows to hold them all
     assert {2, 17} <= set(P.calibration_images(paths, count=1))
-
-
-def test_calibration_loss_weighs_each_present_class_the_same():
-    # 56 background pixels, 3 of class 7, 1 of class 10, 4 ignored; class 5 absent
-    labels = torch.zeros(1, 8, 8, dtype=torch.long)
-    labels[0, 0, :3] = 7
-    labels[0, 1, 0] = 10
-    labels[0, 2, :4] = 255
-    weights = P.class_balanced_weights(labels)
-    assert weights.shape == (14,) and weights[5] == 0 and weights[7] > weights[0]
-    logits = torch.randn(1, 14, 8, 8)
-    per_pixel = torch.nn.functional.cross_entropy(logits, labels, ignore_index=255,
-                                                  reduction="none")
-    per_class = [per_pixel[labels == c].mean() for c in (0, 7, 10)]
-    balanced = torch.nn.functional.cross_entropy(logits, labels, weight=weights,
-                                                 ignore_index=255)
-    assert torch.allclose(balanced, torch.stack(per_class).mean(), atol=1e-6)
-    # a single-pixel class moves the loss as much as the 56 background pixels together
-    assert torch.isclose(weights[10], 56 * weights[0])

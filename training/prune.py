@@ -347,31 +347,16 @@ def _example_input(model: nn.Module) -> torch.Tensor:
     return torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype)
 
 
-def class_balanced_weights(labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy class weights (NUM_CLASSES,) that make each class present in ``labels``
-    weigh the same in the mean loss: 1 / its pixel count (0 for absent classes). With them the
-    loss is the mean over classes of each class's mean pixel loss."""
-    valid = labels[labels != IGNORE_INDEX].long()
-    counts = torch.bincount(valid, minlength=NUM_CLASSES)[:NUM_CLASSES].double()
-    weights = torch.where(counts > 0, 1.0 / counts.clamp(min=1.0), torch.zeros_like(counts))
-    return (weights / weights.sum().clamp(min=1e-12)).float()
-
-
 def _accumulate_gradients(model: nn.Module, batch: Batch) -> None:
-    """One labelled backward pass (eval mode: batch norm statistics stay as trained). The loss
-    is class-balanced: with the plain pixel mean the background (79 % of the synthetic
-    calibration batch's pixels) sets the Taylor ranking, and the units a rare class needs are cut
-    first."""
+    """One labelled backward pass (eval mode: batch norm statistics stay as trained)."""
     images, labels = batch
     param = next(model.parameters())
     was_training = model.training
     model.eval()
     model.zero_grad(set_to_none=True)
-    labels = labels.to(param.device)
     with torch.enable_grad():
         logits = model(images.to(param.device))
-        loss = F.cross_entropy(logits, labels, weight=class_balanced_weights(labels).to(
-            logits.dtype).to(param.device), ignore_index=IGNORE_INDEX)
+        loss = F.cross_entropy(logits, labels.to(param.device), ignore_index=IGNORE_INDEX)
         loss.backward()
     model.train(was_training)
 
