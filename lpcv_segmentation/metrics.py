@@ -126,7 +126,8 @@ class SegmentationMetrics:
     """Streaming segmentation metrics over a sequence of (prediction, label) images.
 
     ``update`` adds one image; ``summary`` gives ``{"miou", "dice", "pixel_acc",
-    "per_class_iou": {name: IoU or None}, "images"}``. A figure that is undefined (nothing
+    "per_class_iou": {name: IoU or None}, "images", "class_images": {name: images whose labels
+    hold the class}}``; the last says how many images a class's IoU rests on. A figure that is undefined (nothing
     annotated yet; a class absent from every label and prediction) is ``None`` so that the
     summary is valid JSON. ``merge`` adds another instance's images (one per process/worker).
     """
@@ -145,10 +146,12 @@ class SegmentationMetrics:
         self.confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
         # One entry per image, NaN for an image without annotated pixels.
         self.image_dice_scores: List[float] = []
+        self.class_images = np.zeros(num_classes, dtype=np.int64)
 
     def reset(self) -> None:
         self.confusion[...] = 0
         self.image_dice_scores = []
+        self.class_images[...] = 0
 
     @property
     def images(self) -> int:
@@ -183,6 +186,7 @@ class SegmentationMetrics:
         if not np.issubdtype(conf.dtype, np.integer) or (conf.size and conf.min() < 0):
             raise ValueError("a confusion matrix holds non-negative integer pixel counts")
         self.confusion += conf.astype(np.int64, copy=False)
+        self.class_images += conf.sum(axis=1) > 0  # rows: the label's pixels of each class
         dice = image_dice(conf)
         self.image_dice_scores.append(dice)
         return dice
@@ -194,6 +198,7 @@ class SegmentationMetrics:
                              "(ignore %r)" % (other.num_classes, other.ignore_index,
                                               self.num_classes, self.ignore_index))
         self.confusion += other.confusion
+        self.class_images += other.class_images
         self.image_dice_scores.extend(other.image_dice_scores)
         return self
 
@@ -223,4 +228,6 @@ class SegmentationMetrics:
             "pixel_acc": _none_if_nan(self.pixel_acc()),
             "per_class_iou": {name: _none_if_nan(float(v)) for name, v in zip(self.class_names, iou)},
             "images": self.images,
+            "class_images": {name: int(n) for name, n in zip(self.class_names,
+                                                             self.class_images)},
         }

@@ -88,4 +88,8 @@ def summary_matches(summary: Dict[str, object], pairs, num_classes: int,
             problems.append("IoU %s: got %r, reference %r" % (name, per_class[name], want))
     if summary["images"] != len(pairs):
         problems.append("images: got %r, expected %d" % (summary["images"], len(pairs)))
+    holding = [sum(1 for _, gt in pairs if any(int(v) == c for row in gt for v in row))
+               for c in range(num_classes)]
+    if summary["class_images"] != dict(zip(class_names, holding)):
+        problems.append("class_images: got %r, reference %r" % (summary["class_images"], holding))
     return problems

@@ -1,6 +1,7 @@
 """The quick ablation runs the whole chain (teacher, ResNet18, student, +KD, sweep, pruning,
 fp16, int8) on the synthetic set and writes its table, JSON and plots; bad configs fail before
 any work."""
+import collections
 import csv
 import json
 import os
@@ -8,9 +9,12 @@ import subprocess
 import sys
 
 import cv2
+import numpy as np
 import pytest
 
+from lpcv_segmentation.classes import CLASS_NAMES, NUM_CLASSES
 from training import ablation, recovery
+from training.data import find_pairs, read_label
 from training.sweep import PLOTS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,6 +84,13 @@ def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
         assert r["control"] == control[name]
         assert r["pruned"] == rows["pruned"]["per_class_iou"][name]
     assert report["class_target"]["met"] == all(r["met"] for r in listed.values())
+    # ... with the number of evaluated val images whose labels hold each class
+    holding = collections.Counter()
+    for _, label_path in find_pairs(str(synth_dataset), "val")[:4]:  # eval_limit: 4
+        holding.update(CLASS_NAMES[c] for c in np.unique(read_label(label_path)) if c < NUM_CLASSES)
+    assert {name: r["images"] for name, r in listed.items()} == {
+        name: holding[name] for name in listed}
+    assert "| val images with it |" in table
     assert "## Per class: + KD + pruning against the control" in table
 
     with open(out / "sweep" / "sweep.csv") as handle:

@@ -126,6 +126,26 @@ def test_merge_equals_one_pass_and_batch_update_equals_single_updates():
         merged.merge(SegmentationMetrics(num_classes=3, class_names=["a", "b", "c"]))
 
 
+def test_class_images_count_the_images_whose_labels_hold_each_class():
+    metrics = SegmentationMetrics()
+    water, avalanche = CLASS_NAMES.index("flood/water/river/sea"), CLASS_NAMES.index("avalanche")
+    for k in range(5):
+        gt = np.zeros((4, 4), np.uint8)
+        gt[0, :k] = water  # water in images 1-4
+        if k == 2:
+            gt[3, 3] = avalanche
+        pred = np.full((4, 4), avalanche, np.uint8)  # predicted everywhere: not counted
+        metrics.update(pred, gt)
+    counts = metrics.summary()["class_images"]
+    assert counts["background"] == 5 and counts["flood/water/river/sea"] == 4
+    assert counts["avalanche"] == 1 and counts["vehicle"] == 0
+    ignored = np.full((4, 4), IGNORE_INDEX, np.uint8)  # an unannotated image holds no class
+    metrics.update(np.zeros((4, 4), np.uint8), ignored)
+    assert metrics.summary()["class_images"] == counts
+    metrics.reset()
+    assert set(metrics.summary()["class_images"].values()) == {0}
+
+
 def test_reset_forgets_everything():
     metrics = SegmentationMetrics()
     metrics.update(np.ones((2, 2), np.uint8), np.zeros((2, 2), np.uint8))

@@ -52,7 +52,8 @@ def test_scores_a_directory_like_the_reference(tmp_path):
     result = run_score("--pred", tmp_path / "pred", "--gt", tmp_path / "gt", "--json", out)
     assert result.returncode == 0, result.stderr
     summary = json.loads(out.read_text())
-    assert set(summary) == {"miou", "dice", "pixel_acc", "per_class_iou", "images"}
+    assert set(summary) == {"miou", "dice", "pixel_acc", "per_class_iou", "images",
+                            "class_images"}
     assert list(summary["per_class_iou"]) == list(CLASS_NAMES)
     assert summary_matches(summary, pairs, NUM_CLASSES, CLASS_NAMES) == []
     assert "images 6" in result.stdout and "mIoU %.4f" % summary["miou"] in result.stdout

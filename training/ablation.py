@@ -468,11 +468,13 @@ def markdown(report: Dict[str, Any]) -> str:
             t["what"], ", ".join(t["classes_held"]) or "none",
             "met" if t["met"] else "**MISSED** by %s" % ", ".join(t["failed"])))
         lines += ["", "## Per class: + KD + pruning against the control", "",
-                  "| class | control IoU | pruned IoU | pruned / control | held to the target |",
-                  "|---|---|---|---|---|"]
+                  "| class | val images with it | control IoU | pruned IoU | pruned / control "
+                  "| held to the target |",
+                  "|---|---|---|---|---|---|"]
         for r in report["classes"]:
-            lines.append("| %s | %.4f | %s | %s | %s |" % (
-                r["class"], r["control"], fmt(r["pruned"], "%.4f", "-"),
+            lines.append("| %s | %s | %.4f | %s | %s | %s |" % (
+                r["class"], fmt(r.get("images"), "%d", "-"), r["control"],
+                fmt(r["pruned"], "%.4f", "-"),
                 fmt(r["ratio"], "%.2f", "-"),
                 ("yes, %s" % ("met" if r["met"] else "**MISSED**")) if r["held"] else "no"))
     if report.get("recovery"):

@@ -10,6 +10,8 @@ nearest resize back to the image size), so the figures score what would fly.
 
 The JSON holds:
   miou, per_class_iou, pixel_acc  dataset-level confusion matrix (the paper's figures)
+  class_images                    per class, the images whose labels hold it: how many
+                                  images its IoU rests on
   dice                            the challenge's accuracy: per-image mean Dice, averaged
   params, gmacs                   from the model (checkpoint) or the file's metadata (ONNX)
   latency_ms                      median forward time per image after warm-up (the back
@@ -161,6 +163,7 @@ def evaluate(model_path: str, data: str, split: str = "val", backend: str = "aut
         "latency_mean_ms": statistics.fmean(inference_ms),
         "score": None if dice is None or latency <= 0 else dice / (latency / 1000.0),
         "images": summary["images"],
+        "class_images": summary["class_images"],
         "backend": segmenter.backend_name,
         "device": segmenter.device,
         "precision": segmenter.precision,

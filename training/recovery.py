@@ -38,7 +38,7 @@ def _evaluate_cached(stages: StageRunner, what: str, checkpoint: str, data: str,
     def work() -> None:
         result = evaluate(checkpoint, data, "val", backend="pytorch", limit=eval_limit,
                           progress=False)
-        keep = ("miou", "dice", "per_class_iou", "images")
+        keep = ("miou", "dice", "per_class_iou", "images", "class_images")
         write_json_atomic(path, {k: result[k] for k in keep})
 
     stages.run(what, path, work)
@@ -107,16 +107,19 @@ def plot_recovery(rows: Sequence[Dict[str, Any]], path: str, title: str = "") ->
 
 def class_comparison(pruned: Dict[str, Any], control: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Per class present in the control's evaluation: its IoU there, in the pruned row, the
-    ratio, and whether the class is held to the target (control IoU >= RARE_CLASS_MIN_IOU)."""
+    ratio, whether the class is held to the target (control IoU >= RARE_CLASS_MIN_IOU), and
+    the number of evaluated images that hold it (None from evaluations older than the count)."""
     rows = []
+    images = control.get("class_images") or {}
     for name, ref in control["per_class_iou"].items():
         if ref is None:  # absent from the val split's labels and never predicted
             continue
         got = pruned["per_class_iou"].get(name)
         ratio = (got or 0.0) / ref if ref > 0 else None
         held = ref >= RARE_CLASS_MIN_IOU
-        rows.append({"class": name, "control": ref, "pruned": got, "ratio": ratio,
-                     "held": held, "met": (not held) or ratio >= RARE_CLASS_KEEP})
+        rows.append({"class": name, "images": images.get(name), "control": ref, "pruned": got,
+                     "ratio": ratio, "held": held,
+                     "met": (not held) or ratio >= RARE_CLASS_KEEP})
     return rows
 
 
