@@ -127,9 +127,10 @@ class SegmentationMetrics:
 
     ``update`` adds one image; ``summary`` gives ``{"miou", "dice", "pixel_acc",
     "per_class_iou": {name: IoU or None}, "images", "class_images": {name: images whose labels
-    hold the class}}``; the last says how many images a class's IoU rests on. A figure that is undefined (nothing
-    annotated yet; a class absent from every label and prediction) is ``None`` so that the
-    summary is valid JSON. ``merge`` adds another instance's images (one per process/worker).
+    hold the class}}``; the last says how many images a class's IoU rests on. A figure that is
+    undefined (nothing annotated yet; a class absent from every label and prediction) is
+    ``None`` so that the summary is valid JSON. ``merge`` adds another instance's images (one
+    per process/worker).
     """
 
     def __init__(self, num_classes: int = NUM_CLASSES,
