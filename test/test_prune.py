@@ -161,8 +161,9 @@ def test_importances_and_allocations(base, importance, allocation):
 def test_iterative_steps_reach_the_amount(base):
     model = copy.deepcopy(base)
     settings = P.PruneSettings(method="all", amount=0.5, iterative=2, round_to=1, importance="l1")
-    first = P.prune_model(model, settings, step=0)
-    second = P.prune_model(model, settings, step=1, done=first["amount"])
+    original = P.describe(model)
+    first = P.prune_model(model, settings, step=0, original=original)
+    second = P.prune_model(model, settings, step=1, done=first["amount"], original=original)
     assert first["params"] > second["params"]
     assert P.count_units(model)["encoder_filters"] == P.count_units(base)["encoder_filters"] // 2
     assert P.count_units(model)["heads"] == P.count_units(base)["heads"] // 2
@@ -188,7 +189,8 @@ def test_iterative_head_counts_follow_the_original_count(base):
 def test_round_to_leaves_widths_in_multiples_of_eight(base):
     model = copy.deepcopy(base)
     calib = (torch.randn(2, 3, SIZE, SIZE), torch.randint(0, 14, (2, SIZE, SIZE)))
-    P.prune_model(model, P.PruneSettings(method="all", amount=0.3), calib)  # taylor, round_to 8
+    P.prune_model(model, P.PruneSettings(method="all", amount=0.3), calib,  # taylor, round_to 8
+                  original=P.describe(model))
     widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)
               and m is not model.classifier and m.groups == 1]
     widths += [m.fc1.out_features for m in P.mlp_layers(model).values()]

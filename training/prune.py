@@ -629,30 +629,29 @@ def pruning_record(settings: PruneSettings, before: Dict[str, Any], after: Dict[
 
 
 def prune_model(model: nn.Module, settings: PruneSettings, calib: Optional[Batch] = None,
-                step: int = 0, done: float = 0.0, original: Optional[Dict[str, Any]] = None
+                step: int = 0, done: float = 0.0, *, original: Dict[str, Any]
                 ) -> Dict[str, Any]:
     """Step ``step`` (0-based) of ``settings`` on ``model`` in place, given the cumulative
     amount ``done`` so far. Returns the step's record (ratio used, params, GMACs).
 
     ``original`` is ``describe(model)`` before step 0. Its GMACs are what ``--target macs``
-    cuts a fraction of (default: the model's own). Given it, each attention layer keeps the
-    heads the cumulative amount leaves of its original count: a ratio of the current count,
-    rounded at every step, would drift (0.6 in 3 steps would leave 1 of 4 heads, not 2)."""
+    cuts a fraction of, and each attention layer keeps the heads the cumulative amount leaves
+    of its original count: a ratio of the current count, rounded at every step, would drift
+    (0.6 in 3 steps would leave 1 of 4 heads, not 2)."""
     goal = step_targets(settings)[step]
     if settings.method == UNSTRUCTURED:
         prune_unstructured(model, goal)
         ratio = goal
     elif settings.target == "macs":
-        start = float(original["gmacs"] if original is not None else macs_of(model))
-        target = start * (1 - goal)
+        target = float(original["gmacs"]) * (1 - goal)
         ratio = ratio_for_macs(model, settings.method, target, settings.importance,
                                settings.allocation, calib, settings.round_to)
         prune_step(model, settings.method, ratio, settings.importance, settings.allocation, calib,
                    settings.round_to)
     else:
         ratio = relative_ratio(done, goal)
-        keep = ({name: heads - _heads_to_remove(heads, goal)
-                 for name, heads in original["heads"].items()} if original is not None else None)
+        keep = {name: heads - _heads_to_remove(heads, goal)
+                for name, heads in original["heads"].items()}
         prune_step(model, settings.method, ratio, settings.importance, settings.allocation, calib,
                    settings.round_to, heads_to_keep=keep)
     info = describe(model)
@@ -758,7 +757,7 @@ def run_prune(checkpoint: str, data_dir: str, out_dir: str, settings: PruneSetti
     done = 0.0
     per_step_iters = settings.finetune_iters // settings.iterative
     for step in range(settings.iterative):
-        record = prune_model(model, settings, calib, step, done, before)
+        record = prune_model(model, settings, calib, step, done, original=before)
         done = record["amount"]
         if settings.method == UNSTRUCTURED:
             masks = zero_masks(model)
