@@ -11,6 +11,8 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from lpcv_segmentation.classes import CLASS_NAMES, NUM_CLASSES
 from training import ablation, recovery
@@ -93,6 +95,26 @@ def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
     assert "| val images with it |" in table
     assert "## Per class: + KD + pruning against the control" in table
 
+    # the seed runs: the pruned row and its control again, fine-tuned with seed 1
+    (seeded,) = report["seeds"]
+    point = out / "seeds" / "seed_1"
+    for name in ("pruned", "control"):
+        assert (point / name / "best.safetensors").is_file()
+    assert "seed: 1" in (point / "control" / "config.yaml").read_text().splitlines()
+    main_control = load_file(str(out / "control" / "best.safetensors"))
+    seed_control = load_file(str(point / "control" / "best.safetensors"))
+    assert any(not torch.equal(main_control[k], seed_control[k]) for k in main_control)
+    scores = {name: json.loads((point / ("%s_eval.json" % name)).read_text())
+              for name in ("pruned", "control")}
+    assert seeded["pruned"] == scores["pruned"]["miou"]
+    assert seeded["control"] == scores["control"]["miou"]
+    assert seeded["change"] == pytest.approx(seeded["pruned"] - seeded["control"])
+    lost = recovery.class_target(recovery.class_comparison(scores["pruned"], scores["control"]))
+    assert seeded["classes_lost"] == lost["failed"]
+    assert seeded["met"] == (seeded["change"] >= -ablation.TARGET_MIOU_DROP and not lost["failed"])
+    assert "## Other fine-tuning seeds" in table
+    assert "Met on %d of 1 seeds" % seeded["met"] in table
+
     with open(out / "sweep" / "sweep.csv") as handle:
         sweep = list(csv.DictReader(handle))
     methods = {r["method"]: r for r in sweep}
@@ -113,8 +135,12 @@ def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
     ("prune:\n  iterative: 3\n  finetune_iters: 300\nrecovery:\n  lengths: [0, 2, 300]\n",
      r"section 'recovery': length 2: --finetune-iters 2 is fewer than one iteration per "
      r"--iterative step \(3\)"),
+    ("recovery:\n  seeds: [1, two]\n", "section 'recovery': seeds must be a list of "
+     "fine-tuning seeds"),
+    ("prune:\n  finetune_iters: 0\nrecovery:\n  seeds: [1]\n",
+     r"section 'recovery': seeds need a fine-tune to vary \(prune.finetune_iters is 0\)"),
 ], ids=["unknown key", "pruning amount", "training override", "recovery lengths",
-        "recovery length under the pruning steps"])
+        "recovery length under the pruning steps", "recovery seeds", "seeds without a fine-tune"])
 def test_a_bad_config_fails_before_any_work(synth_dataset, tmp_path, text, message):
     config = tmp_path / "bad.yaml"
     config.write_text(text)

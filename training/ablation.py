@@ -14,6 +14,8 @@ Stages (each a folder under OUT; --resume reuses the ones already finished):
   control      student_kd fine-tuned as the pruned one, unpruned: what pruning is judged by
   recovery     the pruned model and the control fine-tuned for each of ``recovery.lengths``
                (one run per length): the curve of recovery against fine-tuning length
+  seeds        the pruned model and the control again with each fine-tuning seed in
+               ``recovery.seeds``: how often the recipe meets the targets, not one run's luck
   fp16, int8   the pruned model exported at fp16 and at int8 (static, calibrated on the
                train split)                                           "+ KD + pruning + fp16/int8"
 Every row's model is exported to ONNX and evaluated on the val split with ONNX Runtime on the
@@ -22,7 +24,7 @@ forward pass, ms) and score (Dice / latency in seconds). On a machine with CUDA,
 PyTorch half precision on the GPU is added.
 
 Writes OUT/ablation.md (the table, the per-class table of the pruned row against the control,
-the targets, the recovery curve, the plots), OUT/ablation.json and the plots OUT/sweep/*.png
+the targets, the recovery curve, the seed runs, the plots), OUT/ablation.json and the plots OUT/sweep/*.png
 and OUT/recovery/recovery.png. The quick config runs the whole chain at tiny sizes in minutes (the test);
 its figures are real measurements of barely trained models, not of the method.
 """
@@ -65,7 +67,7 @@ SCHEMA: Dict[str, Dict[str, Any]] = {
     "sweep": {"enabled": True, "methods": ["filter", "channel", "neuron", "head", "all",
                                            "unstructured"],
               "amounts": [0.25, 0.5, 0.75], "finetune_iters": 100, "overrides": {}},
-    "recovery": {"lengths": []},
+    "recovery": {"lengths": [], "seeds": []},
     "evaluate": {"threads": None, "eval_limit": None, "latency_runs": 20},
 }
 TARGET_SPEEDUP = 1.5  # the pruned student on ONNX Runtime, over the unpruned one
@@ -138,11 +140,16 @@ def check_config(config: Dict[str, Dict[str, Any]], data: str) -> None:
             config_lib.load_config(path, override_list(config[name]["overrides"]))
         except config_lib.ConfigError as e:
             raise AblationError("section %r: %s" % (name, e))
-    lengths = config["recovery"]["lengths"]
-    if not isinstance(lengths, list) or not all(
-            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in lengths):
-        raise AblationError("section 'recovery': lengths must be a list of fine-tuning "
-                            "iteration counts >= 0, got %r" % (lengths,))
+    lengths, seeds = config["recovery"]["lengths"], config["recovery"]["seeds"]
+    for key, value, what in (("lengths", lengths, "fine-tuning iteration counts"),
+                             ("seeds", seeds, "fine-tuning seeds")):
+        if not isinstance(value, list) or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value):
+            raise AblationError("section 'recovery': %s must be a list of %s >= 0, got %r"
+                                % (key, what, value))
+    if seeds and int(config["prune"]["finetune_iters"]) <= 0:
+        raise AblationError("section 'recovery': seeds need a fine-tune to vary "
+                            "(prune.finetune_iters is %r)" % config["prune"]["finetune_iters"])
     try:
         settings = prune_settings(config["prune"])
         settings.validate()
@@ -335,6 +342,12 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
             config["evaluate"]["eval_limit"])
         recovery_lib.plot_recovery(recovery_rows, os.path.join(run_dir("recovery"),
                                                                recovery_lib.PLOT))
+    seed_rows: List[Dict[str, Any]] = []
+    if config["recovery"]["seeds"]:
+        seed_rows = recovery_lib.run_seeds(
+            stages, run_dir("seeds"), student_kd, data, settings, config["recovery"]["seeds"],
+            prune_teacher, override_list(p["overrides"]), config["evaluate"]["eval_limit"],
+            TARGET_MIOU_DROP)
     if control_row is not None:
         rows.append(("control", "+ KD, fine-tuned %d more iterations, unpruned (control)"
                      % settings.finetune_iters, control_row))
@@ -378,6 +391,7 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
         "rows": [{"key": k, "label": label, **measurement} for k, label, measurement in rows],
         "sweep": sweep_rows,
         "recovery": recovery_rows,
+        "seeds": seed_rows,
         "plots": [os.path.join("sweep", name) for name in sweep_lib.PLOTS] if sw["enabled"] else [],
         "stage_seconds": stages.seconds,
         "seconds": round(time.time() - started, 1),
@@ -489,6 +503,24 @@ def markdown(report: Dict[str, Any]) -> str:
                 r["iters"], fmt(r["pruned"], "%.4f", "-"), fmt(r["control"], "%.4f", "-"),
                 fmt(r["recovery"], "%.2f", "-")))
         lines += ["", "![recovery](recovery/%s)" % recovery_lib.PLOT]
+    if report.get("seeds"):
+        seeds = report["seeds"]
+        met = sum(r["met"] for r in seeds)
+        lines += ["", "## Other fine-tuning seeds", "",
+                  "The pruned row and its control again, each pair with its own fine-tuning "
+                  "seed (the same pruning, so the same shapes and speed); val mIoU with PyTorch "
+                  "on the CPU. Met: at most %.2f mIoU lost and no held class below %.1fx of "
+                  "its control." % (TARGET_MIOU_DROP, recovery_lib.RARE_CLASS_KEEP), "",
+                  "| seed | pruned mIoU | control mIoU | change | held classes lost | met |",
+                  "|---|---|---|---|---|---|"]
+        for r in seeds:
+            lines.append("| %d | %s | %s | %+.4f | %s | %s |" % (
+                r["seed"], fmt(r["pruned"], "%.4f", "-"), fmt(r["control"], "%.4f", "-"),
+                r["change"], ", ".join(r["classes_lost"]) or "none",
+                "yes" if r["met"] else "**no**"))
+        lines += ["", "Met on %d of %d seeds; mean change %+.4f (from %+.4f to %+.4f)." % (
+            met, len(seeds), sum(r["change"] for r in seeds) / len(seeds),
+            min(r["change"] for r in seeds), max(r["change"] for r in seeds))]
     if report["sweep"]:
         lines += ["", "## Sparsity sweep (from + KD)", "",
                   "| method | amount | params | param. sparsity | GMACs | mIoU | Dice | ORT ms "

@@ -7,7 +7,10 @@ Two parts of the ablation report (``training/ablation.py``):
   user would run it), evaluated on the val split; a table and ``recovery.png``;
 - the per-class table: each class's IoU in the pruned row against the control, and the target
   that no class the control segments well (IoU >= ``RARE_CLASS_MIN_IOU``) falls below
-  ``RARE_CLASS_KEEP`` of it. The mean hides rare classes; this is where their loss shows.
+  ``RARE_CLASS_KEEP`` of it. The mean hides rare classes; this is where their loss shows;
+- the seed runs: the pruned row and its control repeated with other fine-tuning seeds, each
+  pair judged by the same targets. One run can meet or miss them by chance; these show how
+  often the recipe does.
 """
 import json
 import os
@@ -21,7 +24,7 @@ from training import sweep as sweep_lib
 from training.stages import StageRunner
 
 __all__ = ["RARE_CLASS_MIN_IOU", "RARE_CLASS_KEEP", "run_recovery", "plot_recovery",
-           "class_comparison", "class_target"]
+           "class_comparison", "class_target", "run_seeds"]
 
 RARE_CLASS_MIN_IOU = 0.3  # classes the control segments at least this well are held to...
 RARE_CLASS_KEEP = 0.8  # ...at least this fraction of their control IoU after pruning
@@ -77,6 +80,40 @@ def run_recovery(stages: StageRunner, out: str, student_kd: str, data: str,
         p, c = scores["pruned"]["miou"], scores["control"]["miou"]
         rows.append({"iters": iters, "pruned": p, "control": c,
                      "recovery": (p / c) if p is not None and c else None})
+    return rows
+
+
+def run_seeds(stages: StageRunner, out: str, student_kd: str, data: str,
+              settings: prune_lib.PruneSettings, seeds: Sequence[int], teacher: Optional[str],
+              overrides: Sequence[str], eval_limit: Optional[int], miou_drop: float
+              ) -> List[Dict[str, Any]]:
+    """For each seed: prune ``student_kd`` as ``settings`` say and fine-tune with ``seed=N``;
+    fine-tune the unpruned model as long with the same seed (its control); evaluate both on the
+    val split (PyTorch, CPU). One row per seed: ``{"seed", "pruned", "control", "change",
+    "classes_lost", "met"}``, met when the change is at least ``-miou_drop`` and no held class
+    is lost (``class_target``)."""
+    rows = []
+    for seed in seeds:
+        point = os.path.join(out, "seed_%d" % seed)
+        seeded = list(overrides) + ["seed=%d" % seed]  # later overrides win
+        pruned = stages.run(
+            "seeds: pruned, seed %d" % seed, os.path.join(point, "pruned", BEST),
+            lambda: prune_lib.run_prune(student_kd, data, os.path.join(point, "pruned"),
+                                        settings, teacher=teacher, overrides=seeded,
+                                        progress=False))
+        control = stages.run(
+            "seeds: control, seed %d" % seed, os.path.join(point, "control", BEST),
+            lambda: sweep_lib.finetune_only(student_kd, data, os.path.join(point, "control"),
+                                            settings.finetune_iters, teacher, None, seeded))
+        scores = {name: _evaluate_cached(
+            stages, "seeds: evaluate %s, seed %d" % (name, seed), checkpoint, data,
+            os.path.join(point, "%s_eval.json" % name), eval_limit)
+            for name, checkpoint in (("pruned", pruned), ("control", control))}
+        change = (scores["pruned"]["miou"] or 0.0) - (scores["control"]["miou"] or 0.0)
+        lost = class_target(class_comparison(scores["pruned"], scores["control"]))["failed"]
+        rows.append({"seed": int(seed), "pruned": scores["pruned"]["miou"],
+                     "control": scores["control"]["miou"], "change": change,
+                     "classes_lost": lost, "met": change >= -miou_drop and not lost})
     return rows
 
 
