@@ -113,7 +113,13 @@ def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
     assert seeded["classes_lost"] == lost["failed"]
     assert seeded["met"] == (seeded["change"] >= -ablation.TARGET_MIOU_DROP and not lost["failed"])
     assert "## Other fine-tuning seeds" in table
-    assert "Met on %d of 1 seeds" % seeded["met"] in table
+    vs_control = report["targets"][-1]  # the pruned row against its control
+    assert "the control" in vs_control["what"]
+    summary = report["seed_summary"]  # the pruned row and seed 1: both runs of the recipe
+    assert summary["runs"] == 2
+    assert summary["met"] == (vs_control["miou_met"] and report["class_target"]["met"]) + seeded["met"]
+    assert summary["mean_change"] == pytest.approx((vs_control["miou_change"] + seeded["change"]) / 2)
+    assert "hold on %d of 2 runs" % summary["met"] in table
 
     with open(out / "sweep" / "sweep.csv") as handle:
         sweep = list(csv.DictReader(handle))
