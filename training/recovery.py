@@ -1,6 +1,6 @@
 """What pruning costs, class by class, and how much fine-tuning buys back.
 
-Two parts of the ablation report (``training/ablation.py``):
+Three parts of the ablation report (``training/ablation.py``):
 
 - the recovery curve: the pruned model and its control (the unpruned model, fine-tuned the same
   way) each fine-tuned for several lengths, one run per length (each with its own schedule, as a
