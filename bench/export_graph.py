@@ -112,7 +112,7 @@ def save_ort_optimised(src: str, dst: str) -> None:
 
 def prepare(args: argparse.Namespace, work: str) -> Dict[str, str]:
     """{row name: ONNX file} of every model compared."""
-    from lpcv_segmentation.model import read_metadata
+    from lpcv_segmentation.checkpoint import read_metadata
     from training.export import export_onnx
     files: Dict[str, str] = {}
     meta = read_metadata(args.checkpoint)
