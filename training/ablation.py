@@ -399,19 +399,14 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
     report["targets"] = targets(report)
     if control_row is not None:
         # the fair comparison: the unpruned + KD model fine-tuned exactly as the pruned one
-        vs_control = compare(
+        report["targets"].append(compare(
             pruned_row, control_row, "+ KD + pruning vs the control (+ KD fine-tuned the same "
-            "%d iterations, unpruned)" % settings.finetune_iters, TARGET_SPEEDUP)
-        report["targets"].append(vs_control)
+            "%d iterations, unpruned)" % settings.finetune_iters, TARGET_SPEEDUP))
         report["classes"] = recovery_lib.class_comparison(pruned_row, control_row)
         report["class_target"] = recovery_lib.class_target(report["classes"])
         if seed_rows:  # every run of the recipe: the pruned row, then each other seed
-            changes = [vs_control["miou_change"]] + [r["change"] for r in seed_rows]
-            met = ([vs_control["miou_met"] and report["class_target"]["met"]]
-                   + [r["met"] for r in seed_rows])
-            report["seed_summary"] = {"runs": len(changes), "met": sum(met),
-                                      "mean_change": sum(changes) / len(changes),
-                                      "min_change": min(changes), "max_change": max(changes)}
+            report["seed_summary"] = recovery_lib.summarise_runs(
+                [recovery_lib.judge_pair(pruned_row, control_row, TARGET_MIOU_DROP)] + seed_rows)
     write_json_atomic(os.path.join(out, REPORT_JSON), report)
     with open(os.path.join(out, REPORT_MD), "w", encoding="utf-8") as handle:
         handle.write(markdown(report))

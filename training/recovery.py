@@ -24,7 +24,7 @@ from training import sweep as sweep_lib
 from training.stages import StageRunner
 
 __all__ = ["RARE_CLASS_MIN_IOU", "RARE_CLASS_KEEP", "run_recovery", "plot_recovery",
-           "class_comparison", "class_target", "run_seeds"]
+           "class_comparison", "class_target", "judge_pair", "run_seeds", "summarise_runs"]
 
 RARE_CLASS_MIN_IOU = 0.3  # classes the control segments at least this well are held to...
 RARE_CLASS_KEEP = 0.8  # ...at least this fraction of their control IoU after pruning
@@ -49,6 +49,31 @@ def _evaluate_cached(stages: StageRunner, what: str, checkpoint: str, data: str,
         return json.load(handle)
 
 
+def _pruned_and_control(stages: StageRunner, kind: str, what: str, point: str,
+                        student_kd: str, data: str, settings: prune_lib.PruneSettings,
+                        teacher: Optional[str], overrides: Sequence[str],
+                        eval_limit: Optional[int], given: Optional[Dict[str, str]] = None
+                        ) -> Dict[str, Dict[str, Any]]:
+    """Prune ``student_kd`` as ``settings`` say and fine-tune it; fine-tune the unpruned model
+    as long (the control; ``student_kd`` itself at 0 iterations); evaluate both, all cached
+    under ``point``. ``given`` names checkpoints already trained ({"pruned", "control"}).
+    Returns {"pruned": evaluation, "control": evaluation}; stages are named "KIND: ..., WHAT"."""
+    given = given or {}
+    iters = settings.finetune_iters
+    pruned = given.get("pruned") or stages.run(
+        "%s: pruned, %s" % (kind, what), os.path.join(point, "pruned", BEST),
+        lambda: prune_lib.run_prune(student_kd, data, os.path.join(point, "pruned"), settings,
+                                    teacher=teacher, overrides=overrides, progress=False))
+    control = given.get("control") or (student_kd if iters == 0 else stages.run(
+        "%s: control, %s" % (kind, what), os.path.join(point, "control", BEST),
+        lambda: sweep_lib.finetune_only(student_kd, data, os.path.join(point, "control"),
+                                        iters, teacher, None, overrides)))
+    return {name: _evaluate_cached(
+        stages, "%s: evaluate %s, %s" % (kind, name, what), checkpoint, data,
+        os.path.join(point, "%s_eval.json" % name), eval_limit)
+        for name, checkpoint in (("pruned", pruned), ("control", control))}
+
+
 def run_recovery(stages: StageRunner, out: str, student_kd: str, data: str,
                  settings: prune_lib.PruneSettings, lengths: Sequence[int],
                  teacher: Optional[str], overrides: Sequence[str],
@@ -62,25 +87,25 @@ def run_recovery(stages: StageRunner, out: str, student_kd: str, data: str,
     control mIoU."""
     rows = []
     for iters in sorted(set(int(n) for n in lengths)):
-        point = os.path.join(out, "iters_%d" % iters)
-        given = reuse.get(iters, {})
-        pruned = given.get("pruned") or stages.run(
-            "recovery: pruned, %d iterations" % iters, os.path.join(point, "pruned", BEST),
-            lambda: prune_lib.run_prune(student_kd, data, os.path.join(point, "pruned"),
-                                        replace(settings, finetune_iters=iters),
-                                        teacher=teacher, overrides=overrides, progress=False))
-        control = given.get("control") or (student_kd if iters == 0 else stages.run(
-            "recovery: control, %d iterations" % iters, os.path.join(point, "control", BEST),
-            lambda: sweep_lib.finetune_only(student_kd, data, os.path.join(point, "control"),
-                                            iters, teacher, None, overrides)))
-        scores = {name: _evaluate_cached(
-            stages, "recovery: evaluate %s, %d iterations" % (name, iters), checkpoint, data,
-            os.path.join(point, "%s_eval.json" % name), eval_limit)
-            for name, checkpoint in (("pruned", pruned), ("control", control))}
+        scores = _pruned_and_control(
+            stages, "recovery", "%d iterations" % iters, os.path.join(out, "iters_%d" % iters),
+            student_kd, data, replace(settings, finetune_iters=iters), teacher, overrides,
+            eval_limit, reuse.get(iters))
         p, c = scores["pruned"]["miou"], scores["control"]["miou"]
         rows.append({"iters": iters, "pruned": p, "control": c,
                      "recovery": (p / c) if p is not None and c else None})
     return rows
+
+
+def judge_pair(pruned: Dict[str, Any], control: Dict[str, Any], miou_drop: float
+               ) -> Dict[str, Any]:
+    """A pruned model's evaluation against its control's: ``{"pruned", "control", "change",
+    "classes_lost", "met"}``, met when the mIoU change is at least ``-miou_drop`` and no held
+    class is lost (``class_target``)."""
+    change = (pruned["miou"] or 0.0) - (control["miou"] or 0.0)
+    lost = class_target(class_comparison(pruned, control))["failed"]
+    return {"pruned": pruned["miou"], "control": control["miou"], "change": change,
+            "classes_lost": lost, "met": change >= -miou_drop and not lost}
 
 
 def run_seeds(stages: StageRunner, out: str, student_kd: str, data: str,
@@ -89,32 +114,24 @@ def run_seeds(stages: StageRunner, out: str, student_kd: str, data: str,
               ) -> List[Dict[str, Any]]:
     """For each seed: prune ``student_kd`` as ``settings`` say and fine-tune with ``seed=N``;
     fine-tune the unpruned model as long with the same seed (its control); evaluate both on the
-    val split (PyTorch, CPU). One row per seed: ``{"seed", "pruned", "control", "change",
-    "classes_lost", "met"}``, met when the change is at least ``-miou_drop`` and no held class
-    is lost (``class_target``)."""
+    val split (PyTorch, CPU). One row per seed: ``{"seed"}`` and ``judge_pair``'s verdict."""
     rows = []
     for seed in seeds:
-        point = os.path.join(out, "seed_%d" % seed)
-        seeded = list(overrides) + ["seed=%d" % seed]  # later overrides win
-        pruned = stages.run(
-            "seeds: pruned, seed %d" % seed, os.path.join(point, "pruned", BEST),
-            lambda: prune_lib.run_prune(student_kd, data, os.path.join(point, "pruned"),
-                                        settings, teacher=teacher, overrides=seeded,
-                                        progress=False))
-        control = stages.run(
-            "seeds: control, seed %d" % seed, os.path.join(point, "control", BEST),
-            lambda: sweep_lib.finetune_only(student_kd, data, os.path.join(point, "control"),
-                                            settings.finetune_iters, teacher, None, seeded))
-        scores = {name: _evaluate_cached(
-            stages, "seeds: evaluate %s, seed %d" % (name, seed), checkpoint, data,
-            os.path.join(point, "%s_eval.json" % name), eval_limit)
-            for name, checkpoint in (("pruned", pruned), ("control", control))}
-        change = (scores["pruned"]["miou"] or 0.0) - (scores["control"]["miou"] or 0.0)
-        lost = class_target(class_comparison(scores["pruned"], scores["control"]))["failed"]
-        rows.append({"seed": int(seed), "pruned": scores["pruned"]["miou"],
-                     "control": scores["control"]["miou"], "change": change,
-                     "classes_lost": lost, "met": change >= -miou_drop and not lost})
+        scores = _pruned_and_control(
+            stages, "seeds", "seed %d" % seed, os.path.join(out, "seed_%d" % seed), student_kd,
+            data, settings, teacher, list(overrides) + ["seed=%d" % seed],  # later ones win
+            eval_limit)
+        rows.append({"seed": int(seed),
+                     **judge_pair(scores["pruned"], scores["control"], miou_drop)})
     return rows
+
+
+def summarise_runs(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """How often ``judge_pair``'s verdicts were met, and the spread of their mIoU changes."""
+    changes = [r["change"] for r in rows]
+    return {"runs": len(rows), "met": sum(bool(r["met"]) for r in rows),
+            "mean_change": sum(changes) / len(changes), "min_change": min(changes),
+            "max_change": max(changes)}
 
 
 def plot_recovery(rows: Sequence[Dict[str, Any]], path: str, title: str = "") -> str:
