@@ -186,6 +186,43 @@ def test_iterative_head_counts_follow_the_original_count(base):
     _runs(model)
 
 
+@pytest.mark.parametrize("width,amount,round_to,kept", [
+    (64, 0.6, 8, 24),    # 25.6 -> the nearest multiple of 8
+    (64, 0.6, 16, 32),   # 25.6 -> the nearest multiple of 16
+    (24, 0.5, 16, 16),   # never below round_to ...
+    (64, 0.95, 8, 8),
+    (8, 0.9, 16, 8),     # ... and a layer no wider than it keeps its width
+    (22, 0.01, 8, 22),   # nearest multiple (24) above the width: nothing is removed
+    (30, 0.5, 1, 15),
+])
+def test_width_to_keep(width, amount, round_to, kept):
+    assert P.width_to_keep(width, amount, round_to) == kept
+
+
+@pytest.mark.parametrize("round_to", [8, 16])
+def test_iterative_widths_end_where_one_step_does(base, round_to):
+    """Each step aims at the widths the cumulative amount leaves of the original ones: 0.6 in
+    3 steps leaves what one step leaves. A ratio of the current widths, floored to round_to at
+    every step, removed 75 % of a 64-channel layer (64 -> 48 -> 32 -> 16)."""
+    settings = P.PruneSettings(method="filter", amount=0.6, round_to=round_to, importance="l1")
+    ends = []
+    for steps in (1, 3):
+        model = copy.deepcopy(base)
+        original = P.describe(model)
+        done = 0.0
+        for step in range(steps):
+            done = P.prune_model(model, P.PruneSettings(**dict(vars(settings), iterative=steps)),
+                                 step=step, done=done, original=original)["amount"]
+        ends.append(P.widths_per_layer(model))
+    assert ends[0] == ends[1]
+    convs = _convs(base.encoder)
+    for name, conv in convs.items():
+        expected = P.width_to_keep(conv.out_channels, 0.6, round_to)
+        assert ends[1]["encoder." + name] == expected, name
+    assert ends[1]["encoder.stages_3.0.conv3_1x1.conv"] == {8: 24, 16: 32}[round_to]  # of 64
+    _runs(model)
+
+
 def test_round_to_leaves_widths_in_multiples_of_eight(base):
     model = copy.deepcopy(base)
     calib = (torch.randn(2, 3, SIZE, SIZE), torch.randint(0, 14, (2, SIZE, SIZE)))

@@ -26,8 +26,11 @@ each convolution group, neurons of each MLP, heads of each attention layer) like
 ``amount``; ``--target macs --amount A`` removes structure until the MACs at the model's input
 size are at most (1 - A) of the original (the fraction is searched on trial copies).
 ``--allocation global`` ranks channels and neurons across layers (LAMP scores are made for
-this); heads are always ranked inside their layer. ``--iterative K`` reaches the target in K
-equal steps, fine-tuning after each with --finetune-iters / K iterations.
+this); heads are always ranked inside their layer. ``--round-to N`` rounds each layer's width
+to the nearest multiple of N, at least N (global allocation: down to one). ``--iterative K``
+reaches the target in K equal steps, fine-tuning after each with --finetune-iters / K
+iterations; with local allocation each step aims at the widths and heads the cumulative amount
+leaves of the original ones, so K steps end where one step does.
 
   python -m training prune --checkpoint runs/student/best.safetensors --data DIR \\
       --out runs/pruned --method all --target sparsity --amount 0.5 --finetune-iters 2000 \\
@@ -89,7 +92,7 @@ UNIT_COUNTERS: Dict[str, str] = {
     "filter": "encoder_filters",
     "channel": "decoder_channels",
 }
-# Channels left in a layer are rounded down to a multiple of this: ONNX Runtime's blocked
+# Channels left in a layer are rounded to a multiple of this: ONNX Runtime's blocked
 # kernels run such widths faster (measured: docs/compression.md, "Widths")
 DEFAULT_ROUND_TO = 8
 MAX_LAYER_RATIO = 0.9  # never remove more than this share of one layer in one step
@@ -248,6 +251,22 @@ def heads_per_layer(model: nn.Module) -> Dict[str, int]:
     return {name: int(m.num_heads) for name, m in attention_layers(model).items()}
 
 
+def widths_per_layer(model: nn.Module) -> Dict[str, int]:
+    """{convolution or linear layer name: output channels or features}."""
+    return {name: int(m.weight.shape[0]) for name, m in model.named_modules()
+            if _is_weight_layer(m)}
+
+
+def width_to_keep(width: int, amount: float, round_to: int) -> int:
+    """Channels a layer of ``width`` keeps when the fraction ``amount`` of them is removed:
+    the nearest multiple of ``round_to``, at least ``round_to``, at most ``width`` (a layer no
+    wider than ``round_to`` keeps its width)."""
+    if width <= round_to:
+        return width
+    kept = int(math.floor(width * (1.0 - amount) / round_to + 0.5)) * round_to
+    return min(width, max(round_to, kept))
+
+
 def applicable_kinds(model: nn.Module) -> Set[str]:
     """The unit kinds this model has (a ResNet18 has no heads nor MLP neurons)."""
     units = count_units(model)
@@ -398,20 +417,39 @@ def _prune_heads(model: nn.Module, ratio: float, importance: str, calib: Optiona
 
 
 def _prune_widths(model: nn.Module, kinds: Sequence[str], ratio: float, importance: str,
-                  allocation: str, calib: Optional[Batch], round_to: Optional[int] = None
-                  ) -> None:
-    """Remove the fraction ``ratio`` of the channels/neurons of the groups rooted in ``kinds``."""
+                  allocation: str, calib: Optional[Batch], round_to: Optional[int] = None,
+                  keep: Optional[Dict[str, int]] = None) -> None:
+    """Remove channels/neurons of the groups rooted in ``kinds``. Local allocation cuts each
+    layer to ``keep`` ({layer name: width}; by default ``width_to_keep`` of the fraction
+    ``ratio`` of its current width); global allocation removes the fraction ``ratio`` of all
+    of them, ranked together, rounding each layer down to a multiple of ``round_to``."""
     import torch_pruning as tp
     from lpcv_segmentation.structure import sync_attention_attributes
     roots = _width_roots(model, kinds)
     if not roots or ratio <= 0.0:
         return
+    options: Dict[str, Any] = {"pruning_ratio": ratio, "round_to": round_to}
+    if allocation == "local":
+        names = {m: name for name, m in model.named_modules() if m in roots}
+        if keep is None:
+            keep = {name: width_to_keep(int(m.weight.shape[0]), ratio, round_to or 1)
+                    for m, name in names.items()}
+        # torch-pruning keeps int(width x (1 - r)) channels of a layer and floors that to its
+        # round_to at every call, so a ratio of the current width drifts step by step (0.6 in 3
+        # steps left 16 of 64 channels, one step 24): give each layer the r that lands on its
+        # target, already rounded
+        ratios = {}
+        for m, name in names.items():
+            width = int(m.weight.shape[0])
+            target = min(width, keep.get(name, width))
+            ratios[m] = 1.0 - (target + 0.5) / width if target < width else 0.0
+        options = {"pruning_ratio": 0.0, "pruning_ratio_dict": ratios, "round_to": None}
     if importance in GRADIENT_IMPORTANCES:
         _accumulate_gradients(model, calib)
     pruner = tp.pruner.MetaPruner(
         model, _example_input(model), importance=make_importance(importance),
-        pruning_ratio=ratio, max_pruning_ratio=MAX_LAYER_RATIO, round_to=round_to,
-        ignored_layers=_ignored_except(model, roots), global_pruning=(allocation == "global"))
+        max_pruning_ratio=MAX_LAYER_RATIO, ignored_layers=_ignored_except(model, roots),
+        global_pruning=(allocation == "global"), **options)
     pruner.step()
     sync_attention_attributes(model)  # head_dim follows if a transformer width changed
     model.zero_grad(set_to_none=True)
@@ -421,11 +459,13 @@ def prune_step(model: nn.Module, method: str, ratio: float,
                importance: str = DEFAULT_IMPORTANCE,
                allocation: str = "local", calib: Optional[Batch] = None,
                round_to: Optional[int] = None,
-               heads_to_keep: Optional[Dict[str, int]] = None) -> nn.Module:
+               heads_to_keep: Optional[Dict[str, int]] = None,
+               widths_to_keep: Optional[Dict[str, int]] = None) -> nn.Module:
     """Prune ``model`` in place by the fraction ``ratio`` of its current units of ``method``,
     ranked by ``importance`` (the gradient-based default needs ``calib``; pass ``"l2"`` to
-    prune without data); ``heads_to_keep`` ({attention module name: heads}) overrides the
-    ratio for heads. Returns the model (in eval mode)."""
+    prune without data); ``heads_to_keep`` ({attention module name: heads}) and, with local
+    allocation, ``widths_to_keep`` ({layer name: width}) override the ratio. Returns the model
+    (in eval mode)."""
     if method == UNSTRUCTURED:
         raise PruneError("prune_step takes a structured method (%s), not %r"
                          % (", ".join(STRUCTURED_METHODS), method))
@@ -437,7 +477,8 @@ def prune_step(model: nn.Module, method: str, ratio: float,
         _prune_heads(model, ratio, importance, calib, heads_to_keep)
     widths = [k for k in kinds if k != "head"]
     if widths:
-        _prune_widths(model, widths, ratio, importance, allocation, calib, round_to)
+        _prune_widths(model, widths, ratio, importance, allocation, calib, round_to,
+                      widths_to_keep)
     return model.eval()
 
 
@@ -572,11 +613,12 @@ def apply_zero_masks(model: nn.Module, masks: Dict[str, torch.Tensor]) -> None:
 # Reports
 # --------------------------------------------------------------------------------------------
 def describe(model: nn.Module) -> Dict[str, Any]:
-    """Size figures of a model: parameters, GMACs at its input size, units, heads per layer."""
+    """Size figures of a model: parameters, GMACs at its input size, units, heads and widths
+    per layer."""
     from lpcv_segmentation.cost import count_params
     return {"params": int(count_params(model)), "gmacs": macs_of(model),
             "units": count_units(model), "heads": heads_per_layer(model),
-            "weight_sparsity": weight_sparsity(model)}
+            "widths": widths_per_layer(model), "weight_sparsity": weight_sparsity(model)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -635,9 +677,10 @@ def prune_model(model: nn.Module, settings: PruneSettings, calib: Optional[Batch
     amount ``done`` so far. Returns the step's record (ratio used, params, GMACs).
 
     ``original`` is ``describe(model)`` before step 0. Its GMACs are what ``--target macs``
-    cuts a fraction of, and each attention layer keeps the heads the cumulative amount leaves
-    of its original count: a ratio of the current count, rounded at every step, would drift
-    (0.6 in 3 steps would leave 1 of 4 heads, not 2)."""
+    cuts a fraction of, and each attention layer keeps the heads, and with local allocation
+    each layer the width, that the cumulative amount leaves of its original count: a ratio of
+    the current count, rounded at every step, would drift (0.6 in 3 steps would leave 1 of 4
+    heads, not 2, and 16 of 64 channels, not 24), so K steps end where one step does."""
     goal = step_targets(settings)[step]
     if settings.method == UNSTRUCTURED:
         prune_unstructured(model, goal)
@@ -652,8 +695,10 @@ def prune_model(model: nn.Module, settings: PruneSettings, calib: Optional[Batch
         ratio = relative_ratio(done, goal)
         keep = {name: heads - _heads_to_remove(heads, goal)
                 for name, heads in original["heads"].items()}
+        widths = {name: width_to_keep(width, goal, settings.round_to)
+                  for name, width in original["widths"].items()}
         prune_step(model, settings.method, ratio, settings.importance, settings.allocation, calib,
-                   settings.round_to, heads_to_keep=keep)
+                   settings.round_to, heads_to_keep=keep, widths_to_keep=widths)
     info = describe(model)
     return {"step": step + 1, "amount": goal, "ratio": ratio, "params": info["params"],
             "gmacs": info["gmacs"], "heads": sum(info["heads"].values())}
@@ -857,9 +902,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterative", type=int, default=1, metavar="K",
                         help="reach the amount in K prune + fine-tune steps (default 1)")
     parser.add_argument("--round-to", type=int, default=DEFAULT_ROUND_TO, metavar="N",
-                        help="round the channels and neurons left in each layer down to a "
-                             "multiple of N (default %d: faster kernels; 1: exact amounts)"
-                             % DEFAULT_ROUND_TO)
+                        help="round the channels and neurons left in each layer to a "
+                             "multiple of N, at least N (default %d: faster kernels; 1: exact "
+                             "amounts)" % DEFAULT_ROUND_TO)
     parser.add_argument("--calib-images", type=int, default=8, metavar="N",
                         help="training images for Taylor importance (default 8)")
     parser.add_argument("--config", default=None, metavar="CFG",

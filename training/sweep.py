@@ -313,7 +313,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=prune_lib.DEFAULT_IMPORTANCE)
     parser.add_argument("--allocation", choices=prune_lib.ALLOCATIONS, default="local")
     parser.add_argument("--round-to", type=int, default=prune_lib.DEFAULT_ROUND_TO, metavar="N",
-                        help="round layer widths down to a multiple of N (default %d)"
+                        help="round layer widths to a multiple of N, at least N (default %d)"
                              % prune_lib.DEFAULT_ROUND_TO)
     parser.add_argument("--finetune-iters", type=int, default=0, metavar="N",
                         help="fine-tuning iterations per point (and for the reference)")
