@@ -170,3 +170,27 @@ def test_class_target_holds_only_the_classes_the_control_segments_well():
     assert target["failed"] == ["flood/water/river/sea"] and target["met"] is False
     pruned["per_class_iou"]["flood/water/river/sea"] = 0.4  # exactly 0.8x: kept
     assert recovery.class_target(recovery.class_comparison(pruned, control))["met"] is True
+
+
+def test_resume_refuses_a_config_its_stages_were_not_made_with(synth_dataset, tmp_path):
+    """OUT records the config it was started with; resuming with another pruning amount would
+    reuse pruned models made with the old one, so it stops first, naming the key. Adding
+    seeds only adds runs and is accepted."""
+    out = tmp_path / "out"
+    config = ablation.load_ablation_config(QUICK)
+    ablation.check_config(config, str(synth_dataset))
+    out.mkdir()
+    from lpcv_segmentation.fileio import write_yaml_atomic
+    write_yaml_atomic(str(out / ablation.CONFIG_FILE), config)
+    ablation.check_resume(config, str(out))  # the same config: nothing to refuse
+    more_seeds = dict(config, recovery=dict(config["recovery"], seeds=[1, 2, 3]))
+    ablation.check_resume(more_seeds, str(out))
+
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(open(QUICK).read().replace("  amount: 0.5", "  amount: 0.4"))
+    assert ablation.load_ablation_config(str(changed))["prune"]["amount"] == 0.4
+    (out / "teacher").mkdir()  # a finished-looking stage folder
+    with pytest.raises(ablation.AblationError, match=r"prune\.amount: 0\.5 -> 0\.4.*new --out"):
+        ablation.run_ablation(str(changed), str(synth_dataset), str(out), resume=True)
+    assert sorted(os.listdir(out)) == [ablation.CONFIG_FILE, "teacher"]  # nothing ran
+    assert ablation.load_ablation_config(str(out / ablation.CONFIG_FILE))["prune"]["amount"] == 0.5

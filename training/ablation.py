@@ -3,7 +3,8 @@
   python -m training ablation --config training/configs/ablation.yaml --data DIR --out DIR
   python -m training ablation --config training/configs/ablation_quick.yaml --data DIR --out DIR
 
-Stages (each a folder under OUT; --resume reuses the ones already finished):
+Stages (each a folder under OUT; --resume reuses the ones already finished, and refuses a config
+whose stage sections differ from the one OUT/ablation_config.yaml records):
   teacher      train the teacher                                      reference row
   baseline     train UPerNet-ResNet18, distilled as in the paper      reference row
   student      train the student on the labels alone                  "student"
@@ -39,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from lpcv_segmentation import timing
-from lpcv_segmentation.fileio import write_json_atomic
+from lpcv_segmentation.fileio import write_json_atomic, write_yaml_atomic
 from lpcv_segmentation.formatting import fmt
 
 from training import prune as prune_lib
@@ -53,6 +54,10 @@ BEST = "best.safetensors"
 REPORT_MD = "ablation.md"
 REPORT_JSON = "ablation.json"
 EVAL_JSON = "eval.json"
+CONFIG_FILE = "ablation_config.yaml"  # the config OUT's stages were made with (--resume checks)
+# Sections whose finished stages a change would leave stale, so --resume refuses to mix them;
+# recovery lengths and seeds only add runs, and every run redoes the timing pass
+STAGE_SECTIONS = ("teacher", "baseline", "student", "prune", "quantise", "sweep")
 
 # section -> {key: default}; a key not listed here is an error naming it
 SCHEMA: Dict[str, Dict[str, Any]] = {
@@ -174,6 +179,28 @@ def check_config(config: Dict[str, Dict[str, Any]], data: str) -> None:
             raise AblationError("--data: %s" % e)
 
 
+def check_resume(config: Dict[str, Dict[str, Any]], out: str) -> None:
+    """Refuse to resume in ``out`` with a config whose stage sections differ from the one its
+    stages were made with (``CONFIG_FILE``), naming each changed key; an OUT without the file
+    (new, or from before the file existed) is not checked."""
+    path = os.path.join(out, CONFIG_FILE)
+    if not os.path.isfile(path):
+        return
+    old = load_yaml_mapping(path, AblationError)
+    keys = [(section, key) for section in STAGE_SECTIONS for key in config[section]]
+    keys.append(("evaluate", "eval_limit"))  # the cached evaluations' image count
+    changed = []
+    for section, key in keys:
+        before = (old.get(section) or {}).get(key)
+        if before != config[section][key]:
+            changed.append("%s.%s: %r -> %r" % (section, key, before, config[section][key]))
+    if changed:
+        raise AblationError("%s was made with another config (%s), so its finished stages "
+                            "would not match this one: %s. Use a new --out (link in the "
+                            "stage folders that did not change to reuse them)"
+                            % (out, path, "; ".join(changed)))
+
+
 # --------------------------------------------------------------------------------------------
 # Stages
 # --------------------------------------------------------------------------------------------
@@ -262,7 +289,9 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
     if os.path.isdir(out) and os.listdir(out) and not resume:
         raise AblationError("%s already holds runs; pass --resume to reuse its finished stages, "
                             "or choose another --out" % out)
+    check_resume(config, out)
     os.makedirs(out, exist_ok=True)
+    write_yaml_atomic(os.path.join(out, CONFIG_FILE), config)
     started = time.time()
     stages = StageRunner(resume, error=AblationError)
     run_dir = lambda name: os.path.join(out, name)  # noqa: E731
