@@ -27,7 +27,7 @@ each convolution group, neurons of each MLP, heads of each attention layer) like
 size are at most (1 - A) of the original (the fraction is searched on trial copies).
 ``--allocation global`` ranks channels and neurons across layers (LAMP scores are made for
 this); heads are always ranked inside their layer. ``--round-to N`` rounds each layer's width
-to the nearest multiple of N, at least N (global allocation: down to one). ``--iterative K``
+to the nearest multiple of N, at least N (with global allocation, down). ``--iterative K``
 reaches the target in K equal steps, fine-tuning after each with --finetune-iters / K
 iterations; with local allocation each step aims at the widths and heads the cumulative amount
 leaves of the original ones, so K steps end where one step does.
