@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from lpcv_segmentation.classes import CLASS_NAMES, NUM_CLASSES
+from lpcv_segmentation.fileio import write_yaml_atomic
 from training import ablation, recovery
 from training.data import find_pairs, read_label
 from training.sweep import PLOTS
@@ -180,7 +181,6 @@ def test_resume_refuses_a_config_its_stages_were_not_made_with(synth_dataset, tm
     config = ablation.load_ablation_config(QUICK)
     ablation.check_config(config, str(synth_dataset))
     out.mkdir()
-    from lpcv_segmentation.fileio import write_yaml_atomic
     write_yaml_atomic(str(out / ablation.CONFIG_FILE), config)
     ablation.check_resume(config, str(out))  # the same config: nothing to refuse
     more_seeds = dict(config, recovery=dict(config["recovery"], seeds=[1, 2, 3]))

@@ -428,22 +428,22 @@ def _prune_widths(model: nn.Module, kinds: Sequence[str], ratio: float, importan
     roots = _width_roots(model, kinds)
     if not roots or ratio <= 0.0:
         return
-    options: Dict[str, Any] = {"pruning_ratio": ratio, "round_to": round_to}
     if allocation == "local":
-        names = {m: name for name, m in model.named_modules() if m in roots}
-        if keep is None:
-            keep = {name: width_to_keep(int(m.weight.shape[0]), ratio, round_to or 1)
-                    for m, name in names.items()}
         # torch-pruning keeps int(width x (1 - r)) channels of a layer and floors that to its
         # round_to at every call, so a ratio of the current width drifts step by step (0.6 in 3
         # steps left 16 of 64 channels, one step 24): give each layer the r that lands on its
         # target, already rounded
         ratios = {}
-        for m, name in names.items():
-            width = int(m.weight.shape[0])
-            target = min(width, keep.get(name, width))
-            ratios[m] = 1.0 - (target + 0.5) / width if target < width else 0.0
-        options = {"pruning_ratio": 0.0, "pruning_ratio_dict": ratios, "round_to": None}
+        for name, m in model.named_modules():
+            if m in roots:
+                width = int(m.weight.shape[0])
+                target = min(width, keep[name] if keep is not None
+                             else width_to_keep(width, ratio, round_to or 1))
+                ratios[m] = 1.0 - (target + 0.5) / width if target < width else 0.0
+        options: Dict[str, Any] = {"pruning_ratio": 0.0, "pruning_ratio_dict": ratios,
+                                   "round_to": None}
+    else:
+        options = {"pruning_ratio": ratio, "round_to": round_to}
     if importance in GRADIENT_IMPORTANCES:
         _accumulate_gradients(model, calib)
     pruner = tp.pruner.MetaPruner(
