@@ -165,6 +165,20 @@ def test_cli_writes_dataset_and_preview(tmp_path):
                           rgb)
 
 
+def test_cli_val_fraction_one_writes_a_test_set(tmp_path):
+    """Every scene in val (an evaluation set no run trains on); the preview shows val scenes."""
+    out, preview = tmp_path / "test_set", tmp_path / "sheet.png"
+    result = _run_cli("--out", str(out), "--count", "3", "--size", "32", "--seed", "5",
+                      "--val-fraction", "1", "--preview", str(preview))
+    assert result.returncode == 0, result.stderr
+    assert "0 train + 3 val" in result.stdout
+    assert not list((out / "IMG" / "train").glob("*.png"))
+    assert len(list((out / "GT" / "val").glob("*.png"))) == 3
+    assert cv2.imread(str(preview), cv2.IMREAD_COLOR) is not None
+    result = _run_cli("--out", str(tmp_path / "x"), "--count", "3", "--val-fraction", "1.5")
+    assert result.returncode == 1 and "val_fraction must be in [0, 1], got 1.5" in result.stderr
+
+
 def test_cli_bad_argument_is_one_clear_error(tmp_path):
     result = _run_cli("--out", str(tmp_path / "x"), "--count", "0")
     assert result.returncode == 1

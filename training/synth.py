@@ -852,8 +852,8 @@ def write_dataset(out: Path, count: int, size: int, seed: int, val_fraction: flo
 
     if count < 1:
         raise SynthError("count must be at least 1, got %d" % count)
-    if not 0.0 <= val_fraction < 1.0:
-        raise SynthError("val_fraction must be in [0, 1), got %r" % (val_fraction,))
+    if not 0.0 <= val_fraction <= 1.0:
+        raise SynthError("val_fraction must be in [0, 1], got %r" % (val_fraction,))
     render_scene(0, size)  # checks size before anything is written
     out = Path(out)
     _prepare_output(out)
@@ -987,11 +987,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     parser.add_argument("--val-fraction", type=float, default=0.2,
-                        help="share of scenes in the val split (default 0.2)")
+                        help="share of scenes in the val split (default 0.2; 1 makes a "
+                             "test set, every scene in val)")
     parser.add_argument("--workers", type=int, default=None,
                         help="writer threads (default: up to 4)")
     parser.add_argument("--preview", type=Path, default=None, metavar="PNG",
-                        help="also write a contact sheet of the first train scenes")
+                        help="also write a contact sheet of the first train scenes (val "
+                             "scenes when there are none)")
     parser.add_argument("--stats", action="store_true",
                         help="read the dataset back and print class frequencies, a colour-only "
                              "baseline and the render time")
@@ -1005,7 +1007,8 @@ def main(args: argparse.Namespace) -> int:
         print("wrote %d train + %d val synthetic scenes (%d px, seed %d) to %s"
               % (counts["train"], counts["val"], args.size, args.seed, out))
         if args.preview is not None:
-            print("preview: %s" % write_preview(out, args.preview))
+            split = "train" if counts["train"] else "val"
+            print("preview: %s" % write_preview(out, args.preview, split=split))
         if args.stats:
             cv2.setNumThreads(1)
             print_stats(out, args.size)
