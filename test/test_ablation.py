@@ -22,13 +22,22 @@ from training.sweep import PLOTS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.path.join(REPO, "training", "configs", "ablation_quick.yaml")
+TEST_SET_COUNT = 5
 
 
 @pytest.mark.slow
 def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
+    """The quick config with ``evaluate.data``: trained on the fixture set, every evaluation
+    on a separate 5-scene test set (all of it: no eval_limit)."""
+    from training.synth import write_dataset
+    test_set = write_dataset(tmp_path / "test_set", count=TEST_SET_COUNT, size=128, seed=7,
+                             val_fraction=1.0, progress=False)
+    config = tmp_path / "ablation_quick_test_set.yaml"
+    config.write_text(open(QUICK).read().replace(
+        "  eval_limit: 4\n", "  eval_limit: null\n  data: %s\n" % test_set))
     out = tmp_path / "ablation"
     result = subprocess.run(
-        [sys.executable, "-m", "training", "ablation", "--config", QUICK, "--data",
+        [sys.executable, "-m", "training", "ablation", "--config", str(config), "--data",
          str(synth_dataset), "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=540)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -44,7 +53,7 @@ def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
         assert 0 <= row["miou"] <= 1 and 0 <= row["dice"] <= 1, row
         # the challenge's score, from the row's own Dice and latency
         assert row["score"] == pytest.approx(row["dice"] / (row["latency_ms"] / 1000.0)), row
-        assert row["images"] == 4  # eval_limit of the quick config
+        assert row["images"] == TEST_SET_COUNT  # the test set, not --data's 8 val scenes
     assert report["archs"] == {"teacher": "swinv2_tiny", "baseline": "resnet18",
                                "student": "mobilevit_xxs"}
     # pruning made the distilled student physically smaller; the exports kept its size
@@ -59,6 +68,8 @@ def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
                   "+ KD + pruning |", "+ KD + pruning + fp16", "+ KD + pruning + int8"):
         assert label in table
     assert "Command: `python -m training ablation --config" in table
+    assert report["eval_data"] == str(test_set)
+    assert "evaluated on the val split of %s with ONNX Runtime" % test_set in table
     assert "%.2fM" % (rows["pruned"]["params"] / 1e6) in table
     # pruned in the config's two steps, each fine-tuned, not taken from the one-step sweep
     steps = json.loads((out / "pruned" / "prune.json").read_text())["pruning"]["steps"]
@@ -71,6 +82,9 @@ def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
     assert (out / "recovery" / "iters_4" / "pruned" / "best.safetensors").is_file()
     assert (out / "recovery" / "iters_4" / "control" / "best.safetensors").is_file()
     assert not (out / "recovery" / "iters_2" / "pruned").exists()
+    for name in ("pruned", "control"):
+        evaluation = json.loads((out / "recovery" / "iters_4" / ("%s_eval.json" % name)).read_text())
+        assert evaluation["images"] == TEST_SET_COUNT
     for r in curve.values():
         assert 0 <= r["pruned"] <= 1 and 0 < r["control"] <= 1, r
         assert r["recovery"] == pytest.approx(r["pruned"] / r["control"])
@@ -87,9 +101,9 @@ def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
         assert r["control"] == control[name]
         assert r["pruned"] == rows["pruned"]["per_class_iou"][name]
     assert report["class_target"]["met"] == all(r["met"] for r in listed.values())
-    # ... with the number of evaluated val images whose labels hold each class
+    # ... with the number of evaluated test images whose labels hold each class
     holding = collections.Counter()
-    for _, label_path in find_pairs(str(synth_dataset), "val")[:4]:  # eval_limit: 4
+    for _, label_path in find_pairs(str(test_set), "val"):
         holding.update(CLASS_NAMES[c] for c in np.unique(read_label(label_path)) if c < NUM_CLASSES)
     assert {name: r["images"] for name, r in listed.items()} == {
         name: holding[name] for name in listed}
@@ -107,6 +121,7 @@ def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
     assert any(not torch.equal(main_control[k], seed_control[k]) for k in main_control)
     scores = {name: json.loads((point / ("%s_eval.json" % name)).read_text())
               for name in ("pruned", "control")}
+    assert scores["pruned"]["images"] == scores["control"]["images"] == TEST_SET_COUNT
     assert seeded["pruned"] == scores["pruned"]["miou"]
     assert seeded["control"] == scores["control"]["miou"]
     assert seeded["change"] == pytest.approx(seeded["pruned"] - seeded["control"])
@@ -124,6 +139,7 @@ def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
 
     with open(out / "sweep" / "sweep.csv") as handle:
         sweep = list(csv.DictReader(handle))
+    assert [int(r["images"]) for r in sweep] == [TEST_SET_COUNT] * len(sweep)
     methods = {r["method"]: r for r in sweep}
     assert set(methods) == {"none", "all", "unstructured"}
     assert methods["unstructured"]["params"] == methods["none"]["params"]  # zeros, same shapes
@@ -146,8 +162,11 @@ def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
      "fine-tuning seeds"),
     ("prune:\n  finetune_iters: 0\nrecovery:\n  seeds: [1]\n",
      r"section 'recovery': seeds need a fine-tune to vary \(prune.finetune_iters is 0\)"),
+    ("evaluate:\n  data: /nonexistent/test_set\n",
+     "section 'evaluate': data: .*/nonexistent/test_set"),
 ], ids=["unknown key", "pruning amount", "training override", "recovery lengths",
-        "recovery length under the pruning steps", "recovery seeds", "seeds without a fine-tune"])
+        "recovery length under the pruning steps", "recovery seeds", "seeds without a fine-tune",
+        "missing test set"])
 def test_a_bad_config_fails_before_any_work(synth_dataset, tmp_path, text, message):
     config = tmp_path / "bad.yaml"
     config.write_text(text)
@@ -185,6 +204,9 @@ def test_resume_refuses_a_config_its_stages_were_not_made_with(synth_dataset, tm
     ablation.check_resume(config, str(out))  # the same config: nothing to refuse
     more_seeds = dict(config, recovery=dict(config["recovery"], seeds=[1, 2, 3]))
     ablation.check_resume(more_seeds, str(out))
+    test_set = dict(config, evaluate=dict(config["evaluate"], data="runs/test_set"))
+    with pytest.raises(ablation.AblationError, match=r"evaluate\.data: None -> 'runs/test_set'"):
+        ablation.check_resume(test_set, str(out))  # the cached evaluations read another set
 
     changed = tmp_path / "changed.yaml"
     changed.write_text(open(QUICK).read().replace("  amount: 0.5", "  amount: 0.4"))

@@ -317,6 +317,19 @@ def test_amount_refused_by_the_command_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_sweep_refuses_a_missing_test_set_before_any_point(tiny_checkpoint, synth_dataset,
+                                                           tmp_path):
+    missing = tmp_path / "no_test_set"
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "sweep", "--checkpoint", str(tiny_checkpoint),
+         "--data", str(synth_dataset), "--out", str(tmp_path / "sweep"), "--methods", "filter",
+         "--amounts", "0.5", "--eval-data", str(missing)],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and str(missing) in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "sweep").exists()
+
+
 def _write_synthetic_pairs(root, count=2, size=64):
     import cv2
     rng = np.random.default_rng(0)

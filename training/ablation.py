@@ -21,7 +21,9 @@ whose stage sections differ from the one OUT/ablation_config.yaml records):
                train split)                                           "+ KD + pruning + fp16/int8"
 Every row's model is exported to ONNX and evaluated on the val split with ONNX Runtime on the
 CPU: mean IoU, Dice (the challenge's per-image mean), parameters, GMACs, latency (median
-forward pass, ms) and score (Dice / latency in seconds). On a machine with CUDA, a row for
+forward pass, ms) and score (Dice / latency in seconds). With ``evaluate.data`` set, every
+evaluation (rows, sweep, recovery, seeds) reads that dataset's val split instead: a test set
+that no run trains on or picks checkpoints with. On a machine with CUDA, a row for
 PyTorch half precision on the GPU is added.
 
 Writes OUT/ablation.md (the table, the per-class table of the pruned row against the control,
@@ -73,7 +75,7 @@ SCHEMA: Dict[str, Dict[str, Any]] = {
                                            "unstructured"],
               "amounts": [0.25, 0.5, 0.75], "finetune_iters": 100, "overrides": {}},
     "recovery": {"lengths": [], "seeds": []},
-    "evaluate": {"threads": None, "eval_limit": None, "latency_runs": 20},
+    "evaluate": {"threads": None, "eval_limit": None, "latency_runs": 20, "data": None},
 }
 TARGET_SPEEDUP = 1.5  # the pruned student on ONNX Runtime, over the unpruned one
 TARGET_MIOU_DROP = 0.02  # largest mIoU loss accepted from pruning and from int8
@@ -177,6 +179,11 @@ def check_config(config: Dict[str, Dict[str, Any]], data: str) -> None:
             find_pairs(data, split)
         except DatasetError as e:
             raise AblationError("--data: %s" % e)
+    if config["evaluate"]["data"] is not None:
+        try:
+            find_pairs(str(config["evaluate"]["data"]), "val")
+        except DatasetError as e:
+            raise AblationError("section 'evaluate': data: %s" % e)
 
 
 def check_resume(config: Dict[str, Dict[str, Any]], out: str) -> None:
@@ -188,7 +195,7 @@ def check_resume(config: Dict[str, Dict[str, Any]], out: str) -> None:
         return
     old = load_yaml_mapping(path, AblationError)
     keys = [(section, key) for section in STAGE_SECTIONS for key in config[section]]
-    keys.append(("evaluate", "eval_limit"))  # the cached evaluations' image count
+    keys += [("evaluate", "eval_limit"), ("evaluate", "data")]  # what the evaluations read
     changed = []
     for section, key in keys:
         before = (old.get(section) or {}).get(key)
@@ -218,15 +225,17 @@ def train_run(config_path: str, data: str, out: str, overrides: Sequence[str],
 def measure_row(stages: StageRunner, name: str, checkpoint: str, data: str, out: str,
                 evaluation: Dict[str, Any], precision: str = "fp32",
                 calib_images: int = 32) -> Dict[str, Any]:
-    """Export ``checkpoint`` at ``precision``, evaluate it with ONNX Runtime; cached in
-    OUT/<name>/eval.json."""
+    """Export ``checkpoint`` at ``precision`` (int8 calibrated on the train split of ``data``),
+    evaluate it with ONNX Runtime on the val split of ``evaluation["data"]`` (else of
+    ``data``); cached in OUT/<name>/eval.json."""
     row_dir = os.path.join(out, name)
     path = os.path.join(row_dir, EVAL_JSON)
 
     def work() -> None:
         os.makedirs(row_dir, exist_ok=True)
         result = sweep_lib.export_and_evaluate(
-            checkpoint, data, os.path.join(row_dir, "model.onnx"), precision=precision,
+            checkpoint, evaluation["data"] or data, os.path.join(row_dir, "model.onnx"),
+            precision=precision,
             calib_dir=data if precision == "int8" else None, threads=evaluation["threads"],
             eval_limit=evaluation["eval_limit"], latency_runs=evaluation["latency_runs"],
             calib_images=calib_images)
@@ -250,8 +259,9 @@ def measure_cuda_fp16(stages: StageRunner, checkpoint: str, data: str, out: str,
 
     def work() -> None:
         os.makedirs(row_dir, exist_ok=True)
-        result = evaluate(checkpoint, data, "val", backend="pytorch", device="cuda",
-                          precision="fp16", limit=evaluation["eval_limit"], progress=False)
+        result = evaluate(checkpoint, evaluation["data"] or data, "val", backend="pytorch",
+                          device="cuda", precision="fp16", limit=evaluation["eval_limit"],
+                          progress=False)
         write_json_atomic(path, result)
 
     stages.run("measure fp16 (PyTorch, CUDA)", path, work)
@@ -328,7 +338,8 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
                 settings.target, settings.importance, settings.allocation,
                 int(sw["finetune_iters"]), prune_teacher, None, override_list(sw["overrides"]),
                 config["evaluate"]["threads"], config["evaluate"]["eval_limit"],
-                config["evaluate"]["latency_runs"], resume=resume, round_to=settings.round_to)
+                config["evaluate"]["latency_runs"], resume=resume, round_to=settings.round_to,
+                eval_data=config["evaluate"]["data"])
 
         stages.run("sweep", os.path.join(sweep_dir, sweep_lib.CSV_NAME), run_the_sweep)
         sweep_rows = sweep_lib.read_csv(os.path.join(sweep_dir, sweep_lib.CSV_NAME))
@@ -368,7 +379,7 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
         recovery_rows = recovery_lib.run_recovery(
             stages, run_dir("recovery"), student_kd, data, settings,
             config["recovery"]["lengths"], prune_teacher, override_list(p["overrides"]), reuse,
-            config["evaluate"]["eval_limit"])
+            config["evaluate"]["eval_limit"], config["evaluate"]["data"])
         recovery_lib.plot_recovery(recovery_rows, os.path.join(run_dir("recovery"),
                                                                recovery_lib.PLOT))
     seed_rows: List[Dict[str, Any]] = []
@@ -376,7 +387,7 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
         seed_rows = recovery_lib.run_seeds(
             stages, run_dir("seeds"), student_kd, data, settings, config["recovery"]["seeds"],
             prune_teacher, override_list(p["overrides"]), config["evaluate"]["eval_limit"],
-            TARGET_MIOU_DROP)
+            TARGET_MIOU_DROP, config["evaluate"]["data"])
     if control_row is not None:
         rows.append(("control", "+ KD, fine-tuned %d more iterations, unpruned (control)"
                      % settings.finetune_iters, control_row))
@@ -416,6 +427,7 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
                       else config_path, data, out),
         "config": config,
         "archs": archs,
+        "eval_data": config["evaluate"]["data"] or data,  # every mIoU, Dice and IoU below
         "pruning": {"settings": vars(settings), "checkpoint": os.path.abspath(pruned_ckpt)},
         "rows": [{"key": k, "label": label, **measurement} for k, label, measurement in rows],
         "sweep": sweep_rows,
@@ -479,10 +491,10 @@ def markdown(report: Dict[str, Any]) -> str:
         "Command: `%s`" % report["command"],
         "",
         "Teacher %s, student %s, baseline %s. Every model is exported to ONNX and evaluated on "
-        "the val split with ONNX Runtime on the CPU (%s); latency is the median of %d timed "
+        "the val split of %s with ONNX Runtime on the CPU (%s); latency is the median of %d timed "
         "forward passes (ms), taken in rounds in which every ONNX file of this report (sweep "
         "included) runs a block of %d in turn; score = Dice / latency (s). Pruning: %s, fine-tuned %d iterations%s."
-        % (archs["teacher"], archs["student"], archs["baseline"],
+        % (archs["teacher"], archs["student"], archs["baseline"], report["eval_data"],
            "%s thread(s)" % (report["config"]["evaluate"]["threads"] or "default"),
            report["config"]["evaluate"]["latency_runs"], timing.BLOCK,
            "%s, %s %.2f%s, importance %s, %s allocation" % (

@@ -52,12 +52,13 @@ def _evaluate_cached(stages: StageRunner, what: str, checkpoint: str, data: str,
 def _pruned_and_control(stages: StageRunner, kind: str, what: str, point: str,
                         student_kd: str, data: str, settings: prune_lib.PruneSettings,
                         teacher: Optional[str], overrides: Sequence[str],
-                        eval_limit: Optional[int], given: Optional[Dict[str, str]] = None
-                        ) -> Dict[str, Dict[str, Any]]:
-    """Prune ``student_kd`` as ``settings`` say and fine-tune it; fine-tune the unpruned model
-    as long (the control; ``student_kd`` itself at 0 iterations); evaluate both, all cached
-    under ``point``. ``given`` names checkpoints already trained ({"pruned", "control"}).
-    Returns {"pruned": evaluation, "control": evaluation}; stages are named "KIND: ..., WHAT"."""
+                        eval_limit: Optional[int], given: Optional[Dict[str, str]] = None,
+                        eval_data: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
+    """Prune ``student_kd`` as ``settings`` say and fine-tune it on ``data``; fine-tune the
+    unpruned model as long (the control; ``student_kd`` itself at 0 iterations); evaluate both
+    on the val split of ``eval_data`` (default ``data``), all cached under ``point``.
+    ``given`` names checkpoints already trained ({"pruned", "control"}). Returns {"pruned":
+    evaluation, "control": evaluation}; stages are named "KIND: ..., WHAT"."""
     given = given or {}
     iters = settings.finetune_iters
     pruned = given.get("pruned") or stages.run(
@@ -69,7 +70,7 @@ def _pruned_and_control(stages: StageRunner, kind: str, what: str, point: str,
         lambda: sweep_lib.finetune_only(student_kd, data, os.path.join(point, "control"),
                                         iters, teacher, None, overrides)))
     return {name: _evaluate_cached(
-        stages, "%s: evaluate %s, %s" % (kind, name, what), checkpoint, data,
+        stages, "%s: evaluate %s, %s" % (kind, name, what), checkpoint, eval_data or data,
         os.path.join(point, "%s_eval.json" % name), eval_limit)
         for name, checkpoint in (("pruned", pruned), ("control", control))}
 
@@ -77,20 +78,20 @@ def _pruned_and_control(stages: StageRunner, kind: str, what: str, point: str,
 def run_recovery(stages: StageRunner, out: str, student_kd: str, data: str,
                  settings: prune_lib.PruneSettings, lengths: Sequence[int],
                  teacher: Optional[str], overrides: Sequence[str],
-                 reuse: Dict[int, Dict[str, str]], eval_limit: Optional[int]
-                 ) -> List[Dict[str, Any]]:
+                 reuse: Dict[int, Dict[str, str]], eval_limit: Optional[int],
+                 eval_data: Optional[str] = None) -> List[Dict[str, Any]]:
     """For each fine-tuning length: prune ``student_kd`` as ``settings`` say and fine-tune that
-    long; fine-tune the unpruned model as long (the control); evaluate both. ``reuse`` maps a
-    length to the {"pruned", "control"} checkpoints the ablation already trained at it. Length 0
-    is the pruned model before any fine-tuning against ``student_kd`` itself. Returns one row
-    per length: ``{"iters", "pruned", "control", "recovery"}`` with recovery = pruned mIoU /
-    control mIoU."""
+    long; fine-tune the unpruned model as long (the control); evaluate both (on ``eval_data``'s
+    val split, default ``data``'s). ``reuse`` maps a length to the {"pruned", "control"}
+    checkpoints the ablation already trained at it. Length 0 is the pruned model before any
+    fine-tuning against ``student_kd`` itself. Returns one row per length: ``{"iters",
+    "pruned", "control", "recovery"}`` with recovery = pruned mIoU / control mIoU."""
     rows = []
     for iters in sorted(set(int(n) for n in lengths)):
         scores = _pruned_and_control(
             stages, "recovery", "%d iterations" % iters, os.path.join(out, "iters_%d" % iters),
             student_kd, data, replace(settings, finetune_iters=iters), teacher, overrides,
-            eval_limit, reuse.get(iters))
+            eval_limit, reuse.get(iters), eval_data)
         p, c = scores["pruned"]["miou"], scores["control"]["miou"]
         rows.append({"iters": iters, "pruned": p, "control": c,
                      "recovery": (p / c) if p is not None and c else None})
@@ -110,17 +111,18 @@ def judge_pair(pruned: Dict[str, Any], control: Dict[str, Any], miou_drop: float
 
 def run_seeds(stages: StageRunner, out: str, student_kd: str, data: str,
               settings: prune_lib.PruneSettings, seeds: Sequence[int], teacher: Optional[str],
-              overrides: Sequence[str], eval_limit: Optional[int], miou_drop: float
-              ) -> List[Dict[str, Any]]:
+              overrides: Sequence[str], eval_limit: Optional[int], miou_drop: float,
+              eval_data: Optional[str] = None) -> List[Dict[str, Any]]:
     """For each seed: prune ``student_kd`` as ``settings`` say and fine-tune with ``seed=N``;
     fine-tune the unpruned model as long with the same seed (its control); evaluate both on the
-    val split (PyTorch, CPU). One row per seed: ``{"seed"}`` and ``judge_pair``'s verdict."""
+    val split of ``eval_data`` (default ``data``; PyTorch, CPU). One row per seed: ``{"seed"}``
+    and ``judge_pair``'s verdict."""
     rows = []
     for seed in seeds:
         scores = _pruned_and_control(
             stages, "seeds", "seed %d" % seed, os.path.join(out, "seed_%d" % seed), student_kd,
             data, settings, teacher, list(overrides) + ["seed=%d" % seed],  # later ones win
-            eval_limit)
+            eval_limit, eval_data=eval_data)
         rows.append({"seed": int(seed),
                      **judge_pair(scores["pruned"], scores["control"], miou_drop)})
     return rows

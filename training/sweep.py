@@ -131,8 +131,10 @@ def run_sweep(checkpoint: str, data: str, out: str, methods: Sequence[str],
               config_path: Optional[str] = None, overrides: Sequence[str] = (),
               threads: Optional[int] = None, eval_limit: Optional[int] = None,
               latency_runs: int = 20, resume: bool = False, progress: bool = True,
-              round_to: int = prune_lib.DEFAULT_ROUND_TO) -> List[Dict[str, Any]]:
-    """Every (method, amount) point plus the reference; writes the CSV and the plots."""
+              round_to: int = prune_lib.DEFAULT_ROUND_TO, eval_data: Optional[str] = None
+              ) -> List[Dict[str, Any]]:
+    """Every (method, amount) point plus the reference, fine-tuned on ``data`` and evaluated
+    on the val split of ``eval_data`` (default ``data``); writes the CSV and the plots."""
     # Check the whole request before the first (slow) point.
     if not methods or not amounts:
         raise SweepError("--methods and --amounts must each name at least one value")
@@ -145,6 +147,9 @@ def run_sweep(checkpoint: str, data: str, out: str, methods: Sequence[str],
         for s in settings:
             s.validate()
         prune_lib.check_inputs(checkpoint, data, teacher)
+        if eval_data is not None:
+            from training.data import find_pairs
+            find_pairs(eval_data, "val")  # DatasetError names the folder
         from lpcv_segmentation.checkpoint import load_checkpoint
         model, _ = load_checkpoint(checkpoint)
         for method in methods:
@@ -179,7 +184,8 @@ def run_sweep(checkpoint: str, data: str, out: str, methods: Sequence[str],
             measured = os.path.join(point_dir, "best.safetensors")
             with open(os.path.join(point_dir, "prune.json"), "r", encoding="utf-8") as handle:
                 pruning = json.load(handle)["pruning"]
-        result = export_and_evaluate(measured, data, os.path.join(point_dir, "model.onnx"),
+        result = export_and_evaluate(measured, eval_data or data,
+                                     os.path.join(point_dir, "model.onnx"),
                                      threads=threads, eval_limit=eval_limit,
                                      latency_runs=latency_runs)
         result["checkpoint"] = os.path.abspath(measured)
@@ -321,6 +327,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="CFG", help="fine-tuning config YAML")
     parser.add_argument("--threads", type=int, default=None,
                         help="ONNX Runtime threads for evaluation (default: its own)")
+    parser.add_argument("--eval-data", metavar="DIR",
+                        help="evaluate every point on this dataset's val split (a test set "
+                             "that fine-tuning does not see; default: --data's val split)")
     parser.add_argument("--eval-limit", type=int, default=None, metavar="N",
                         help="evaluate on the first N val images only")
     parser.add_argument("--latency-runs", type=int, default=20, metavar="N",
@@ -340,7 +349,7 @@ def main(args: argparse.Namespace) -> int:
                          args.target, args.importance, args.allocation, args.finetune_iters,
                          args.teacher, args.config, args.overrides, args.threads,
                          args.eval_limit, args.latency_runs, args.resume,
-                         round_to=args.round_to)
+                         round_to=args.round_to, eval_data=args.eval_data)
     except (SweepError, prune_lib.PruneError, ConfigError, DatasetError, CheckpointError,
             ExportError) as e:
         print("error: %s" % e, file=sys.stderr)
