@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from lpcv_segmentation.classes import CLASS_NAMES, NUM_CLASSES
@@ -28,13 +29,16 @@ TEST_SET_COUNT = 5
 @pytest.mark.slow
 def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
     """The quick config with ``evaluate.data``: trained on the fixture set, every evaluation
-    on a separate 5-scene test set (all of it: no eval_limit)."""
+    on a separate 5-scene test set (all of it: no eval_limit); the pruned model and its
+    control distil from the unpruned + KD student (``prune.distil_from: unpruned``)."""
     from training.synth import write_dataset
     test_set = write_dataset(tmp_path / "test_set", count=TEST_SET_COUNT, size=128, seed=7,
                              val_fraction=1.0, progress=False)
     config = tmp_path / "ablation_quick_test_set.yaml"
-    config.write_text(open(QUICK).read().replace(
-        "  eval_limit: 4\n", "  eval_limit: null\n  data: %s\n" % test_set))
+    text = open(QUICK).read().replace("  eval_limit: 4\n", "  eval_limit: null\n  data: %s\n"
+                                      % test_set)
+    config.write_text(text.replace("  finetune_iters: 2\n  distil: true\n",
+                                   "  finetune_iters: 2\n  distil: true\n  distil_from: unpruned\n"))
     out = tmp_path / "ablation"
     result = subprocess.run(
         [sys.executable, "-m", "training", "ablation", "--config", str(config), "--data",
@@ -75,6 +79,11 @@ def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
     steps = json.loads((out / "pruned" / "prune.json").read_text())["pruning"]["steps"]
     assert [s["finetune_iters"] for s in steps] == [1, 1]
     assert "all, sparsity 0.50 in 2 steps" in table
+    assert "distilled from the unpruned + KD model" in table
+    student_kd = str(out / "student_kd" / "best.safetensors")
+    for run in ("pruned", "control", "seeds/seed_1/pruned", "seeds/seed_1/control"):
+        settings = yaml.safe_load((out / run / "config.yaml").read_text())
+        assert os.path.abspath(settings["teacher"]) == student_kd, run
 
     # the recovery curve: one run per length; 2 = the pruned row's own fine-tune, reused
     curve = {r["iters"]: r for r in report["recovery"]}
@@ -162,11 +171,13 @@ def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
      "fine-tuning seeds"),
     ("prune:\n  finetune_iters: 0\nrecovery:\n  seeds: [1]\n",
      r"section 'recovery': seeds need a fine-tune to vary \(prune.finetune_iters is 0\)"),
+    ("prune:\n  distil_from: itself\n",
+     "section 'prune': distil_from must be one of teacher, unpruned, got 'itself'"),
     ("evaluate:\n  data: /nonexistent/test_set\n",
      "section 'evaluate': data: .*/nonexistent/test_set"),
 ], ids=["unknown key", "pruning amount", "training override", "recovery lengths",
         "recovery length under the pruning steps", "recovery seeds", "seeds without a fine-tune",
-        "missing test set"])
+        "distillation source", "missing test set"])
 def test_a_bad_config_fails_before_any_work(synth_dataset, tmp_path, text, message):
     config = tmp_path / "bad.yaml"
     config.write_text(text)
@@ -190,6 +201,15 @@ def test_class_target_holds_only_the_classes_the_control_segments_well():
     assert target["failed"] == ["flood/water/river/sea"] and target["met"] is False
     pruned["per_class_iou"]["flood/water/river/sea"] = 0.4  # exactly 0.8x: kept
     assert recovery.class_target(recovery.class_comparison(pruned, control))["met"] is True
+
+
+def test_pruning_teacher_is_the_teacher_the_unpruned_model_or_none():
+    prune = ablation.load_ablation_config(QUICK)["prune"]
+    assert ablation.pruning_teacher(prune, "teacher.st", "student_kd.st") == "teacher.st"
+    prune["distil_from"] = "unpruned"
+    assert ablation.pruning_teacher(prune, "teacher.st", "student_kd.st") == "student_kd.st"
+    prune["distil"] = False
+    assert ablation.pruning_teacher(prune, "teacher.st", "student_kd.st") is None
 
 
 def test_resume_refuses_a_config_its_stages_were_not_made_with(synth_dataset, tmp_path):

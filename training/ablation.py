@@ -11,6 +11,7 @@ whose stage sections differ from the one OUT/ablation_config.yaml records):
   student_kd   the same student, distilled from the teacher           "+ KD"
   sweep        prune student_kd per method and amount, fine-tune, evaluate (the plots)
   pruned       student_kd pruned as ``prune:`` says, distilled fine-tune   "+ KD + pruning"
+               (from the teacher, or from student_kd itself: ``prune.distil_from``)
                (the sweep's point when the sweep has the same method and amount)
   control      student_kd fine-tuned as the pruned one, unpruned: what pruning is judged by
   recovery     the pruned model and the control fine-tuned for each of ``recovery.lengths``
@@ -69,7 +70,7 @@ SCHEMA: Dict[str, Dict[str, Any]] = {
     "prune": {"method": "all", "target": "sparsity", "amount": 0.5,
               "importance": prune_lib.DEFAULT_IMPORTANCE,
               "allocation": "local", "iterative": 1, "round_to": prune_lib.DEFAULT_ROUND_TO,
-              "finetune_iters": 200, "distil": True, "overrides": {}},
+              "finetune_iters": 200, "distil": True, "distil_from": "teacher", "overrides": {}},
     "quantise": {"fp16": True, "int8": True, "calib_images": 32},
     "sweep": {"enabled": True, "methods": ["filter", "channel", "neuron", "head", "all",
                                            "unstructured"],
@@ -77,6 +78,7 @@ SCHEMA: Dict[str, Dict[str, Any]] = {
     "recovery": {"lengths": [], "seeds": []},
     "evaluate": {"threads": None, "eval_limit": None, "latency_runs": 20, "data": None},
 }
+DISTIL_FROM = ("teacher", "unpruned")  # prune.distil_from: the ablation's teacher, or student_kd
 TARGET_SPEEDUP = 1.5  # the pruned student on ONNX Runtime, over the unpruned one
 TARGET_MIOU_DROP = 0.02  # largest mIoU loss accepted from pruning and from int8
 
@@ -154,6 +156,9 @@ def check_config(config: Dict[str, Dict[str, Any]], data: str) -> None:
                 isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value):
             raise AblationError("section 'recovery': %s must be a list of %s >= 0, got %r"
                                 % (key, what, value))
+    if config["prune"]["distil_from"] not in DISTIL_FROM:
+        raise AblationError("section 'prune': distil_from must be one of %s, got %r"
+                            % (", ".join(DISTIL_FROM), config["prune"]["distil_from"]))
     if seeds and int(config["prune"]["finetune_iters"]) <= 0:
         raise AblationError("section 'recovery': seeds need a fine-tune to vary "
                             "(prune.finetune_iters is %r)" % config["prune"]["finetune_iters"])
@@ -211,6 +216,15 @@ def check_resume(config: Dict[str, Dict[str, Any]], out: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Stages
 # --------------------------------------------------------------------------------------------
+def pruning_teacher(prune: Dict[str, Any], teacher: str, student_kd: str) -> Optional[str]:
+    """What the pruned model and its control distil from while fine-tuning: the ablation's
+    teacher, or the unpruned + KD student itself (the usual recovery: the model being pruned
+    teaches what it knew), or nothing."""
+    if not prune["distil"]:
+        return None
+    return student_kd if prune["distil_from"] == "unpruned" else teacher
+
+
 def train_run(config_path: str, data: str, out: str, overrides: Sequence[str],
               teacher: Optional[str] = None) -> None:
     """One ``python -m training train`` run, in this process."""
@@ -318,7 +332,7 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
     student_kd = stages.run("student_kd", best("student_kd"), lambda: train_run(
         _train_config_path(s), data, run_dir("student_kd"), override_list(s["overrides"]),
         teacher))
-    prune_teacher = teacher if p["distil"] else None
+    prune_teacher = pruning_teacher(p, teacher, student_kd)
 
     # The sweep (the plots); its point for the ablation's method and amount is the pruned row.
     sw = config["sweep"]
@@ -483,6 +497,13 @@ def targets(report: Dict[str, Any]) -> List[Dict[str, Any]]:
     return out
 
 
+def _distillation(prune: Dict[str, Any]) -> str:
+    if not prune["distil"]:
+        return ""
+    return (" distilled from the unpruned + KD model" if prune["distil_from"] == "unpruned"
+            else " distilled from the teacher")
+
+
 def markdown(report: Dict[str, Any]) -> str:
     archs, pruning = report["archs"], report["pruning"]["settings"]
     lines = [
@@ -501,8 +522,7 @@ def markdown(report: Dict[str, Any]) -> str:
                pruning["method"], pruning["target"], pruning["amount"],
                " in %d steps" % pruning["iterative"] if pruning["iterative"] > 1 else "",
                pruning["importance"], pruning["allocation"]),
-           pruning["finetune_iters"],
-           " with distillation" if report["config"]["prune"]["distil"] else ""),
+           pruning["finetune_iters"], _distillation(report["config"]["prune"])),
         "",
         "| model | input | params | GMACs | mIoU | Dice | ORT latency (ms) | score |",
         "|---|---|---|---|---|---|---|---|",
