@@ -224,6 +224,11 @@ def test_resume_refuses_a_config_its_stages_were_not_made_with(synth_dataset, tm
     ablation.check_resume(config, str(out))  # the same config: nothing to refuse
     more_seeds = dict(config, recovery=dict(config["recovery"], seeds=[1, 2, 3]))
     ablation.check_resume(more_seeds, str(out))
+    older = {section: dict(keys) for section, keys in config.items()}
+    del older["prune"]["distil_from"], older["evaluate"]["data"]  # an OUT from before the keys
+    write_yaml_atomic(str(out / ablation.CONFIG_FILE), older)
+    ablation.check_resume(config, str(out))  # made with their defaults: nothing changed
+    write_yaml_atomic(str(out / ablation.CONFIG_FILE), config)
     test_set = dict(config, evaluate=dict(config["evaluate"], data="runs/test_set"))
     with pytest.raises(ablation.AblationError, match=r"evaluate\.data: None -> 'runs/test_set'"):
         ablation.check_resume(test_set, str(out))  # the cached evaluations read another set

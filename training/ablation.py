@@ -194,7 +194,8 @@ def check_config(config: Dict[str, Dict[str, Any]], data: str) -> None:
 def check_resume(config: Dict[str, Dict[str, Any]], out: str) -> None:
     """Refuse to resume in ``out`` with a config whose stage sections differ from the one its
     stages were made with (``CONFIG_FILE``), naming each changed key; an OUT without the file
-    (new, or from before the file existed) is not checked."""
+    (new, or from before the file existed) is not checked, and a key the file lacks (added to
+    SCHEMA since) counts as its default, which is what the code did before the key existed."""
     path = os.path.join(out, CONFIG_FILE)
     if not os.path.isfile(path):
         return
@@ -203,7 +204,7 @@ def check_resume(config: Dict[str, Dict[str, Any]], out: str) -> None:
     keys += [("evaluate", "eval_limit"), ("evaluate", "data")]  # what the evaluations read
     changed = []
     for section, key in keys:
-        before = (old.get(section) or {}).get(key)
+        before = (old.get(section) or {}).get(key, SCHEMA[section][key])
         if before != config[section][key]:
             changed.append("%s.%s: %r -> %r" % (section, key, before, config[section][key]))
     if changed:
