@@ -204,15 +204,16 @@ def test_iterative_widths_end_where_one_step_does(base, round_to):
     """Each step aims at the widths the cumulative amount leaves of the original ones: 0.6 in
     3 steps leaves what one step leaves. A ratio of the current widths, floored to round_to at
     every step, removed 75 % of a 64-channel layer (64 -> 48 -> 32 -> 16)."""
-    settings = P.PruneSettings(method="filter", amount=0.6, round_to=round_to, importance="l1")
     ends = []
     for steps in (1, 3):
+        settings = P.PruneSettings(method="filter", amount=0.6, round_to=round_to,
+                                   importance="l1", iterative=steps)
         model = copy.deepcopy(base)
         original = P.describe(model)
         done = 0.0
         for step in range(steps):
-            done = P.prune_model(model, P.PruneSettings(**dict(vars(settings), iterative=steps)),
-                                 step=step, done=done, original=original)["amount"]
+            done = P.prune_model(model, settings, step=step, done=done,
+                                 original=original)["amount"]
         ends.append(P.widths_per_layer(model))
     assert ends[0] == ends[1]
     convs = _convs(base.encoder)
