@@ -30,8 +30,8 @@ setup(
     python_requires=">=3.8",
     entry_points={
         "console_scripts": [
-            "segmentation_node = lpcv_segmentation.node:main",
-            "bag_eval = lpcv_segmentation.bag_eval:main",
+            "segmentation_node = lpcv_segmentation.node.segmentation_node:main",
+            "bag_eval = lpcv_segmentation.replay.bag_eval:main",
         ],
     },
 )

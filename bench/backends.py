@@ -8,7 +8,7 @@ random weights (latency does not depend on the weight values), exported here wit
 ``training.export`` (dynamo exporter, the same graph ``python -m training export`` writes).
 
 Timing: both back ends get the same pre-processed input and the same thread count; each is
-warmed up, then timed in block-interleaved rounds (``lpcv_segmentation.timing``), and the
+warmed up, then timed in block-interleaved rounds (``lpcv_segmentation.core.timing``), and the
 median is reported. The machine is shared, so absolute figures drift; the ratios are what to
 read.
 
@@ -30,7 +30,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 from common import load_average, set_threads  # noqa: E402
-from lpcv_segmentation.timing import interleaved  # noqa: E402
+from lpcv_segmentation.core.timing import interleaved  # noqa: E402
 import peer as peer_lib  # noqa: E402
 from matmul_rate import matmul_runner  # noqa: E402
 from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
@@ -59,8 +59,8 @@ def export_model(model: Any, size: int, path: str, int8_path: str = "") -> None:
     int8 version calibrated on synthetic scenes."""
     import onnx
 
-    from lpcv_segmentation.checkpoint import model_metadata
-    from lpcv_segmentation.runtime import preprocess
+    from lpcv_segmentation.model.checkpoint import model_metadata
+    from lpcv_segmentation.runtime.segmenter import preprocess
     from training.export import model_to_onnx, onnx_metadata, quantize_int8, set_metadata
     from training.synth import render_scene
     meta = onnx_metadata(model, model_metadata(model), size, "fp32")
@@ -75,9 +75,9 @@ def measure_one(arch: str, size: int, threads: int, args: argparse.Namespace, wo
                 peer_path: Optional[str] = None) -> Dict[str, Any]:
     import torch
 
-    from lpcv_segmentation.cost import count_macs, count_params
-    from lpcv_segmentation.model import build_model
-    from lpcv_segmentation.runtime import Segmenter
+    from lpcv_segmentation.model.cost import count_macs, count_params
+    from lpcv_segmentation.model.segmodel import build_model
+    from lpcv_segmentation.runtime.segmenter import Segmenter
     torch.manual_seed(0)
     model = build_model(arch, decoder_channels=args.decoder_channels, input_size=size).eval()
     onnx_path = os.path.join(work, "%s_%d.onnx" % (arch, size))
@@ -168,7 +168,7 @@ def render(rows: List[Dict[str, Any]], args: argparse.Namespace, peer: peer_lib.
 
 
 def targets(rows: List[Dict[str, Any]], args: argparse.Namespace) -> List[Target]:
-    from lpcv_segmentation.model import DEFAULT_ARCH
+    from lpcv_segmentation.model.segmodel import DEFAULT_ARCH
     out = []
     for default in [r for r in rows if r["arch"] == DEFAULT_ARCH and r["size"] == 288]:
         threads = default["threads"]
@@ -218,7 +218,7 @@ def main() -> int:
     if args.omp_passive:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read when torch's OpenMP library loads
     set_threads(args.threads[0])
-    from lpcv_segmentation.model import ARCHS, check_input_size
+    from lpcv_segmentation.model.segmodel import ARCHS, check_input_size
     for arch in args.archs:
         if arch not in ARCHS:
             parser.error("unknown arch %r; known: %s" % (arch, ", ".join(sorted(ARCHS))))

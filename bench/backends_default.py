@@ -5,7 +5,7 @@ forward pass on a pre-processed 1x3xSxS input (S = the model's own input size), 
 GMAC/s each achieves against the machine's fp32 matrix-multiply rate measured in the same
 run (bench/matmul_rate.py), i.e. how close the model comes to the hardware limit. Everything
 is timed in interleaved rounds: per round, the matrix product and every model/back end in turn
-run one untimed call and a short block of timed calls (``lpcv_segmentation.timing``).
+run one untimed call and a short block of timed calls (``lpcv_segmentation.core.timing``).
 
 PyTorch's OpenMP threads sleep when idle (OMP_WAIT_POLICY=PASSIVE, set before torch is
 imported), so that the bench measures the model rather than contention for the CPU (measured:
@@ -41,9 +41,9 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
-from lpcv_segmentation.fileio import atomic_path  # noqa: E402
+from lpcv_segmentation.core.fileio import atomic_path  # noqa: E402
 from common import load_average, set_threads  # noqa: E402
-from lpcv_segmentation.timing import interleaved  # noqa: E402
+from lpcv_segmentation.core.timing import interleaved  # noqa: E402
 import peer as peer_lib  # noqa: E402
 from matmul_rate import matmul_runner  # noqa: E402
 from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
@@ -73,7 +73,7 @@ def _cache_name(checkpoint: str, size: int, suffix: str) -> Path:
 
 
 def _onnx_input_size(path: Path) -> Optional[int]:
-    from lpcv_segmentation.runtime import RuntimeConfigError, Segmenter
+    from lpcv_segmentation.runtime.segmenter import RuntimeConfigError, Segmenter
     try:
         return Segmenter(str(path), backend="onnxruntime").input_size
     except RuntimeConfigError:
@@ -120,7 +120,7 @@ def onnx_files(checkpoint: str, size: int) -> Dict[str, Tuple[str, str]]:
 
 def calibration_inputs(onnx_path: str) -> List[np.ndarray]:
     """Pre-processed synthetic scenes at the model's size and normalisation."""
-    from lpcv_segmentation.runtime import Segmenter
+    from lpcv_segmentation.runtime.segmenter import Segmenter
     from training.synth import render_scene
     segmenter = Segmenter(onnx_path, backend="onnxruntime")
     return [segmenter.preprocess(render_scene(CALIBRATION_SEED + i, segmenter.input_size)[0])
@@ -131,9 +131,9 @@ def prepare(name: str, checkpoint: str, size: Optional[int], threads: int
             ) -> Dict[str, Any]:
     """The model in PyTorch and ONNX Runtime (fp32, int8), its cost, and a runner per back end."""
     import torch
-    from lpcv_segmentation.checkpoint import load_checkpoint
-    from lpcv_segmentation.cost import count_macs, count_params
-    from lpcv_segmentation.runtime import Segmenter
+    from lpcv_segmentation.model.checkpoint import load_checkpoint
+    from lpcv_segmentation.model.cost import count_macs, count_params
+    from lpcv_segmentation.runtime.segmenter import Segmenter
     model, meta = load_checkpoint(checkpoint)
     model.eval()
     size = int(size or meta["input_size"])

@@ -1,11 +1,11 @@
 """What the benches share around the timer: thread setting and the load average.
 
     from common import set_threads
-    from lpcv_segmentation.timing import interleaved
+    from lpcv_segmentation.core.timing import interleaved
     set_threads(2)                          # before the first torch/onnxruntime work
     timings = interleaved({"eager": f, "ort": g}, rounds=6)
 
-The timer itself is ``lpcv_segmentation.timing`` (block-interleaved rounds, medians of the wall
+The timer itself is ``lpcv_segmentation.core.timing`` (block-interleaved rounds, medians of the wall
 clock and of the process's CPU time), imported from there by the benches as by training's
 sweep and ablation.
 """

@@ -15,7 +15,7 @@ Models, all timed on their own input size (pre-processed input, forward pass onl
   peer, imported           ``python -m training import-onnx`` of it (bilinear upsampling of
                            the logits to 288 px appended, as every model here gives logits)
 
-Each model gets an ONNX Runtime session set up as ``lpcv_segmentation.runtime`` sets it up
+Each model gets an ONNX Runtime session set up as ``lpcv_segmentation.runtime.segmenter`` sets it up
 (all graph optimisations, N intra-op threads, 1 inter-op thread); every round times each model
 once, in turn (bench/common.py), so the machine's load touches all alike. Medians of wall
 clock and of the process's CPU time per call; ratios to the peer are the figures to read.
@@ -46,7 +46,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 from common import load_average, set_threads  # noqa: E402
-from lpcv_segmentation.timing import interleaved  # noqa: E402
+from lpcv_segmentation.core.timing import interleaved  # noqa: E402
 from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
 
 PEER_FILE = "lpcv2023_2nd_topformer_tiny_288.onnx"
@@ -112,7 +112,7 @@ def save_ort_optimised(src: str, dst: str) -> None:
 
 def prepare(args: argparse.Namespace, work: str) -> Dict[str, str]:
     """{row name: ONNX file} of every model compared."""
-    from lpcv_segmentation.checkpoint import read_metadata
+    from lpcv_segmentation.model.checkpoint import read_metadata
     from training.export import export_onnx
     files: Dict[str, str] = {}
     meta = read_metadata(args.checkpoint)

@@ -23,7 +23,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from lpcv_segmentation.runtime import RuntimeConfigError, Segmenter  # noqa: E402
+from lpcv_segmentation.runtime.segmenter import RuntimeConfigError, Segmenter  # noqa: E402
 
 ONNX = REPO / "models" / "default.onnx"
 CHECKPOINT = REPO / "models" / "default.safetensors"
@@ -85,7 +85,7 @@ def _need_torch_cuda() -> None:
 
 
 def _need_tensorrt() -> None:
-    from lpcv_segmentation.engine import tensorrt_version
+    from lpcv_segmentation.runtime.engine import tensorrt_version
     if tensorrt_version() is None:
         raise Skip("the tensorrt Python package is not installed")
 
@@ -107,7 +107,7 @@ def ort_cuda(args: argparse.Namespace) -> Dict[str, Any]:
 
 def ort_tensorrt(args: argparse.Namespace) -> Dict[str, Any]:
     """Builds the provider's fp16 engine into the cache, then starts again from the cache."""
-    from lpcv_segmentation.engine_cache import engine_build_needed
+    from lpcv_segmentation.runtime.engine_cache import engine_build_needed
     _need_provider("TensorrtExecutionProvider")
     cache = str(Path(args.work) / "engine_cache")
     providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -130,7 +130,7 @@ def tensorrt_build(args: argparse.Namespace) -> Dict[str, Any]:
     """The pre-flight command twice: a build, then a cache hit."""
     import subprocess
     _need_tensorrt()
-    command = [sys.executable, "-m", "lpcv_segmentation.engine", "--model", str(ONNX),
+    command = [sys.executable, "-m", "lpcv_segmentation.runtime.engine", "--model", str(ONNX),
                "--precision", "fp16", "--cache-dir", str(Path(args.work) / "engine_cache"),
                "--build-only"]
     lines = []
@@ -143,7 +143,7 @@ def tensorrt_build(args: argparse.Namespace) -> Dict[str, Any]:
         if not result.stdout.startswith(expected):
             raise RuntimeError("expected %r, got %r" % (expected, result.stdout.strip()))
         lines.append("%s in %.0f s" % (expected, time.perf_counter() - t0))
-    return {"status": "ok", "detail": "python -m lpcv_segmentation.engine --build-only: "
+    return {"status": "ok", "detail": "python -m lpcv_segmentation.runtime.build_engine --build-only: "
             + ", then ".join(lines)}
 
 

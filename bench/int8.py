@@ -31,7 +31,7 @@ MAX_MIOU_DROP = 0.01  # issue 11: int8 within 0.01 mIoU of fp32
 
 def calibration_arrays(fp32_path: str, pairs: Sequence[Any]) -> List[Any]:
     """Pre-processed (1,3,S,S) inputs of the calibration images, as the export makes them."""
-    from lpcv_segmentation.runtime import Segmenter, preprocess
+    from lpcv_segmentation.runtime.segmenter import Segmenter, preprocess
     from training.data import read_image
     meta = Segmenter(fp32_path, backend="onnxruntime").metadata
     size = int(meta["input_size"])
@@ -122,7 +122,7 @@ def main(argv: Sequence[str] = None) -> int:
         result = run(args.onnx, args.data, args.recipes, args.calib_images, args.calib_method,
                      args.threads, args.runs, workdir)
     if args.json:
-        from lpcv_segmentation.fileio import write_json_atomic
+        from lpcv_segmentation.core.fileio import write_json_atomic
         write_json_atomic(args.json, result)
     print(markdown(result))
     return 0

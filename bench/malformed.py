@@ -51,7 +51,7 @@ def _scene(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
 
 def good_raw(rng: np.random.Generator):
     """A valid sensor_msgs/Image of random size, encoding and row padding."""
-    from lpcv_segmentation.imaging import ENCODINGS
+    from lpcv_segmentation.core.imaging import ENCODINGS
     from sensor_msgs.msg import Image
     height, width = GOOD_SIZES[rng.integers(len(GOOD_SIZES))]
     encoding = RAW_GOOD_ENCODINGS[rng.integers(len(RAW_GOOD_ENCODINGS))]
@@ -66,7 +66,7 @@ def good_raw(rng: np.random.Generator):
 
 def good_compressed(rng: np.random.Generator):
     """A valid JPEG or PNG sensor_msgs/CompressedImage of random size."""
-    from lpcv_segmentation.imaging import rgb_to_compressed_msg
+    from lpcv_segmentation.core.imaging import rgb_to_compressed_msg
     height, width = GOOD_SIZES[rng.integers(len(GOOD_SIZES))]
     return rgb_to_compressed_msg(_scene(rng, height, width), ("jpeg", "png")[rng.integers(2)])
 
@@ -89,7 +89,7 @@ def _encoded(rng: np.random.Generator, fmt: str = "jpeg") -> bytes:
 
 
 def good_compressed_of(rng: np.random.Generator, fmt: str):
-    from lpcv_segmentation.imaging import rgb_to_compressed_msg
+    from lpcv_segmentation.core.imaging import rgb_to_compressed_msg
     return rgb_to_compressed_msg(_scene(rng, 120, 160), fmt)
 
 

@@ -42,7 +42,7 @@ CALIBRATION_SCENES = 8
 def quantized_copy(fp32_path: str, out_path: str) -> str:
     """An int8 (QDQ) version of ``fp32_path`` calibrated on synthetic scenes, for the memory
     row only (needs the training package and onnxruntime's quantiser)."""
-    from lpcv_segmentation.runtime import Segmenter, preprocess
+    from lpcv_segmentation.runtime.segmenter import Segmenter, preprocess
     from training.export import check_scenes, quantize_int8
     fp32 = Segmenter(fp32_path)
     size, mean, std = fp32.input_size, fp32.metadata["mean"], fp32.metadata["std"]

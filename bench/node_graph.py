@@ -3,7 +3,7 @@
 ``NodeGraph`` starts ``python -m lpcv_segmentation.node`` with config/drone.yaml plus the
 parameters given, and (optionally) the listener script of test/ros_helpers.py, which records
 the node's outputs and /diagnostics in a JSON-lines file; the camera script there sends the
-frames. The processes are the package's harness (``lpcv_segmentation.node_process``): every
+frames. The processes are the package's harness (``lpcv_segmentation.replay.node_process``): every
 graph holds a ROS domain no other graph on the machine holds, and the large-frame Fast DDS
 profile is applied to all its processes unless ``profile=False``. The node's memory is read from
 /proc/<pid>/status, and whether it loaded torch from /proc/<pid>/maps. Every process started
@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from lpcv_segmentation.node_process import (ChildProcess, DomainLease,  # noqa: E402
-                                            NodeProcess, graph_env, stop)
-from lpcv_segmentation.scene import scene_rgb  # noqa: E402,F401  (node_overhead's input)
+sys.path[:0] = [str(REPO), str(REPO / "test")]  # the package, and the test scene
+from lpcv_segmentation.replay.node_process import (ChildProcess, DomainLease,  # noqa: E402
+                                                   NodeProcess, graph_env, stop)
+from scene import scene_rgb  # noqa: E402,F401  (node_overhead's input)
 
 # The camera and listener: scripts the node tests run too (started as processes, not imported).
 HELPERS = REPO / "test" / "ros_helpers.py"

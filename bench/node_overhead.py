@@ -28,7 +28,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 from common import load_average  # noqa: E402
-from lpcv_segmentation.timing import timed  # noqa: E402
+from lpcv_segmentation.core.timing import timed  # noqa: E402
 from node_graph import NodeGraph, percentile  # noqa: E402
 from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
 
@@ -50,7 +50,7 @@ class BareSegmenter:
 
     def __init__(self, model: str, backend: str, threads: int, width: int, height: int
                  ) -> None:
-        from lpcv_segmentation.runtime import Segmenter
+        from lpcv_segmentation.runtime.segmenter import Segmenter
         from node_graph import scene_rgb
         self.segmenter = Segmenter(model, backend=backend, threads=threads)
         self.rgb = scene_rgb(height, width)

@@ -6,7 +6,7 @@ at 288 and 512 input, side by side in one run: the unpruned model, the structure
 unpruned model with 50 % of its weights zeroed by unstructured magnitude pruning. For each:
 parameters, GMACs, PyTorch eager latency and ONNX Runtime (CPU) latency, and each as a ratio
 to the unpruned model. Latency is the median over block-interleaved rounds
-(``lpcv_segmentation.timing``); only the model's forward pass on a pre-processed 1x3xSxS input
+(``lpcv_segmentation.core.timing``); only the model's forward pass on a pre-processed 1x3xSxS input
 is timed, after warm-up.
 
 Without checkpoints the models have random weights: speed does not depend on the values
@@ -33,7 +33,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 from common import load_average, set_threads  # noqa: E402
-from lpcv_segmentation.timing import BLOCK, interleaved  # noqa: E402
+from lpcv_segmentation.core.timing import BLOCK, interleaved  # noqa: E402
 import peer as peer_lib  # noqa: E402
 from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
 
@@ -47,8 +47,8 @@ def make_models(checkpoint: Optional[str], pruned: Optional[str], arch: str, met
     """{variant: model}: the unpruned student, its structured-pruned and unstructured-pruned
     versions (pruned here unless ``pruned`` names a checkpoint)."""
     import torch
-    from lpcv_segmentation.checkpoint import load_checkpoint
-    from lpcv_segmentation.model import build_model
+    from lpcv_segmentation.model.checkpoint import load_checkpoint
+    from lpcv_segmentation.model.segmodel import build_model
     from training import prune
     if checkpoint:
         base, _ = load_checkpoint(checkpoint)
@@ -69,7 +69,7 @@ def make_models(checkpoint: Optional[str], pruned: Optional[str], arch: str, met
 def export_all(models: Dict[str, Any], sizes: Sequence[int], work: str
                ) -> Dict[str, Dict[int, str]]:
     """fp32 ONNX file of every model at every size (checked against PyTorch by the export)."""
-    from lpcv_segmentation.checkpoint import save_checkpoint
+    from lpcv_segmentation.model.checkpoint import save_checkpoint
     from training.export import export_onnx
     paths: Dict[str, Dict[int, str]] = {}
     for name, model in models.items():
@@ -90,8 +90,8 @@ def measure(models: Dict[str, Any], onnx: Dict[str, Dict[int, str]], sizes: Sequ
     """{size: {variant: {params, gmacs, eager_ms, ort_ms}}}, plus {"peer": {"ort_ms", "size"}}
     at each size when ``peer_path`` is given (timed in the ONNX Runtime rounds)."""
     import torch
-    from lpcv_segmentation.cost import count_macs, count_params
-    from lpcv_segmentation.runtime import Segmenter
+    from lpcv_segmentation.model.cost import count_macs, count_params
+    from lpcv_segmentation.runtime.segmenter import Segmenter
     set_threads(threads)
     # Untrained weights give denormal activations, which PyTorch's CPU kernels compute up to
     # 10x slower (ONNX Runtime flushes them to zero); flush them here too, so that eager

@@ -9,8 +9,8 @@ import shlex
 import sys
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
-from lpcv_segmentation import formatting
-from lpcv_segmentation.fileio import write_json_atomic
+from lpcv_segmentation.core import formatting
+from lpcv_segmentation.core.fileio import write_json_atomic
 
 
 class Target(NamedTuple):
@@ -31,7 +31,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
 
 def fmt(value: Optional[float], pattern: str = "%.1f", missing: str = "-") -> str:
-    """``lpcv_segmentation.formatting.fmt`` with the benches' defaults."""
+    """``lpcv_segmentation.core.formatting.fmt`` with the benches' defaults."""
     return formatting.fmt(value, pattern, missing)
 
 

@@ -30,7 +30,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
-from lpcv_segmentation.fileio import file_sha256, write_text_atomic  # noqa: E402
+from lpcv_segmentation.core.fileio import file_sha256, write_text_atomic  # noqa: E402
 from report import markdown_table  # noqa: E402
 
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -42,7 +42,7 @@ BUDGET_S = 15 * 60
 # The method and the measurements behind it (kept here, not in the timer's comments).
 TIMING_METHOD = (
     "Every latency here, in the sweep and in the ablation comes from one timer, "
-    "`lpcv_segmentation.timing.interleaved`: after warm-up, each round runs every model in "
+    "`lpcv_segmentation.core.timing.interleaved`: after warm-up, each round runs every model in "
     "turn for one untimed call and a block of timed calls, and a latency is the median of "
     "all its timed calls. Interleaving makes drift in the machine's load touch every model "
     "alike, so ratios measured in one run compare. Blocks, not single calls: timing single "
@@ -189,9 +189,9 @@ def model_rows(args: argparse.Namespace, before: Dict[str, Optional[Dict[str, st
 def _metadata(path: Path) -> Dict[str, object]:
     try:
         if path.suffix == ".onnx":
-            from lpcv_segmentation.runtime import Segmenter
+            from lpcv_segmentation.runtime.segmenter import Segmenter
             return dict(Segmenter(str(path), backend="onnxruntime").metadata)
-        from lpcv_segmentation.checkpoint import read_metadata
+        from lpcv_segmentation.model.checkpoint import read_metadata
         return dict(read_metadata(str(path)))
     except Exception as error:  # noqa: BLE001  a broken file is reported, not fatal here
         return {"arch": "unreadable (%s)" % type(error).__name__}

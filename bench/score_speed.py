@@ -19,8 +19,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from lpcv_segmentation.labels_io import read_label_png  # noqa: E402
-from lpcv_segmentation.metrics import confusion_matrix  # noqa: E402
+from lpcv_segmentation.core.labels_io import read_label_png  # noqa: E402
+from lpcv_segmentation.core.metrics import confusion_matrix  # noqa: E402
 
 
 def blocky_labels(rng: np.random.Generator, size: int, num_classes: int = 14) -> np.ndarray:

@@ -23,8 +23,8 @@ def build_tiny_model():
     import numpy as np
     import torch
 
-    from lpcv_segmentation.model import build_model
-    from lpcv_segmentation.runtime import preprocess
+    from lpcv_segmentation.model.segmodel import build_model
+    from lpcv_segmentation.runtime.segmenter import preprocess
     from training.synth import render_scene
 
     torch.manual_seed(TINY_SEED)
@@ -47,7 +47,7 @@ def build_tiny_model():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """Path of the tiny model's .safetensors checkpoint."""
-    from lpcv_segmentation.checkpoint import save_checkpoint
+    from lpcv_segmentation.model.checkpoint import save_checkpoint
 
     path = tmp_path_factory.mktemp("tiny_model") / "tiny.safetensors"
     save_checkpoint(str(path), build_tiny_model(),

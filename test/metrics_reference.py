@@ -1,5 +1,5 @@
 """A deliberately slow, loop-by-loop reading of the metric definitions (LPCV_FACTS.md), kept
-independent of lpcv_segmentation.metrics so the tests compare two implementations."""
+independent of lpcv_segmentation.core.metrics so the tests compare two implementations."""
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 

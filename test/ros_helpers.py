@@ -23,9 +23,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: import the package from this checkout
     sys.path.insert(0, str(REPO))
-from lpcv_segmentation import node_process  # noqa: E402
-from lpcv_segmentation.node_process import DomainLease, graph_env  # noqa: E402
-from lpcv_segmentation.scene import scene_labels, scene_rgb  # noqa: E402,F401  (tests use them)
+from lpcv_segmentation.replay import node_process  # noqa: E402
+from lpcv_segmentation.replay.node_process import DomainLease, graph_env  # noqa: E402
+from scene import scene_labels, scene_rgb  # noqa: E402,F401  (tests use them)
 
 PROFILE = REPO / "config" / "fastdds_large_frames.xml"
 HELPERS = Path(__file__).resolve()
@@ -37,7 +37,7 @@ MALFORMED = ("unsupported_encoding", "data_length", "zero_size", "bad_step", "un
 # -- shared with the tests --------------------------------------------------------------------
 def ros_env(domain_id: int, profile: bool = True) -> Dict[str, str]:
     """Environment for a process of one test graph: its own domain, local discovery only
-    (``lpcv_segmentation.node_process.graph_env``, with this checkout's profile file)."""
+    (``lpcv_segmentation.replay.node_process.graph_env``, with this checkout's profile file)."""
     return graph_env(domain_id, PROFILE if profile else False, pythonpath=[REPO])
 
 
@@ -62,8 +62,8 @@ def write_palette_model(path: Path, input_size: int = 128) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from lpcv_segmentation.classes import NUM_CLASSES, class_table, palette
-    from lpcv_segmentation.runtime import IMAGENET_MEAN, IMAGENET_STD, METADATA_KEY
+    from lpcv_segmentation.core.classes import NUM_CLASSES, class_table, palette
+    from lpcv_segmentation.runtime.segmenter import IMAGENET_MEAN, IMAGENET_STD, METADATA_KEY
     mean = np.array(IMAGENET_MEAN, np.float32)
     std = np.array(IMAGENET_STD, np.float32)
     colours = (palette().astype(np.float32) / 255.0 - mean) / std  # (C, 3), normalised
@@ -105,7 +105,7 @@ def _frame(args: argparse.Namespace, index: int, rgb: np.ndarray):
     """The message for frame ``index``: good, or malformed in turn as --malformed lists."""
     from sensor_msgs.msg import CompressedImage, Image
 
-    from lpcv_segmentation.imaging import numpy_to_image_msg, rgb_to_compressed_msg
+    from lpcv_segmentation.core.imaging import numpy_to_image_msg, rgb_to_compressed_msg
     kinds = args.malformed.split(",") if args.malformed else []
     kind = kinds[index % len(kinds)] if kinds else None
     if args.type == "compressed":

@@ -15,8 +15,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from lpcv_segmentation.classes import CLASS_NAMES, NUM_CLASSES
-from lpcv_segmentation.fileio import write_yaml_atomic
+from lpcv_segmentation.core.classes import CLASS_NAMES, NUM_CLASSES
+from lpcv_segmentation.core.fileio import write_yaml_atomic
 from training import ablation, recovery
 from training.data import find_pairs, read_label
 from training.sweep import PLOTS

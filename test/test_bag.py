@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lpcv_segmentation.bagio import (CAMERA_TOPIC, GT_TOPIC, BagError, BagWriter, FrameReader,
-                                     bag_topics, read_frames)
-from lpcv_segmentation.labels_io import read_label_png
+from lpcv_segmentation.replay.bagio import (CAMERA_TOPIC, GT_TOPIC, BagError, BagWriter,
+                                            FrameReader, bag_topics, read_frames)
+from lpcv_segmentation.core.labels_io import read_label_png
 
 ROOT = Path(__file__).resolve().parent.parent
 START_NS = 1700000000 * 10 ** 9
@@ -164,7 +164,7 @@ def test_bag_without_camera_topic(tmp_path):
         FrameReader(bag)
     assert "/camera/gt_mask, /other" in str(error.value)
     result = run_command("--bag", bag, "--json", tmp_path / "out.json",
-                         module="lpcv_segmentation.bag_eval")
+                         module="lpcv_segmentation.replay.bag_eval")
     assert result.returncode == 1
     assert "no camera topic /camera/image_raw" in result.stderr and str(bag) in result.stderr
     assert "Traceback" not in result.stderr

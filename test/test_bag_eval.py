@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lpcv_segmentation.bagio import DETECTIONS_TOPIC, MASK_TOPIC, BagWriter, bag_topics
-from lpcv_segmentation.labels_io import read_label_png
+from lpcv_segmentation.replay.bagio import DETECTIONS_TOPIC, MASK_TOPIC, BagWriter, bag_topics
+from lpcv_segmentation.core.labels_io import read_label_png
 from ros_helpers import random_domain_id, ros_env, start, stop
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +24,7 @@ DOMAIN = random_domain_id()
 
 
 def bag_eval(*args, timeout=240):
-    return subprocess.run([sys.executable, "-m", "lpcv_segmentation.bag_eval"]
+    return subprocess.run([sys.executable, "-m", "lpcv_segmentation.replay.bag_eval"]
                           + [str(a) for a in args], cwd=ROOT, env=ros_env(DOMAIN),
                           capture_output=True, text=True, timeout=timeout)
 
@@ -66,7 +66,7 @@ def offline(flight, tiny_onnx, tmp_path_factory):
 def test_offline_accuracy_matches_the_scorer(offline, synth_dataset, tiny_onnx, tmp_path):
     """Predictions made independently from the dataset's PNG files, scored by the scorer
     command, give the figures bag_eval reports from the bag."""
-    from lpcv_segmentation.runtime import Segmenter
+    from lpcv_segmentation.runtime.segmenter import Segmenter
     report, out = offline
     assert CONTRACT_KEYS <= set(report)
     assert (report["frames"], report["frames_out"], report["scored_frames"]) == (FRAMES,) * 3
@@ -143,7 +143,7 @@ def test_live_against_a_node_it_starts(flight, tiny_onnx, offline, tmp_path):
 @pytest.mark.ros
 def test_live_against_a_running_node(flight, tiny_onnx, offline, tmp_path):
     """--node-running: counters are the node's since the replay began (run twice)."""
-    node = start([sys.executable, "-m", "lpcv_segmentation.node", "--ros-args",
+    node = start([sys.executable, "-m", "lpcv_segmentation.node.segmentation_node", "--ros-args",
                   "--params-file", str(ROOT / "config" / "drone.yaml"),
                   "-p", "model_path:=%s" % tiny_onnx, "-p", "input_topic:=/camera/image_raw"],
                  ros_env(DOMAIN), tmp_path / "node.log")

@@ -2,7 +2,7 @@
 import pytest
 from sensor_msgs.msg import CameraInfo
 
-from lpcv_segmentation.camera_info import camera_info_topic, scale_camera_info
+from lpcv_segmentation.node.camera_info import camera_info_topic, scale_camera_info
 
 
 @pytest.mark.parametrize("image, info", [

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lpcv_segmentation.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from lpcv_segmentation.core.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from training.data import (DatasetError, EvalTransform, SegmentationDataset, TrainTransform,
                            find_pairs, validate_pairs)
 from training.synth import render_scene, scene_seed, write_dataset

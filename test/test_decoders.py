@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lpcv_segmentation.checkpoint import (METADATA_KEY, CheckpointError, load_checkpoint,
-                                          read_metadata, save_checkpoint)
-from lpcv_segmentation.cost import count_macs
-from lpcv_segmentation.model import build_model, main
-from lpcv_segmentation.runtime import Segmenter
+from lpcv_segmentation.model.checkpoint import (METADATA_KEY, CheckpointError, load_checkpoint,
+                                                read_metadata, save_checkpoint)
+from lpcv_segmentation.model.cost import count_macs
+from lpcv_segmentation.model.segmodel import build_model, main
+from lpcv_segmentation.runtime.segmenter import Segmenter
 from training import config as config_lib
 from training import prune as P
 from training.export import check_scenes, export_onnx

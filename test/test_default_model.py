@@ -35,7 +35,7 @@ def test_quick_chain_builds_a_model_and_its_card(tmp_path):
     assert evaluations["onnx_fp32"]["params"] == prune["after"]["params"]
     assert report["export"]["fp16"]["precision"] == "fp16"
 
-    from lpcv_segmentation.runtime import Segmenter
+    from lpcv_segmentation.runtime.segmenter import Segmenter
     segmenter = Segmenter(str(out / "default.onnx"))
     assert segmenter.input_size == 64  # the quick settings
 

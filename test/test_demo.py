@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from lpcv_segmentation.bagio import MASK_TOPIC, bag_topics
+from lpcv_segmentation.replay.bagio import MASK_TOPIC, bag_topics
 from ros_helpers import random_domain_id, ros_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,9 +66,9 @@ def test_demo_without_its_model_fails_naming_it(tmp_path):
 
 
 def test_node_and_demo_default_to_the_shipped_model():
-    from lpcv_segmentation.bag_eval import resolve_model
-    from lpcv_segmentation.node_config import default_model_path
-    from lpcv_segmentation.runtime import Segmenter
+    from lpcv_segmentation.replay.bag_eval import resolve_model
+    from lpcv_segmentation.node.config import default_model_path
+    from lpcv_segmentation.runtime.segmenter import Segmenter
 
     assert default_model_path() == DEFAULT_MODEL
     assert resolve_model(None) == str(DEFAULT_MODEL)

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from lpcv_segmentation.classes import CLASS_NAMES, DETECTION_CLASS_IDS, class_id
-from lpcv_segmentation.detections import class_coverage, detection_report, find_regions
+from lpcv_segmentation.core.classes import CLASS_NAMES, DETECTION_CLASS_IDS, class_id
+from lpcv_segmentation.core.detections import class_coverage, detection_report, find_regions
 
 PERSON, VEHICLE, FIRE, ROAD = (class_id(n) for n in
                                ("person", "vehicle", "fire/flare", "road/railway/bridge"))

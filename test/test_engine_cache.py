@@ -1,4 +1,4 @@
-"""lpcv_segmentation.engine_cache: where TensorRT engines live and when one must be built.
+"""lpcv_segmentation.runtime.engine_cache: where TensorRT engines live and when one must be built.
 
 The key and path logic is pure Python and runs here; building an engine needs TensorRT and a
 GPU (bench/gpu_check.sh does that on a CUDA machine)."""
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from lpcv_segmentation.engine_cache import (EngineError, EngineKey, check_writable,
-                                            default_cache_dir, engine_build_needed, engine_path,
-                                            model_sha256, ort_trt_cache_path,
-                                            read_engine_metadata, resolve_cache_dir,
-                                            uses_tensorrt)
+from lpcv_segmentation.runtime.engine_cache import (EngineError, EngineKey, check_writable,
+                                                    default_cache_dir, engine_build_needed,
+                                                    engine_path, model_sha256, ort_trt_cache_path,
+                                                    read_engine_metadata, resolve_cache_dir,
+                                                    uses_tensorrt)
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = EngineKey("ab" * 32, "fp16", "8.5.2.2", "Orin (sm_87)")
@@ -31,7 +31,7 @@ def test_each_part_of_the_key_changes_the_engine_file(tmp_path):
 
 def test_same_inputs_give_the_same_path_in_another_process(tmp_path):
     here = engine_path(str(tmp_path), "/models/default.onnx", KEY)
-    code = ("from lpcv_segmentation.engine_cache import EngineKey, engine_path; "
+    code = ("from lpcv_segmentation.runtime.engine_cache import EngineKey, engine_path; "
             "print(engine_path(%r, '/other/dir/default.onnx', EngineKey(*%r)))"
             % (str(tmp_path), tuple(KEY)))
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -122,7 +122,7 @@ def test_build_needed_follows_the_onnx_runtime_tensorrt_cache(tmp_path):
                                    available_providers=providers)
 
     assert needed()
-    from lpcv_segmentation.engine import engine_key
+    from lpcv_segmentation.runtime.engine import engine_key
     folder = Path(ort_trt_cache_path(cache, str(model), engine_key(str(model), "fp16", True)))
     folder.mkdir(parents=True)
     assert needed()  # an empty folder (a build killed half way) is no engine

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from lpcv_segmentation.classes import CLASS_NAMES, palette
-from lpcv_segmentation.checkpoint import load_checkpoint
+from lpcv_segmentation.core.classes import CLASS_NAMES, palette
+from lpcv_segmentation.model.checkpoint import load_checkpoint
 from training.__main__ import main as cli
 from training.data import EvalTransform, SegmentationDataset, find_pairs, read_label
 from training.distributed import DistContext

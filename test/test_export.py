@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 import pytest
 
-from lpcv_segmentation.classes import NUM_CLASSES, class_table
-from lpcv_segmentation.runtime import METADATA_KEY, Segmenter
+from lpcv_segmentation.core.classes import NUM_CLASSES, class_table
+from lpcv_segmentation.runtime.segmenter import METADATA_KEY, Segmenter
 from training.__main__ import main as training_main
 from training.export import ExportError, check_scenes, export_onnx
 
@@ -55,7 +55,7 @@ def test_fp32_onnx_contract_and_metadata(tiny_onnx, tiny_checkpoint):
     assert inputs == [("input", onnx.TensorProto.FLOAT, [1, 3, 128, 128])]
     assert outputs == [("logits", onnx.TensorProto.FLOAT, [1, NUM_CLASSES, 128, 128])]
     meta = onnx_meta(tiny_onnx)
-    from lpcv_segmentation.checkpoint import read_metadata
+    from lpcv_segmentation.model.checkpoint import read_metadata
     source = read_metadata(str(tiny_checkpoint))
     assert meta["classes"] == class_table()
     assert (meta["arch"], meta["input_size"], meta["precision"]) == ("mobilevit_xxs", 128, "fp32")
@@ -100,7 +100,7 @@ def test_fp16_export_command_at_another_input_size(tiny_checkpoint, tiny_onnx, t
     with torch.no_grad():
         reference = [fp32_96.runner.model(torch.from_numpy(fp16.preprocess(rgb))).numpy()
                      for rgb in images]
-    from lpcv_segmentation.runtime import postprocess
+    from lpcv_segmentation.runtime.segmenter import postprocess
     ref_labels = [postprocess(r, rgb.shape[:2])[0] for r, rgb in zip(reference, images)]
     agree = np.mean([(a == b).mean() for a, b in zip(fp16_labels, ref_labels)])
     assert agree >= MIN_AGREEMENT_FP16

@@ -5,8 +5,8 @@ import json
 import pytest
 import yaml
 
-from lpcv_segmentation.fileio import (atomic_path, copy_file_atomic, write_csv_atomic,
-                                      write_json_atomic, write_text_atomic, write_yaml_atomic)
+from lpcv_segmentation.core.fileio import (atomic_path, copy_file_atomic, write_csv_atomic,
+                                           write_json_atomic, write_text_atomic, write_yaml_atomic)
 
 
 def test_writers_round_trip(tmp_path):

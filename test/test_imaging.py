@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
-from lpcv_segmentation.classes import CLASSES, NUM_CLASSES, palette
-from lpcv_segmentation.imaging import (ENCODINGS, ImageConversionError, colorize,
-                                       compressed_to_rgb, image_to_rgb, msg_to_rgb,
-                                       numpy_to_image_msg, overlay, rgb_to_compressed_msg)
+from lpcv_segmentation.core.classes import CLASSES, NUM_CLASSES, palette
+from lpcv_segmentation.core.imaging import (ENCODINGS, ImageConversionError, colorize,
+                                            compressed_to_rgb, image_to_rgb, msg_to_rgb,
+                                            numpy_to_image_msg, overlay, rgb_to_compressed_msg)
 
 
 @pytest.fixture
@@ -152,7 +152,7 @@ def test_overlay_tints_classes_and_keeps_background():
 
 
 def test_visuals_are_drawn_at_a_bounded_size_and_only_when_asked():
-    from lpcv_segmentation.imaging import bounded_size, visuals
+    from lpcv_segmentation.core.imaging import bounded_size, visuals
     assert bounded_size(1080, 1920, 640) == (360, 640)
     assert bounded_size(480, 640, 640) == (480, 640)
     rng = np.random.default_rng(0)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import yaml
 
-from lpcv_segmentation.classes import CLASS_NAMES, IGNORE_INDEX
-from lpcv_segmentation.labels_io import read_label_png
+from lpcv_segmentation.core.classes import CLASS_NAMES, IGNORE_INDEX
+from lpcv_segmentation.core.labels_io import read_label_png
 from training.__main__ import main as cli
 from training.data import SegmentationDataset
 from training.import_dataset import read_mapping

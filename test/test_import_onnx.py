@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from lpcv_segmentation.classes import NUM_CLASSES, class_table
-from lpcv_segmentation.runtime import METADATA_KEY, RuntimeConfigError, Segmenter
+from lpcv_segmentation.core.classes import NUM_CLASSES, class_table
+from lpcv_segmentation.runtime.segmenter import METADATA_KEY, RuntimeConfigError, Segmenter
 from training.__main__ import main as training_main
 from training.import_onnx import ImportOnnxError, normalisation_to_unit_scale
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lpcv_segmentation.labels_io import LabelFileError, read_label_png
+from lpcv_segmentation.core.labels_io import LabelFileError, read_label_png
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lpcv_segmentation.node_config import (NODE_NAME, PACKAGE, PARAMETER_NAMES, PARAMETERS,
+from lpcv_segmentation.node.config import (NODE_NAME, PACKAGE, PARAMETER_NAMES, PARAMETERS,
                                            ParameterError, check_config, default_model_path)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,8 +72,8 @@ def test_launch_starts_an_installed_executable(launch_tree):
     executable = _value(launch_tree, _keyword(nodes[0], "executable"))
     scripts = _console_scripts()
     assert executable in scripts
-    assert scripts[executable] == "lpcv_segmentation.node:main"
-    from lpcv_segmentation import node
+    assert scripts[executable] == "lpcv_segmentation.node.segmentation_node:main"
+    from lpcv_segmentation.node import segmentation_node as node
     assert callable(node.main)
     assert _value(launch_tree, _keyword(nodes[0], "name")) == NODE_NAME
 
@@ -198,7 +198,7 @@ def test_every_parameter_is_documented():
 def test_node_help_lists_every_parameter():
     import subprocess
     import sys
-    result = subprocess.run([sys.executable, "-m", "lpcv_segmentation.node", "--help"],
+    result = subprocess.run([sys.executable, "-m", "lpcv_segmentation.node.segmentation_node", "--help"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     for name in PARAMETER_NAMES:

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lpcv_segmentation.classes import IGNORE_INDEX
+from lpcv_segmentation.core.classes import IGNORE_INDEX
 from training.losses import (CrossEntropy, FeatureDistillation, FeatureGeneration,
                              FeatureMimicking, LogitKL, LogitMSE, OhemCrossEntropy,
                              build_supervised_loss, standardize)

@@ -1,4 +1,4 @@
-"""lpcv_segmentation.metrics against a slow per-pixel reference (test/metrics_reference.py)."""
+"""lpcv_segmentation.core.metrics against a slow per-pixel reference (test/metrics_reference.py)."""
 import math
 import os
 import subprocess
@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from lpcv_segmentation.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
-from lpcv_segmentation.metrics import (SegmentationMetrics, class_iou, confusion_matrix,
-                                       image_dice)
+from lpcv_segmentation.core.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from lpcv_segmentation.core.metrics import (SegmentationMetrics, class_iou, confusion_matrix,
+                                            image_dice)
 from metrics_reference import ref_confusion, ref_image_dice, summary_matches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -185,7 +185,7 @@ def test_on_board_modules_run_on_python_38_and_metrics_needs_only_numpy():
                              "-t=3.8-", "--no-tips", "--violations"] + files,
                             capture_output=True, text=True)
     assert vermin.returncode == 0, vermin.stdout + vermin.stderr
-    probe = ("import sys, lpcv_segmentation.metrics; "
+    probe = ("import sys, lpcv_segmentation.core.metrics; "
              "print(sorted(m for m in ('cv2', 'torch', 'training', 'yaml') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
                          check=True)

@@ -11,7 +11,7 @@ import timm
 import torch
 from timm.models.mobilevit import MobileVitBlock
 
-from lpcv_segmentation.model import build_model
+from lpcv_segmentation.model.segmodel import build_model
 from training.export import model_to_onnx
 from training.mobilevit_export import ExportMobileVitBlock, export_friendly
 

@@ -8,13 +8,13 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from lpcv_segmentation.classes import CLASS_NAMES, NUM_CLASSES
-from lpcv_segmentation.checkpoint import (CheckpointError, load_checkpoint, read_metadata,
-                                          save_checkpoint)
-from lpcv_segmentation.cost import count_macs, count_params
-from lpcv_segmentation.model import ARCHS, build_model
-from lpcv_segmentation.structure import (apply_structure, capture_structure,
-                                         sync_attention_attributes)
+from lpcv_segmentation.core.classes import CLASS_NAMES, NUM_CLASSES
+from lpcv_segmentation.model.checkpoint import (CheckpointError, load_checkpoint, read_metadata,
+                                                save_checkpoint)
+from lpcv_segmentation.model.cost import count_macs, count_params
+from lpcv_segmentation.model.segmodel import ARCHS, build_model
+from lpcv_segmentation.model.structure import (apply_structure, capture_structure,
+                                               sync_attention_attributes)
 
 SIZE = 64  # smallest size every registered arch accepts (swinv2: grids 16, 8, 4, 2 <= window 8)
 DECODER = 32

@@ -16,8 +16,8 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import pytest
 
-from lpcv_segmentation.classes import DETECTION_CLASS_IDS, class_table, palette
-from lpcv_segmentation.detections import class_coverage, detection_report, find_regions
+from lpcv_segmentation.core.classes import DETECTION_CLASS_IDS, class_table, palette
+from lpcv_segmentation.core.detections import class_coverage, detection_report, find_regions
 from ros_helpers import (HELPERS, MALFORMED, REPO, random_domain_id, ros_env, scene_labels,
                          scene_rgb, start, stop, write_palette_model)
 
@@ -34,7 +34,7 @@ class Graph:
                  namespace: str = "/") -> None:
         self.work, self.env = work, env
         self.events_path = work / "listener" / "events.jsonl"
-        self.node = start([sys.executable, "-m", "lpcv_segmentation.node", "--ros-args",
+        self.node = start([sys.executable, "-m", "lpcv_segmentation.node.segmentation_node", "--ros-args",
                            "--params-file", str(PARAMS)] + node_args, env, work / "node.log")
         self.listener = start([sys.executable, str(HELPERS), "listen", "--out",
                                str(work / "listener"), "--namespace", namespace],
@@ -349,7 +349,7 @@ def test_startup_errors_name_the_culprit_and_exit_non_zero(tmp_path, tiny_onnx):
         "bad type": (["-p", "model_path:=%s" % tiny_onnx, "-p", "threads:=many"], "threads"),
     }
     env = ros_env(random_domain_id())
-    processes = {name: start([sys.executable, "-m", "lpcv_segmentation.node", "--ros-args",
+    processes = {name: start([sys.executable, "-m", "lpcv_segmentation.node.segmentation_node", "--ros-args",
                               "--params-file", str(PARAMS)] + args, env,
                              tmp_path / ("%s.log" % name.replace(" ", "_")))
                  for name, (args, _) in cases.items()}

@@ -25,7 +25,7 @@ PROBE = Path(__file__).resolve().parent / "node_probe.py"
 def start_node(env, log: Path, args: List[str]):
     """segmentation_node with config/drone.yaml and ``args`` (ROS arguments), its output in
     ``log``."""
-    return start([sys.executable, "-m", "lpcv_segmentation.node", "--ros-args",
+    return start([sys.executable, "-m", "lpcv_segmentation.node.segmentation_node", "--ros-args",
                   "--params-file", str(REPO / "config" / "drone.yaml")] + args, env, log)
 
 

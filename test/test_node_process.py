@@ -5,10 +5,10 @@ import time
 
 import pytest
 
-from lpcv_segmentation.node_process import (DOMAIN_IDS, ChildProcess, DomainLease,
-                                            NodeProcessError, graph_env, node_arguments)
+from lpcv_segmentation.replay.node_process import (DOMAIN_IDS, ChildProcess, DomainLease,
+                                                   NodeProcessError, graph_env, node_arguments)
 
-HOLD = ("import sys, time; from lpcv_segmentation.node_process import DomainLease; "
+HOLD = ("import sys, time; from lpcv_segmentation.replay.node_process import DomainLease; "
         "lease = DomainLease(); print(lease.id, flush=True); sys.stdin.read()")
 
 

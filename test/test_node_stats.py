@@ -3,8 +3,8 @@ import threading
 
 import pytest
 
-from lpcv_segmentation.node_pipeline import LatestFrame
-from lpcv_segmentation.node_stats import (END_TO_END, ERROR, OK, STAGES, WARN, NodeStats,
+from lpcv_segmentation.node.pipeline import LatestFrame
+from lpcv_segmentation.node.stats import (END_TO_END, ERROR, OK, STAGES, WARN, NodeStats,
                                           Thresholds, WindowedSeries, assess, key_values,
                                           log_line, resident_memory_mb)
 
@@ -116,9 +116,9 @@ def test_latest_frame_wakes_a_waiting_worker_and_closes():
 
 
 def test_process_frame_builds_only_the_outputs_wanted(tmp_path):
-    from lpcv_segmentation.classes import DETECTION_CLASS_IDS
-    from lpcv_segmentation.node_pipeline import Wanted, process_frame
-    from lpcv_segmentation.runtime import Segmenter
+    from lpcv_segmentation.core.classes import DETECTION_CLASS_IDS
+    from lpcv_segmentation.node.pipeline import Wanted, process_frame
+    from lpcv_segmentation.runtime.segmenter import Segmenter
     from ros_helpers import scene_rgb, write_palette_model
     segmenter = Segmenter(write_palette_model(tmp_path / "palette.onnx", 128),
                           backend="onnxruntime")

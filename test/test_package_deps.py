@@ -83,8 +83,8 @@ def test_every_import_is_declared_and_nothing_else():
 
 def test_the_scan_sees_lazy_and_importlib_imports():
     imports = on_board_imports()
-    assert "lpcv_segmentation/vision.py" in imports["vision_msgs"]  # importlib.import_module
-    assert "lpcv_segmentation/runtime.py" in imports["onnxruntime"]  # inside a function
+    assert "lpcv_segmentation/node/vision.py" in imports["vision_msgs"]  # importlib.import_module
+    assert "lpcv_segmentation/runtime/segmenter.py" in imports["onnxruntime"]  # inside a function
     assert "launch/drone.launch.py" in imports["launch_ros"]
 
 

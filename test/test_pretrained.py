@@ -6,8 +6,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from lpcv_segmentation.checkpoint import read_metadata
-from lpcv_segmentation.model import ARCHS
+from lpcv_segmentation.model.checkpoint import read_metadata
+from lpcv_segmentation.model.segmodel import ARCHS
 from training.__main__ import main as cli
 from training.pretrained import (WeightsError, hub_cache_dir, hub_model_id,
                                  resolve_encoder_weights)

@@ -49,10 +49,10 @@ def test_the_scan_sees_imports_inside_functions_and_only_the_projects(tmp_path):
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "tool.py").write_text(
         "import numpy\nfrom os import path\n\n\ndef main():\n"
-        "    from lpcv_segmentation.model import read_metadata\n"
+        "    from lpcv_segmentation.model.segmodel import read_metadata\n"
         "    from training import export as export_lib\n")
     assert project_imports(tmp_path) == [
-        ("bench/tool.py", "lpcv_segmentation.model", "read_metadata"),
+        ("bench/tool.py", "lpcv_segmentation.model.segmodel", "read_metadata"),
         ("bench/tool.py", "training", "export")]
-    assert not _has("lpcv_segmentation.model", "read_metadata")  # moved to checkpoint.py
+    assert not _has("lpcv_segmentation.model.segmodel", "read_metadata")  # moved to checkpoint.py
     assert _has("training", "export")  # a submodule

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from lpcv_segmentation.checkpoint import load_checkpoint, save_checkpoint
-from lpcv_segmentation.cost import count_params
-from lpcv_segmentation.model import build_model
+from lpcv_segmentation.model.checkpoint import load_checkpoint, save_checkpoint
+from lpcv_segmentation.model.cost import count_params
+from lpcv_segmentation.model.segmodel import build_model
 from training import prune as P
 
 SIZE = 64  # smallest input the MobileViT encoder takes (output stride 32, patch 2)
@@ -373,7 +373,7 @@ def test_checkpoint_without_metadata_is_refused(tmp_path):
 @pytest.mark.slow
 def test_prune_command_finetunes_and_runs_in_onnxruntime(tiny_checkpoint, synth_dataset,
                                                          tmp_path):
-    from lpcv_segmentation.runtime import Segmenter
+    from lpcv_segmentation.runtime.segmenter import Segmenter
     from training.export import export_onnx
     from training.synth import render_scene
 

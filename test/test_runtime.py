@@ -1,4 +1,4 @@
-"""lpcv_segmentation.runtime: pre/post-processing, the back ends on real models, the torch-free
+"""lpcv_segmentation.runtime.segmenter: pre/post-processing, the back ends on real models, the torch-free
 ONNX Runtime path, and the errors for bad back ends, devices, precisions and model files."""
 import json
 import subprocess
@@ -11,10 +11,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from lpcv_segmentation.classes import NUM_CLASSES, class_table
-from lpcv_segmentation.runtime import (BACKENDS, METADATA_KEY, OnnxRuntimeBackend,
-                                       RuntimeConfigError, Segmenter, postprocess, preprocess,
-                                       resolve_backend)
+from lpcv_segmentation.core.classes import NUM_CLASSES, class_table
+from lpcv_segmentation.runtime.segmenter import (BACKENDS, METADATA_KEY, OnnxRuntimeBackend,
+                                                 RuntimeConfigError, Segmenter, postprocess,
+                                                 preprocess, resolve_backend)
 
 REPO = Path(__file__).resolve().parent.parent
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -129,7 +129,7 @@ def test_onnxruntime_path_never_imports_torch(tiny_onnx):
         "import sys",
         "sys.modules['torch'] = None  # any 'import torch' now raises ImportError",
         "import numpy as np",
-        "import lpcv_segmentation.runtime as runtime",
+        "import lpcv_segmentation.runtime.segmenter as runtime",
         "seg = runtime.Segmenter(sys.argv[1], threads=1)",
         "res = seg.segment(np.full((60, 80, 3), 100, np.uint8), with_confidence=True)",
         "assert res.labels.shape == (60, 80), res.labels.shape",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lpcv_segmentation.classes import CLASS_NAMES, NUM_CLASSES
+from lpcv_segmentation.core.classes import CLASS_NAMES, NUM_CLASSES
 from metrics_reference import summary_matches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lpcv_segmentation.classes import CLASS_NAMES, NUM_CLASSES, class_id
+from lpcv_segmentation.core.classes import CLASS_NAMES, NUM_CLASSES, class_id
 from training.synth import (MARKER_FILE, SynthError, colour_only_miou, render_scene, scene_seed,
                             split_counts, write_dataset)
 

@@ -1,5 +1,5 @@
 """The one latency timer: what it calls, in which order, and what it reports."""
-from lpcv_segmentation.timing import interleaved, timed
+from lpcv_segmentation.core.timing import interleaved, timed
 
 
 def test_rounds_run_every_runner_in_turn_in_blocks():

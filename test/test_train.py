@@ -19,9 +19,9 @@ import pytest
 import torch
 import yaml
 
-from lpcv_segmentation.checkpoint import load_checkpoint, read_metadata, save_checkpoint
-from lpcv_segmentation.metrics import SegmentationMetrics
-from lpcv_segmentation.model import build_model
+from lpcv_segmentation.model.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from lpcv_segmentation.core.metrics import SegmentationMetrics
+from lpcv_segmentation.model.segmodel import build_model
 from training.__main__ import main as cli
 from training.data import SegmentationDataset
 from training.distributed import ResumableBatchSampler, SeededSamples

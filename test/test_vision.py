@@ -3,10 +3,10 @@ message definitions, since vision_msgs cannot be installed here) and the filling
 rosidl messages."""
 import pytest
 
-from lpcv_segmentation.classes import DETECTION_CLASS_IDS, class_table
-from lpcv_segmentation.detections import detection_report
-from lpcv_segmentation.vision import (MissingPackageError, detection2d_array_fields,
-                                      fill_message, import_vision_msgs, label_info_fields)
+from lpcv_segmentation.core.classes import DETECTION_CLASS_IDS, class_table
+from lpcv_segmentation.core.detections import detection_report
+from lpcv_segmentation.node.vision import (MissingPackageError, detection2d_array_fields,
+                                           fill_message, import_vision_msgs, label_info_fields)
 from ros_helpers import scene_labels
 
 # vision_msgs 4.x (ros-perception/vision_msgs, ros2 branch, msg/*.msg): field -> type, with

@@ -42,9 +42,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from lpcv_segmentation import timing
-from lpcv_segmentation.fileio import write_json_atomic, write_yaml_atomic
-from lpcv_segmentation.formatting import fmt
+from lpcv_segmentation.core import timing
+from lpcv_segmentation.core.fileio import write_json_atomic, write_yaml_atomic
+from lpcv_segmentation.core.formatting import fmt
 
 from training import prune as prune_lib
 from training import recovery as recovery_lib
@@ -432,7 +432,7 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
         sweep_lib.write_csv(sweep_rows, os.path.join(run_dir("sweep"), sweep_lib.CSV_NAME))
         sweep_lib.plot(sweep_rows, run_dir("sweep"))
 
-    from lpcv_segmentation.checkpoint import read_metadata
+    from lpcv_segmentation.model.checkpoint import read_metadata
     archs = {key: read_metadata(path)["arch"] for key, path in
              (("teacher", teacher), ("baseline", best("baseline")),
               ("student", best("student")))}
@@ -617,7 +617,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from lpcv_segmentation.checkpoint import CheckpointError
+    from lpcv_segmentation.model.checkpoint import CheckpointError
     from training.config import ConfigError
     from training.data import DatasetError
     from training.export import ExportError

@@ -13,14 +13,14 @@ from typing import Any, Dict, List, Optional, Sequence, Type
 
 import yaml
 
-from lpcv_segmentation.fileio import write_yaml_atomic
+from lpcv_segmentation.core.fileio import write_yaml_atomic
 
 # Every key a run understands, with its default. The type of the default is the type an
 # override is coerced to (None means "any YAML value"). Keep in sync with docs/training.md.
 DEFAULTS: Dict[str, Any] = {
     # model
     "arch": "mobilevit_xxs",         # encoder: mobilevit_xxs/xs/s, swinv2_tiny, resnet18, ...
-    "decoder": "upernet",            # upernet | upernet_lite (lpcv_segmentation.decoders)
+    "decoder": "upernet",            # upernet | upernet_lite (lpcv_segmentation.model.decoders)
     "decoder_channels": 64,          # decoder width
     "input_size": 288,               # square inference size stored in the checkpoint
     "encoder_weights": None,         # imagenet (timm weights via the HF hub cache) or a file
@@ -207,7 +207,7 @@ def validate(config: Dict[str, Any]) -> None:
     for key in positive:
         if int(config[key]) <= 0:
             raise ConfigError("%s must be positive, got %r" % (key, config[key]))
-    from lpcv_segmentation.decoders import DECODERS
+    from lpcv_segmentation.model.decoders import DECODERS
     if config["decoder"] not in DECODERS:
         raise ConfigError("decoder must be one of %s, got %r" % (", ".join(DECODERS), config["decoder"]))
     if config["workers"] < 0:

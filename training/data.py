@@ -9,7 +9,7 @@ under DIR and then in each of its sub-folders. When both ``GT_Updated`` and ``GT
 updated labels win.
 
 A label PNG holds the class index per pixel (channel 0 when it has 3 channels; read through
-``lpcv_segmentation.labels_io.read_label_png``). Before training, ``validate_pairs`` reads
+``lpcv_segmentation.core.labels_io.read_label_png``). Before training, ``validate_pairs`` reads
 every file once and stops at a missing label, an unreadable file, a size mismatch or a label
 value that is not a class (0..13) or 255 (ignore), naming the file. Images are read lazily,
 one per item, so a dataset of any size fits in memory.
@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lpcv_segmentation.classes import IGNORE_INDEX, NUM_CLASSES
-from lpcv_segmentation.labels_io import LabelFileError, read_label_png
-from lpcv_segmentation.runtime import IMAGENET_MEAN, IMAGENET_STD, normalize, preprocess
+from lpcv_segmentation.core.classes import IGNORE_INDEX, NUM_CLASSES
+from lpcv_segmentation.core.labels_io import LabelFileError, read_label_png
+from lpcv_segmentation.runtime.segmenter import IMAGENET_MEAN, IMAGENET_STD, normalize, preprocess
 
 IMAGE_DIR = "IMG"
 LABEL_DIRS: Tuple[str, ...] = ("GT_Updated", "GT")  # first found wins: the corrected labels

@@ -4,7 +4,7 @@ Each image of the split becomes, at one header stamp (1/rate apart, in file-name
   /camera/image_raw  sensor_msgs/msg/Image  rgb8   the image
   /camera/gt_mask    sensor_msgs/msg/Image  mono8  its label (class index per pixel, 255 ignore)
 The bag (MCAP by default, or SQLite 3, plus metadata.yaml) is what ``ros2 bag play`` replays
-and what ``python -m lpcv_segmentation.bag_eval`` evaluates.
+and what ``python -m lpcv_segmentation.replay.bag_eval`` evaluates.
 
 Examples:
   python -m training dataset-to-bag --data LPCVC_Val --split val --out flights/val_5hz --rate 5
@@ -19,7 +19,7 @@ from typing import Dict, Optional
 
 from tqdm import tqdm
 
-from lpcv_segmentation.bagio import CAMERA_TOPIC, GT_TOPIC, STORAGES, BagError, BagWriter
+from lpcv_segmentation.replay.bagio import CAMERA_TOPIC, GT_TOPIC, STORAGES, BagError, BagWriter
 
 DEFAULT_RATE_HZ = 5.0
 DEFAULT_FRAME_ID = "camera"

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 
-from lpcv_segmentation.fileio import copy_file_atomic, write_json_atomic, write_text_atomic
-from lpcv_segmentation.formatting import fmt
+from lpcv_segmentation.core.fileio import copy_file_atomic, write_json_atomic, write_text_atomic
+from lpcv_segmentation.core.formatting import fmt
 from training.config import load_yaml_mapping
 from training.stages import StageRunner
 

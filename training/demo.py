@@ -6,7 +6,7 @@
 2. turns them into a flight bag (python -m training dataset-to-bag: /camera/image_raw +
    /camera/gt_mask at --rate Hz),
 3. starts segmentation_node on the default model (models/default.onnx) and replays the bag
-   into it live (python -m lpcv_segmentation.bag_eval --mode live), recording its outputs,
+   into it live (python -m lpcv_segmentation.replay.bag_eval --mode live), recording its outputs,
 4. prints what a flight would have seen: output rate, end-to-end latency, accuracy against the
    ground truth, detections per class, and the paths of a few overlay PNGs
    (camera | ground truth | prediction).
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from lpcv_segmentation.formatting import fmt
+from lpcv_segmentation.core.formatting import fmt
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "out" / "demo"
@@ -67,7 +67,7 @@ def _isolate_ros_graph() -> str:
     """Keep the demo's graph on this machine and off other graphs' domains."""
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     if "ROS_DOMAIN_ID" not in os.environ:
-        from lpcv_segmentation.node_process import DomainLease
+        from lpcv_segmentation.replay.node_process import DomainLease
         _LEASES.append(DomainLease())  # held until the demo exits
         os.environ["ROS_DOMAIN_ID"] = str(_LEASES[-1].id)
     return os.environ["ROS_DOMAIN_ID"]
@@ -144,8 +144,8 @@ def _relative(path: Path) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from lpcv_segmentation.bag_eval import EvalError, LiveOptions, evaluate_live, resolve_model
-    from lpcv_segmentation.fileio import write_json_atomic
+    from lpcv_segmentation.replay.bag_eval import EvalError, LiveOptions, evaluate_live, resolve_model
+    from lpcv_segmentation.core.fileio import write_json_atomic
     from training.dataset_to_bag import write_flight_bag
     from training.synth import write_dataset
 

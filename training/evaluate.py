@@ -3,7 +3,7 @@
   python -m training evaluate --checkpoint MODEL --data DIR --split val --json OUT.json \\
       [--overlays N] [--backend auto] [--device cpu] [--precision fp32]
 
-MODEL is anything ``lpcv_segmentation.runtime.Segmenter`` runs: a ``.safetensors``
+MODEL is anything ``lpcv_segmentation.runtime.segmenter.Segmenter`` runs: a ``.safetensors``
 checkpoint, an exported ``.onnx`` file or a TensorRT ``.engine``. Every image goes through
 the same ``Segmenter.segment`` the drone uses (resize to the model input, back end, argmax,
 nearest resize back to the image size), so the figures score what would fly.
@@ -31,11 +31,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from lpcv_segmentation.classes import IGNORE_INDEX
-from lpcv_segmentation.fileio import write_json_atomic
-from lpcv_segmentation.formatting import fmt
-from lpcv_segmentation.metrics import SegmentationMetrics
-from lpcv_segmentation.panels import MIN_PANEL_WIDTH, overlay_panel, write_panel  # noqa: F401
+from lpcv_segmentation.core.classes import IGNORE_INDEX
+from lpcv_segmentation.core.fileio import write_json_atomic
+from lpcv_segmentation.core.formatting import fmt
+from lpcv_segmentation.core.metrics import SegmentationMetrics
+from lpcv_segmentation.replay.panels import MIN_PANEL_WIDTH, overlay_panel, write_panel  # noqa: F401
 
 WARMUP_DEFAULT = 3
 
@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from lpcv_segmentation.runtime import RuntimeConfigError
+    from lpcv_segmentation.runtime.segmenter import RuntimeConfigError
     from training.data import DatasetError
 
     try:
@@ -96,7 +96,7 @@ def model_cost(segmenter: Any) -> Tuple[Optional[int], Optional[float]]:
     and counts them; exported files carry them in their metadata (written by the export)."""
     model = getattr(segmenter.runner, "model", None)
     if model is not None:
-        from lpcv_segmentation.cost import count_macs, count_params
+        from lpcv_segmentation.model.cost import count_macs, count_params
         return count_params(model), round(count_macs(model, segmenter.input_size), 4)
     meta = segmenter.metadata
     params = meta.get("params")
@@ -123,7 +123,7 @@ def evaluate(model_path: str, data: str, split: str = "val", backend: str = "aut
     """Run ``model_path`` over a split with ``Segmenter`` and return the JSON-ready results."""
     from tqdm import tqdm
 
-    from lpcv_segmentation.runtime import Segmenter
+    from lpcv_segmentation.runtime.segmenter import Segmenter
     from training.data import find_pairs, read_image, read_label, validate_pairs
 
     pairs = find_pairs(data, split)

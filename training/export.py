@@ -9,7 +9,7 @@ The ONNX model takes one float32 input "input" of shape 1x3xSxS (RGB normalised 
 model's mean/std) and returns float32 logits "logits" of shape 1xCxSxS (C = 14 classes).
 S defaults to the checkpoint's input size. The model metadata (class table, normalisation,
 input size, precision, parameters, GMACs) is stored as the ONNX metadata_props key
-``lpcv_segmentation``; ``lpcv_segmentation.runtime.Segmenter`` reads it.
+``lpcv_segmentation``; ``lpcv_segmentation.runtime.segmenter.Segmenter`` reads it.
 
 Before it reports success the export runs the file in ONNX Runtime (CPU) and in PyTorch on
 synthetic scenes, prints the argmax agreement and the largest logit difference, and fails
@@ -33,11 +33,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from lpcv_segmentation.engine import tensorrt_version
-from lpcv_segmentation.fileio import copy_file_atomic
-from lpcv_segmentation.formatting import fmt
-from lpcv_segmentation.runtime import (INPUT_NAME, METADATA_KEY, OUTPUT_NAME,
-                                       RuntimeConfigError, Segmenter, preprocess)
+from lpcv_segmentation.runtime.engine import tensorrt_version
+from lpcv_segmentation.core.fileio import copy_file_atomic
+from lpcv_segmentation.core.formatting import fmt
+from lpcv_segmentation.runtime.segmenter import (INPUT_NAME, METADATA_KEY, OUTPUT_NAME,
+                                                 RuntimeConfigError, Segmenter, preprocess)
 
 FORMATS = ("onnx", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -60,7 +60,7 @@ def onnx_metadata(model: Any, meta: Dict[str, Any], input_size: int, precision: 
                   checkpoint_path: Optional[str] = None) -> Dict[str, Any]:
     """The checkpoint's metadata for an ONNX file: without ``structure`` (the graph has the
     shapes), with ``input_size``, ``precision``, ``params`` and ``gmacs`` at that size."""
-    from lpcv_segmentation.cost import count_macs, count_params
+    from lpcv_segmentation.model.cost import count_macs, count_params
     out = {k: v for k, v in meta.items() if k != "structure"}
     out.update(input_size=int(input_size), precision=precision, params=count_params(model),
                gmacs=round(count_macs(model, int(input_size)), 4))
@@ -282,11 +282,11 @@ def dataset_pairs(root: str, limit: int) -> Tuple[List[Tuple[Path, Path]], str,
 
 def evaluate_files(onnx_paths: Dict[str, str], pairs: Sequence[Tuple[Path, Path]],
                    reference: str = "fp32") -> Dict[str, Any]:
-    """mIoU (lpcv_segmentation.metrics) of each ONNX file over ``pairs`` at the labels' size,
+    """mIoU (lpcv_segmentation.core.metrics) of each ONNX file over ``pairs`` at the labels' size,
     and each file's pixel agreement with the ``reference`` file's labels."""
     from tqdm import tqdm
 
-    from lpcv_segmentation.metrics import SegmentationMetrics
+    from lpcv_segmentation.core.metrics import SegmentationMetrics
     from training.data import read_image, read_label
     segmenters = {k: Segmenter(p, backend="onnxruntime") for k, p in onnx_paths.items()}
     metrics = {k: SegmentationMetrics() for k in segmenters}
@@ -307,8 +307,8 @@ def evaluate_files(onnx_paths: Dict[str, str], pairs: Sequence[Tuple[Path, Path]
 # The export itself
 # --------------------------------------------------------------------------------------------
 def _load(checkpoint_path: str, input_size: Optional[int]) -> Tuple[Any, Dict[str, Any], int]:
-    from lpcv_segmentation.checkpoint import load_checkpoint
-    from lpcv_segmentation.model import check_input_size
+    from lpcv_segmentation.model.checkpoint import load_checkpoint
+    from lpcv_segmentation.model.segmodel import check_input_size
     model, meta = load_checkpoint(checkpoint_path)  # CheckpointError names the file
     size = int(input_size or meta["input_size"])
     try:
@@ -412,10 +412,10 @@ def export_tensorrt(checkpoint_path: str, out_path: str, input_size: Optional[in
                     precision: str = "fp32", verify_images: int = 4,
                     opset: int = DEFAULT_OPSET) -> Dict[str, Any]:
     """Build a TensorRT engine (fp32 or fp16) from the checked ONNX export with
-    ``lpcv_segmentation.engine.build_engine``; the metadata goes to ``OUT.json`` beside it.
+    ``lpcv_segmentation.runtime.engine.build_engine``; the metadata goes to ``OUT.json`` beside it.
     Needs the tensorrt package (ExportError says so, before any work, when it is missing)."""
-    from lpcv_segmentation.engine import ENGINE_PRECISIONS, build_engine
-    from lpcv_segmentation.engine_cache import EngineError
+    from lpcv_segmentation.runtime.engine import ENGINE_PRECISIONS, build_engine
+    from lpcv_segmentation.runtime.engine_cache import EngineError
 
     if precision not in ENGINE_PRECISIONS:
         raise ExportError("--format tensorrt builds fp32 or fp16 engines, not %s" % precision)
@@ -424,7 +424,7 @@ def export_tensorrt(checkpoint_path: str, out_path: str, input_size: Optional[in
             "--format tensorrt needs the tensorrt Python package, which is not installed here. "
             "Engines are specific to the GPU and TensorRT version, so build it on the target: "
             "python -m training export --format onnx --out MODEL.onnx here, then python -m "
-            "lpcv_segmentation.engine --model MODEL.onnx --precision %s --build-only there"
+            "lpcv_segmentation.runtime.engine --model MODEL.onnx --precision %s --build-only there"
             % precision)
     with tempfile.TemporaryDirectory(prefix="lpcv_export_") as tmp:
         onnx_path = os.path.join(tmp, "model.onnx")
@@ -496,7 +496,7 @@ def print_report(report: Dict[str, Any]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from lpcv_segmentation.checkpoint import CheckpointError
+    from lpcv_segmentation.model.checkpoint import CheckpointError
     from training.data import DatasetError
 
     precision = "fp16" if args.fp16 else "int8" if args.int8 else "fp32"

@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from lpcv_segmentation.classes import CLASS_NAMES, IGNORE_INDEX
+from lpcv_segmentation.core.classes import CLASS_NAMES, IGNORE_INDEX
 from training.config import load_yaml_mapping
 
 __all__ = ["DatasetImportError", "Mapping", "read_mapping", "pair_files", "convert_label",

@@ -23,7 +23,7 @@ Normalisation: ``--mean``/``--std`` are read on the scale ``--norm-scale`` names
 
 The foreign model is run once in ONNX Runtime on a blank input to learn its real output shape;
 the stride is the input size over the logits' size and must match --output-stride when given.
-Before the copy is written it is loaded through ``lpcv_segmentation.runtime.Segmenter`` and its
+Before the copy is written it is loaded through ``lpcv_segmentation.runtime.segmenter.Segmenter`` and its
 logits are checked against the foreign model's own, upsampled. Every refusal names the file.
 """
 import argparse
@@ -33,10 +33,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from lpcv_segmentation.classes import class_table
-from lpcv_segmentation.fileio import atomic_path, file_sha256
-from lpcv_segmentation.runtime import (INPUT_NAME, OUTPUT_NAME, RuntimeConfigError, Segmenter,
-                                       preprocess)
+from lpcv_segmentation.core.classes import class_table
+from lpcv_segmentation.core.fileio import atomic_path, file_sha256
+from lpcv_segmentation.runtime.segmenter import (INPUT_NAME, OUTPUT_NAME, RuntimeConfigError,
+                                                 Segmenter, preprocess)
 
 __all__ = ["ImportOnnxError", "CLASS_TABLES", "NORM_SCALES", "normalisation_to_unit_scale",
            "import_onnx", "upsample_logits"]
@@ -340,6 +340,6 @@ def main(args: argparse.Namespace) -> int:
              ["%.4f" % v for v in report["mean"]], ["%.4f" % v for v in report["std"]],
              report["params"] / 1e6, report["max_abs_diff"]))
     if args.json:
-        from lpcv_segmentation.fileio import write_json_atomic
+        from lpcv_segmentation.core.fileio import write_json_atomic
         write_json_atomic(args.json, report)
     return 0

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lpcv_segmentation.classes import IGNORE_INDEX
+from lpcv_segmentation.core.classes import IGNORE_INDEX
 
 from training.config import KD_PIXELS
 

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lpcv_segmentation.classes import NUM_CLASSES, check_class_table
-from lpcv_segmentation.runtime import OnnxRuntimeBackend, RuntimeConfigError
+from lpcv_segmentation.core.classes import NUM_CLASSES, check_class_table
+from lpcv_segmentation.runtime.segmenter import OnnxRuntimeBackend, RuntimeConfigError
 
 __all__ = ["OnnxTeacher", "is_onnx_path"]
 

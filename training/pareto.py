@@ -28,7 +28,7 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
-from lpcv_segmentation.fileio import atomic_path, write_json_atomic, write_text_atomic
+from lpcv_segmentation.core.fileio import atomic_path, write_json_atomic, write_text_atomic
 from training.config import load_yaml_mapping
 
 CSV_NAME, MD_NAME, PNG_NAME, LATENCY_JSON = "pareto.csv", "pareto.md", "pareto.png", "latency.json"
@@ -55,7 +55,7 @@ class ParetoError(ValueError):
 
 def load_pareto_config(path: str) -> Dict[str, Any]:
     """The config file over DEFAULTS; unknown keys and decoders are errors naming the file."""
-    from lpcv_segmentation.decoders import DECODERS
+    from lpcv_segmentation.model.decoders import DECODERS
     data = load_yaml_mapping(path, ParetoError, "--config")
     unknown = sorted(set(data) - set(DEFAULTS))
     if unknown:
@@ -262,7 +262,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from lpcv_segmentation.checkpoint import CheckpointError
+    from lpcv_segmentation.model.checkpoint import CheckpointError
     from training.ablation import AblationError
     from training.prune import PruneError
     try:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from lpcv_segmentation.fileio import file_sha256
+from lpcv_segmentation.core.fileio import file_sha256
 
 __all__ = ["IMAGENET", "WeightsError", "EncoderWeights", "hub_cache_dir", "hub_model_id",
            "resolve_encoder_weights"]
@@ -64,7 +64,7 @@ def hub_model_id(arch: str) -> str:
     """timm's hub repo id of the ImageNet weights of a registered arch."""
     import timm
 
-    from lpcv_segmentation.model import ARCHS
+    from lpcv_segmentation.model.segmodel import ARCHS
     if arch not in ARCHS:
         raise WeightsError("unknown architecture %r; known: %s" % (arch, ", ".join(sorted(ARCHS))))
     cfg = timm.models.get_pretrained_cfg(ARCHS[arch].timm_name)

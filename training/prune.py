@@ -58,8 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lpcv_segmentation.classes import IGNORE_INDEX, NUM_CLASSES
-from lpcv_segmentation.fileio import write_json_atomic
+from lpcv_segmentation.core.classes import IGNORE_INDEX, NUM_CLASSES
+from lpcv_segmentation.core.fileio import write_json_atomic
 
 # --------------------------------------------------------------------------------------------
 # What can be asked for
@@ -323,7 +323,7 @@ def calibration_images(label_paths: Sequence[str], count: int) -> List[int]:
     ``count`` with images spread over the rest. Taylor importance ranks units by the
     gradients of this batch: a class absent from it looks unimportant and is pruned away
     (flood/water and vehicles lost all their IoU on real imagery with the first 8 images)."""
-    from lpcv_segmentation.labels_io import read_label_png
+    from lpcv_segmentation.core.labels_io import read_label_png
     present: List[Set[int]] = []
     for path in label_paths:
         values = np.unique(read_label_png(str(path)))
@@ -392,7 +392,7 @@ def _prune_heads(model: nn.Module, ratio: float, importance: str, calib: Optiona
     """Remove whole heads from every attention layer, ranked inside it: round(ratio x heads),
     or, given ``keep`` ({attention module name: heads}), down to that many in each layer."""
     import torch_pruning as tp
-    from lpcv_segmentation.structure import sync_attention_attributes
+    from lpcv_segmentation.model.structure import sync_attention_attributes
     layers = attention_layers(model)
     remove = {name: (a.num_heads - keep[name] if keep is not None
                      else _heads_to_remove(a.num_heads, ratio)) for name, a in layers.items()}
@@ -424,7 +424,7 @@ def _prune_widths(model: nn.Module, kinds: Sequence[str], ratio: float, importan
     ``ratio`` of its current width); global allocation removes the fraction ``ratio`` of all
     of them, ranked together, rounding each layer down to a multiple of ``round_to``."""
     import torch_pruning as tp
-    from lpcv_segmentation.structure import sync_attention_attributes
+    from lpcv_segmentation.model.structure import sync_attention_attributes
     roots = _width_roots(model, kinds)
     if not roots or ratio <= 0.0:
         return
@@ -484,7 +484,7 @@ def prune_step(model: nn.Module, method: str, ratio: float,
 
 def macs_of(model: nn.Module) -> float:
     """GMACs at the model's own input size."""
-    from lpcv_segmentation.cost import count_macs
+    from lpcv_segmentation.model.cost import count_macs
     return float(count_macs(model, int(model.input_size)))
 
 
@@ -615,7 +615,7 @@ def apply_zero_masks(model: nn.Module, masks: Dict[str, torch.Tensor]) -> None:
 def describe(model: nn.Module) -> Dict[str, Any]:
     """Size figures of a model: parameters, GMACs at its input size, units, heads and widths
     per layer."""
-    from lpcv_segmentation.cost import count_params
+    from lpcv_segmentation.model.cost import count_params
     return {"params": int(count_params(model)), "gmacs": macs_of(model),
             "units": count_units(model), "heads": heads_per_layer(model),
             "widths": widths_per_layer(model), "weight_sparsity": weight_sparsity(model)}
@@ -628,7 +628,7 @@ def check_inputs(checkpoint: str, data_dir: Optional[str], teacher: Optional[str
                  need_data: bool = True) -> Dict[str, Any]:
     """Check the files of a request before any work; return the checkpoint's metadata.
     Raises PruneError naming the file or folder."""
-    from lpcv_segmentation.checkpoint import CheckpointError, read_metadata
+    from lpcv_segmentation.model.checkpoint import CheckpointError, read_metadata
     try:
         meta = read_metadata(checkpoint)
     except CheckpointError as e:
@@ -764,7 +764,7 @@ def _resave_with_record(path: str, record: Dict[str, Any],
                         masks: Optional[Dict[str, torch.Tensor]] = None) -> None:
     """Add the pruning record to a checkpoint the training loop wrote (and re-zero the
     unstructured masks, so fine-tuning can never have revived a pruned weight)."""
-    from lpcv_segmentation.checkpoint import load_checkpoint, save_checkpoint
+    from lpcv_segmentation.model.checkpoint import load_checkpoint, save_checkpoint
     model, meta = load_checkpoint(path)
     if masks:
         apply_zero_masks(model, masks)
@@ -779,7 +779,7 @@ def run_prune(checkpoint: str, data_dir: str, out_dir: str, settings: PruneSetti
               overrides: Sequence[str] = (), progress: bool = True) -> Dict[str, Any]:
     """Prune ``checkpoint`` as ``settings`` ask, fine-tune, and write ``out_dir``/best and last
     .safetensors plus ``prune.json``. Every input is checked before any work. Returns the report."""
-    from lpcv_segmentation.checkpoint import load_checkpoint, save_checkpoint
+    from lpcv_segmentation.model.checkpoint import load_checkpoint, save_checkpoint
     settings.validate()
     check_inputs(checkpoint, data_dir, teacher)
     if config_path and not os.path.isfile(config_path):
@@ -924,7 +924,7 @@ def main(args: argparse.Namespace) -> int:
                              allocation=args.allocation, iterative=args.iterative,
                              finetune_iters=args.finetune_iters,
                              calib_images=args.calib_images, round_to=args.round_to)
-    from lpcv_segmentation.checkpoint import CheckpointError
+    from lpcv_segmentation.model.checkpoint import CheckpointError
     from training.config import ConfigError
     from training.data import DatasetError
     from training.train import TrainingError

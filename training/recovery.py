@@ -17,7 +17,7 @@ import os
 from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence
 
-from lpcv_segmentation.fileio import atomic_path, write_json_atomic
+from lpcv_segmentation.core.fileio import atomic_path, write_json_atomic
 
 from training import prune as prune_lib
 from training import sweep as sweep_lib

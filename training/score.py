@@ -18,11 +18,11 @@ from typing import Dict, List, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from lpcv_segmentation.classes import IGNORE_INDEX, NUM_CLASSES
-from lpcv_segmentation.fileio import write_json_atomic
-from lpcv_segmentation.formatting import fmt
-from lpcv_segmentation.labels_io import LabelFileError, read_label_png
-from lpcv_segmentation.metrics import SegmentationMetrics, confusion_matrix
+from lpcv_segmentation.core.classes import IGNORE_INDEX, NUM_CLASSES
+from lpcv_segmentation.core.fileio import write_json_atomic
+from lpcv_segmentation.core.formatting import fmt
+from lpcv_segmentation.core.labels_io import LabelFileError, read_label_png
+from lpcv_segmentation.core.metrics import SegmentationMetrics, confusion_matrix
 
 
 class ScoreError(ValueError):

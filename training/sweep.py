@@ -30,8 +30,8 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from lpcv_segmentation import timing
-from lpcv_segmentation.fileio import atomic_path, write_csv_atomic, write_json_atomic
+from lpcv_segmentation.core import timing
+from lpcv_segmentation.core.fileio import atomic_path, write_csv_atomic, write_json_atomic
 from training import prune as prune_lib
 
 CSV_NAME = "sweep.csv"
@@ -60,10 +60,10 @@ def onnx_latency_ms(onnx_paths: Dict[Any, str], threads: Optional[int] = None,
                     runs: int = 20, warmup: int = 3) -> Dict[Any, float]:
     """Median ONNX Runtime (CPU) milliseconds of each file's forward pass on a 1x3xSxS input
     (the challenge's latency: the model only), over about ``runs`` timed runs per file taken
-    in block-interleaved rounds (``lpcv_segmentation.timing``), so that the files compare."""
+    in block-interleaved rounds (``lpcv_segmentation.core.timing``), so that the files compare."""
     import numpy as np
 
-    from lpcv_segmentation.runtime import Segmenter
+    from lpcv_segmentation.runtime.segmenter import Segmenter
     runners = {}
     for key, path in onnx_paths.items():
         segmenter = Segmenter(path, backend="onnxruntime", device="cpu", threads=threads)
@@ -111,7 +111,7 @@ def finetune_only(checkpoint: str, data: str, out_dir: str, iters: int, teacher:
     the checkpoint to measure (the checkpoint itself when ``iters`` is 0)."""
     if iters <= 0:
         return checkpoint
-    from lpcv_segmentation.checkpoint import read_metadata
+    from lpcv_segmentation.model.checkpoint import read_metadata
     prune_lib._finetune(os.path.abspath(checkpoint), read_metadata(checkpoint), data, out_dir,
                         iters, teacher, config_path, overrides)
     return os.path.join(out_dir, "best.safetensors")
@@ -150,7 +150,7 @@ def run_sweep(checkpoint: str, data: str, out: str, methods: Sequence[str],
         if eval_data is not None:
             from training.data import find_pairs
             find_pairs(eval_data, "val")  # DatasetError names the folder
-        from lpcv_segmentation.checkpoint import load_checkpoint
+        from lpcv_segmentation.model.checkpoint import load_checkpoint
         model, _ = load_checkpoint(checkpoint)
         for method in methods:
             prune_lib.check_method_applies(model, method)
@@ -340,7 +340,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from lpcv_segmentation.checkpoint import CheckpointError
+    from lpcv_segmentation.model.checkpoint import CheckpointError
     from training.config import ConfigError
     from training.data import DatasetError
     from training.export import ExportError

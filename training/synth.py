@@ -28,9 +28,9 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from lpcv_segmentation.classes import CLASS_NAMES, NUM_CLASSES, palette
+from lpcv_segmentation.core.classes import CLASS_NAMES, NUM_CLASSES, palette
 
-# Class indices, named here for readability; the table itself lives in lpcv_segmentation.classes.
+# Class indices, named here for readability; the table itself lives in lpcv_segmentation.core.classes.
 BACKGROUND, AVALANCHE, BUILDING, BUILDING_DAMAGED, CRACK, DEBRIS, FIRE, WATER, ICE_JAM, \
     LAVA, PERSON, PYROCLASTIC, ROAD, VEHICLE = range(NUM_CLASSES)
 

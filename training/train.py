@@ -44,14 +44,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from lpcv_segmentation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from lpcv_segmentation.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, check_class_table
-from lpcv_segmentation.cost import count_params
-from lpcv_segmentation.fileio import atomic_path
-from lpcv_segmentation.formatting import fmt
-from lpcv_segmentation.metrics import SegmentationMetrics
-from lpcv_segmentation.model import SegModel, build_model, check_input_size
-from lpcv_segmentation.runtime import IMAGENET_MEAN, IMAGENET_STD, RuntimeConfigError, postprocess
+from lpcv_segmentation.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lpcv_segmentation.core.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, check_class_table
+from lpcv_segmentation.model.cost import count_params
+from lpcv_segmentation.core.fileio import atomic_path
+from lpcv_segmentation.core.formatting import fmt
+from lpcv_segmentation.core.metrics import SegmentationMetrics
+from lpcv_segmentation.model.segmodel import SegModel, build_model, check_input_size
+from lpcv_segmentation.runtime.segmenter import IMAGENET_MEAN, IMAGENET_STD, RuntimeConfigError, postprocess
 from training import config as config_lib
 from training.config import ConfigError
 from training.data import DatasetError, EvalTransform, SegmentationDataset, TrainTransform

@@ -11,7 +11,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from lpcv_segmentation.classes import IGNORE_INDEX, NUM_CLASSES
+from lpcv_segmentation.core.classes import IGNORE_INDEX, NUM_CLASSES
 
 __all__ = ["LabelFileError", "read_label_png"]
 

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from lpcv_segmentation.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from lpcv_segmentation.core.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 
 __all__ = ["SegmentationMetrics", "confusion_matrix", "image_dice", "class_dice", "class_iou"]
 

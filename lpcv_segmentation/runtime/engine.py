@@ -1,13 +1,13 @@
 """Build a TensorRT engine from an exported ONNX model, once, into the engine cache.
 
-    python -m lpcv_segmentation.engine --model models/default.onnx --precision fp16 --build-only
-    python -m lpcv_segmentation.engine --model M.onnx --cache-dir /data/engines   # build + time
-    python -m lpcv_segmentation.engine --model M.onnx --out M.engine             # a named file
+    python -m lpcv_segmentation.runtime.build_engine --model models/default.onnx --precision fp16 --build-only
+    python -m lpcv_segmentation.runtime.build_engine --model M.onnx --cache-dir /data/engines   # build + time
+    python -m lpcv_segmentation.runtime.build_engine --model M.onnx --out M.engine             # a named file
 
 Run it on the Jetson before flight: building takes minutes there, and the node (back end
 ``tensorrt`` on the same ``.onnx`` file, same precision and ``engine_cache_dir``) then finds
 the engine in the cache and starts in seconds. The cache layout and key (model bytes,
-precision, TensorRT version, GPU) are ``lpcv_segmentation.engine_cache``'s. Needs the
+precision, TensorRT version, GPU) are ``lpcv_segmentation.runtime.engine_cache``'s. Needs the
 ``tensorrt`` package (JetPack's ``python3-libnvinfer``) and onnxruntime (to read the model's
 metadata); never torch. Where TensorRT is missing it says so in one line and exits 1.
 Runs on Python 3.8+.
@@ -19,10 +19,10 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from lpcv_segmentation.engine_cache import (ENGINE_METADATA_SUFFIX, EngineError, EngineKey,
-                                            check_writable, engine_path, model_sha256,
-                                            read_engine_metadata, resolve_cache_dir)
-from lpcv_segmentation.fileio import write_bytes_atomic, write_json_atomic
+from lpcv_segmentation.runtime.engine_cache import (ENGINE_METADATA_SUFFIX, EngineError, EngineKey,
+                                                    check_writable, engine_path, model_sha256,
+                                                    read_engine_metadata, resolve_cache_dir)
+from lpcv_segmentation.core.fileio import write_bytes_atomic, write_json_atomic
 
 __all__ = ["ENGINE_PRECISIONS", "tensorrt_version", "gpu_identity", "engine_key",
            "onnx_metadata", "build_engine", "ensure_engine", "main"]
@@ -86,7 +86,7 @@ def engine_key(model_path: str, precision: str, for_onnxruntime: bool = False) -
 
 def onnx_metadata(model_path: str) -> Dict[str, Any]:
     """The model's ``lpcv_segmentation`` metadata, read with ONNX Runtime on the CPU."""
-    from lpcv_segmentation.runtime import OnnxRuntimeBackend
+    from lpcv_segmentation.runtime.segmenter import OnnxRuntimeBackend
     backend = OnnxRuntimeBackend(model_path, device="cpu")  # RuntimeConfigError names the file
     return dict(backend.metadata)
 
@@ -174,7 +174,7 @@ def ensure_engine(model_path: str, precision: str = "fp32",
 # --------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m lpcv_segmentation.engine",
+        prog="python -m lpcv_segmentation.runtime.build_engine",
         description="Build the TensorRT engine of an ONNX model into the engine cache (or "
                     "--out FILE), then time it unless --build-only.")
     parser.add_argument("--model", required=True, metavar="M.onnx",
@@ -196,7 +196,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _time_engine(path: str, iterations: int) -> str:
     import numpy as np
-    from lpcv_segmentation.runtime import Segmenter
+    from lpcv_segmentation.runtime.segmenter import Segmenter
     segmenter = Segmenter(path, backend="tensorrt", device="cuda")
     x = np.zeros((1, 3, segmenter.input_size, segmenter.input_size), np.float32)
     segmenter.warmup()
@@ -212,7 +212,7 @@ def _time_engine(path: str, iterations: int) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    from lpcv_segmentation.runtime import RuntimeConfigError
+    from lpcv_segmentation.runtime.segmenter import RuntimeConfigError
     try:
         if not os.path.isfile(args.model):
             raise EngineError("model file %s does not exist" % args.model)

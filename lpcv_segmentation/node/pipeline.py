@@ -11,8 +11,8 @@ from typing import Dict, Generic, NamedTuple, Optional, Sequence, TypeVar
 
 import numpy as np
 
-from .detections import detection_report
-from .imaging import visuals
+from lpcv_segmentation.core.detections import detection_report
+from lpcv_segmentation.core.imaging import visuals
 
 T = TypeVar("T")
 

@@ -9,7 +9,7 @@ from typing import List, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-from .classes import CLASS_NAMES, IGNORE_INDEX, palette
+from lpcv_segmentation.core.classes import CLASS_NAMES, IGNORE_INDEX, palette
 
 __all__ = ["IGNORE_COLOR", "MIN_PANEL_WIDTH", "overlay_panel", "write_panel"]
 

@@ -14,7 +14,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 import cv2
 import numpy as np
 
-from .classes import CLASS_NAMES, NUM_CLASSES
+from lpcv_segmentation.core.classes import CLASS_NAMES, NUM_CLASSES
 
 # 8-connectivity: a diagonal chain of pixels (a thin crack, a road seen at an angle) is one region.
 CONNECTIVITY = 8

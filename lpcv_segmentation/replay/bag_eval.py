@@ -16,8 +16,8 @@ Frames are re-stamped with the time they are played, as a camera stamps its fram
 node's own end-to-end figures in /diagnostics mean the same thing in a replay.
 
 Examples:
-  python -m lpcv_segmentation.bag_eval --bag flight --json offline.json --mode offline
-  python -m lpcv_segmentation.bag_eval --bag flight --json live.json --mode live \\
+  python -m lpcv_segmentation.replay.bag_eval --bag flight --json offline.json --mode offline
+  python -m lpcv_segmentation.replay.bag_eval --bag flight --json live.json --mode live \\
       --model models/default.onnx --record flight_outputs --overlays out/overlays
 
 The JSON holds at least: mode, frames, frames_out, dropped, rejected, miou, dice,
@@ -31,11 +31,11 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .bagio import CAMERA_TOPIC, DETECTIONS_TOPIC, GT_TOPIC, MASK_TOPIC, BagError
-from .fileio import write_json_atomic
-from .formatting import fmt
-from .replay_live import DEFAULT_NODE_NAME, LiveOptions, evaluate_live
-from .replay_scoring import EvalError, evaluate_offline, resolve_model
+from lpcv_segmentation.replay.bagio import CAMERA_TOPIC, DETECTIONS_TOPIC, GT_TOPIC, MASK_TOPIC, BagError
+from lpcv_segmentation.core.fileio import write_json_atomic
+from lpcv_segmentation.core.formatting import fmt
+from lpcv_segmentation.replay.live import DEFAULT_NODE_NAME, LiveOptions, evaluate_live
+from lpcv_segmentation.replay.scoring import EvalError, evaluate_offline, resolve_model
 
 __all__ = ["EvalError", "LiveOptions", "evaluate_live", "evaluate_offline", "resolve_model",
            "build_parser", "run", "main"]
@@ -66,7 +66,7 @@ def summary_lines(report: Dict[str, object]) -> List[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lpcv_segmentation.bag_eval",
+    parser = argparse.ArgumentParser(prog="python -m lpcv_segmentation.replay.bag_eval",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bag", type=Path, required=True, help="rosbag2 directory to replay")

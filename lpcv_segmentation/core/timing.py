@@ -1,6 +1,6 @@
 """The one latency timer: block-interleaved rounds, medians in milliseconds.
 
-    from lpcv_segmentation.timing import interleaved
+    from lpcv_segmentation.core.timing import interleaved
     timings = interleaved({"ours": lambda: a.infer(x), "peer": lambda: b.run(y)}, rounds=6)
     timings["ours"].median_ms, timings["ours"].cpu_median_ms
 

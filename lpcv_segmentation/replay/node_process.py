@@ -35,7 +35,7 @@ class NodeProcessError(RuntimeError):
 
 def config_file(name: str) -> Optional[Path]:
     """config/<name> of the installed package, else of this source tree."""
-    from .node_config import package_share_dir
+    from lpcv_segmentation.node.config import package_share_dir
     share = package_share_dir()
     for base in ([share] if share is not None else []) + [SOURCE_ROOT]:
         candidate = base / "config" / name

@@ -2,10 +2,10 @@
 
 ``build_model(arch)`` looks the encoder up in ``ARCHS`` (students ``mobilevit_s/xs/xxs``,
 teacher ``swinv2_tiny``, baseline ``resnet18``) and puts a decoder from
-``lpcv_segmentation.decoders.DECODERS`` (``upernet`` or ``upernet_lite``) and a 1x1 classifier
+``lpcv_segmentation.model.decoders.DECODERS`` (``upernet`` or ``upernet_lite``) and a 1x1 classifier
 on it. Checkpoints:
-``lpcv_segmentation.checkpoint``; pruned-layer records: ``lpcv_segmentation.structure``; cost:
-``lpcv_segmentation.cost``; local encoder weights: ``lpcv_segmentation.weights``.
+``lpcv_segmentation.model.checkpoint``; pruned-layer records: ``lpcv_segmentation.model.structure``; cost:
+``lpcv_segmentation.model.cost``; local encoder weights: ``lpcv_segmentation.model.weights``.
 
 ``python -m lpcv_segmentation.model`` prints the parameters and GMACs of each architecture.
 """
@@ -16,10 +16,10 @@ import timm
 import torch
 from torch import nn
 
-from lpcv_segmentation.classes import NUM_CLASSES
-from lpcv_segmentation.cost import count_macs, count_params
-from lpcv_segmentation.decoders import DECODERS, DEFAULT_DECODER, resize
-from lpcv_segmentation.weights import load_encoder_weights
+from lpcv_segmentation.core.classes import NUM_CLASSES
+from lpcv_segmentation.model.cost import count_macs, count_params
+from lpcv_segmentation.model.decoders import DECODERS, DEFAULT_DECODER, resize
+from lpcv_segmentation.model.weights import load_encoder_weights
 
 __all__ = ["DEFAULT_ARCH", "EncoderSpec", "ARCHS", "check_input_size", "check_decoder",
            "create_encoder", "SegModel", "build_model"]

@@ -31,17 +31,18 @@ from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverriding
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
-from .camera_info import camera_info_topic, scale_camera_info
-from .classes import class_table
-from .engine_cache import engine_build_needed
-from .imaging import (ImageConversionError, check_compressed_msg, check_image_msg,
-                      compressed_to_rgb, image_to_rgb, numpy_to_image_msg)
-from .node_config import (NODE_NAME, PARAMETERS, NodeConfig, ParameterError, check_config,
-                          unknown_parameters)
-from .node_pipeline import LatestFrame, Wanted, process_frame
-from .vision import (MissingPackageError, detection2d_array_fields, fill_message,
-                     import_vision_msgs, label_info_fields)
-from .node_stats import OPTIONAL_OUTPUTS, WARN, NodeStats, assess, key_values, log_line
+from lpcv_segmentation.node.camera_info import camera_info_topic, scale_camera_info
+from lpcv_segmentation.core.classes import class_table
+from lpcv_segmentation.runtime.engine_cache import engine_build_needed
+from lpcv_segmentation.core.imaging import (ImageConversionError, check_compressed_msg,
+                                            check_image_msg, compressed_to_rgb, image_to_rgb,
+                                            numpy_to_image_msg)
+from lpcv_segmentation.node.config import (NODE_NAME, PARAMETERS, NodeConfig, ParameterError,
+                                           check_config, unknown_parameters)
+from lpcv_segmentation.node.pipeline import LatestFrame, Wanted, process_frame
+from lpcv_segmentation.node.vision import (MissingPackageError, detection2d_array_fields,
+                                           fill_message, import_vision_msgs, label_info_fields)
+from lpcv_segmentation.node.stats import OPTIONAL_OUTPUTS, WARN, NodeStats, assess, key_values, log_line
 
 DIAGNOSTICS_TOPIC = "/diagnostics"  # absolute: diagnostic aggregators listen there
 WARN_THROTTLE_S = 5.0  # at most one warning per reason this often
@@ -322,7 +323,7 @@ class SegmentationNode(LifecycleNodeMixin, Node):
 
     @staticmethod
     def _load_segmenter(config: NodeConfig):
-        from .runtime import Segmenter, RuntimeConfigError
+        from lpcv_segmentation.runtime.segmenter import Segmenter, RuntimeConfigError
         try:
             return Segmenter(config.model_path, backend=config.backend, device=config.device,
                              precision=config.precision, threads=config.threads,

@@ -12,10 +12,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .bagio import (CAMERA_TOPIC, DETECTIONS_TOPIC, GT_TOPIC, MASK_TOPIC, BagWriter, Frame,
-                    FrameReader, stamp_to_ns)
-from .node_process import NodeProcess, NodeProcessError, config_file, large_frames_profile
-from .replay_scoring import EvalError, FrameScorer, latency_stats, resolve_model, spread_indices
+from lpcv_segmentation.replay.bagio import (CAMERA_TOPIC, DETECTIONS_TOPIC, GT_TOPIC, MASK_TOPIC,
+                                            BagWriter, Frame, FrameReader, stamp_to_ns)
+from lpcv_segmentation.replay.node_process import NodeProcess, NodeProcessError, config_file, large_frames_profile
+from lpcv_segmentation.replay.scoring import EvalError, FrameScorer, latency_stats, resolve_model, spread_indices
 
 __all__ = ["LiveOptions", "LiveListener", "evaluate_live", "DEFAULT_NODE_NAME"]
 
@@ -80,7 +80,7 @@ class LiveListener:
 
     # -- publishing ------------------------------------------------------------------------
     def publish(self, frame: Frame, keep_rgb: bool) -> None:
-        from .imaging import numpy_to_image_msg
+        from lpcv_segmentation.core.imaging import numpy_to_image_msg
 
         msg = numpy_to_image_msg(frame.rgb, "rgb8")
         msg.header.frame_id = frame.frame_id

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from lpcv_segmentation.model import SegModel, build_model
+from lpcv_segmentation.model.segmodel import SegModel, build_model
 
 __all__ = ["capture_structure", "apply_structure", "sync_attention_attributes"]
 

@@ -19,12 +19,12 @@ Back ends (``backend=`` or from the file name with ``"auto"``):
                importing this module and running an ONNX model never imports torch.
   pytorch      ``.safetensors``/``.pt`` checkpoints; CPU or CUDA, fp32 or fp16 (CUDA only).
   tensorrt     ``.engine``/``.plan`` files, or an ``.onnx`` file whose engine is built once
-               into ``engine_cache_dir`` (``lpcv_segmentation.engine``); needs the ``tensorrt``
+               into ``engine_cache_dir`` (``lpcv_segmentation.runtime.engine``); needs the ``tensorrt``
                and ``cuda-python`` packages (imported only when this back end is chosen).
 
 Engines built from an ONNX file (back end tensorrt, or ONNX Runtime's TensorRT provider) live
 in ``engine_cache_dir`` (default ``~/.cache/lpcv_segmentation``), keyed by the model's bytes,
-precision, TensorRT version and GPU (``lpcv_segmentation.engine_cache``).
+precision, TensorRT version and GPU (``lpcv_segmentation.runtime.engine_cache``).
 
 Precision: a PyTorch checkpoint runs at the precision asked for. An ONNX file or engine runs at
 the precision it was exported with (its metadata says which): ``precision="fp32"`` (the default)
@@ -43,9 +43,9 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import cv2
 import numpy as np
 
-from lpcv_segmentation.classes import NUM_CLASSES, check_class_table
-from lpcv_segmentation.engine_cache import (EngineError, check_writable, ort_trt_cache_path,
-                                            read_engine_metadata)
+from lpcv_segmentation.core.classes import NUM_CLASSES, check_class_table
+from lpcv_segmentation.runtime.engine_cache import (EngineError, check_writable,
+                                                    ort_trt_cache_path, read_engine_metadata)
 
 _logger = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ class OnnxRuntimeBackend:
         return out
 
     def _ort_trt_cache_dir(self, model_path: str, precision: str) -> str:
-        from lpcv_segmentation.engine import engine_key
+        from lpcv_segmentation.runtime.engine import engine_key
         try:
             folder = ort_trt_cache_path(self.engine_cache_dir or "", model_path,
                                         engine_key(model_path, precision, for_onnxruntime=True))
@@ -338,7 +338,7 @@ class OnnxRuntimeBackend:
 
 
 class PyTorchBackend:
-    """A checkpoint rebuilt with ``lpcv_segmentation.model``; torch is imported here only."""
+    """A checkpoint rebuilt with ``lpcv_segmentation.model.segmodel``; torch is imported here only."""
 
     name = "pytorch"
 
@@ -347,7 +347,7 @@ class PyTorchBackend:
                  engine_cache_dir: Optional[str] = None) -> None:
         try:
             import torch
-            from lpcv_segmentation.checkpoint import CheckpointError, load_checkpoint
+            from lpcv_segmentation.model.checkpoint import CheckpointError, load_checkpoint
         except ImportError as error:
             raise RuntimeConfigError("back end 'pytorch' needs torch and timm installed (%s); "
                                      "use an ONNX model with back end onnxruntime instead" % error)
@@ -416,7 +416,7 @@ class TensorRTBackend:
         self.engine_path, self.built_engine = model_path, False
         try:
             if model_path.lower().endswith(".onnx"):
-                from lpcv_segmentation.engine import ensure_engine
+                from lpcv_segmentation.runtime.engine import ensure_engine
                 self.engine_path, self.built_engine = ensure_engine(model_path, precision,
                                                                     engine_cache_dir)
             self.metadata = check_metadata(read_engine_metadata(self.engine_path), model_path)

@@ -13,14 +13,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lpcv_segmentation.classes import class_table
-from lpcv_segmentation.cost import count_params
-from lpcv_segmentation.decoders import DECODERS, DEFAULT_DECODER
-from lpcv_segmentation.fileio import atomic_path
-from lpcv_segmentation.model import ARCHS, SegModel, build_model
-from lpcv_segmentation.runtime import IMAGENET_MEAN, IMAGENET_STD, METADATA_KEY
-from lpcv_segmentation.structure import apply_structure, capture_structure
-from lpcv_segmentation.weights import SAFETENSORS_SUFFIX, CheckpointError, read_tensor_file
+from lpcv_segmentation.core.classes import class_table
+from lpcv_segmentation.model.cost import count_params
+from lpcv_segmentation.model.decoders import DECODERS, DEFAULT_DECODER
+from lpcv_segmentation.core.fileio import atomic_path
+from lpcv_segmentation.model.segmodel import ARCHS, SegModel, build_model
+from lpcv_segmentation.runtime.segmenter import IMAGENET_MEAN, IMAGENET_STD, METADATA_KEY
+from lpcv_segmentation.model.structure import apply_structure, capture_structure
+from lpcv_segmentation.model.weights import SAFETENSORS_SUFFIX, CheckpointError, read_tensor_file
 
 __all__ = ["FORMAT", "CheckpointError",
            "model_metadata", "save_checkpoint", "read_tensor_file", "read_metadata",

@@ -26,8 +26,8 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
-from .classes import IGNORE_INDEX, NUM_CLASSES
-from .imaging import ImageConversionError, image_to_rgb
+from lpcv_segmentation.core.classes import IGNORE_INDEX, NUM_CLASSES
+from lpcv_segmentation.core.imaging import ImageConversionError, image_to_rgb
 
 __all__ = ["CAMERA_TOPIC", "GT_TOPIC", "MASK_TOPIC", "DETECTIONS_TOPIC", "STORAGES", "BagError",
            "BagWriter", "Frame", "FrameReader", "TopicSummary", "bag_topics", "read_frames", "stamp_to_ns"]

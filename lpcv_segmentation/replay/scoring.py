@@ -1,16 +1,16 @@
 """Scoring a replay: paired (prediction, ground truth) frames -> accuracy, latency figures,
 overlay panels and dumps; and the offline replay (the ``Segmenter`` on every frame, here).
-Shared by both modes of ``python -m lpcv_segmentation.bag_eval``."""
+Shared by both modes of ``python -m lpcv_segmentation.replay.bag_eval``."""
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
 
-from .bagio import CAMERA_TOPIC, GT_TOPIC, FrameReader
-from .classes import IGNORE_INDEX, NUM_CLASSES
-from .metrics import SegmentationMetrics
-from .panels import write_panel
+from lpcv_segmentation.replay.bagio import CAMERA_TOPIC, GT_TOPIC, FrameReader
+from lpcv_segmentation.core.classes import IGNORE_INDEX, NUM_CLASSES
+from lpcv_segmentation.core.metrics import SegmentationMetrics
+from lpcv_segmentation.replay.panels import write_panel
 
 __all__ = ["EvalError", "resolve_model", "latency_stats", "spread_indices", "FrameScorer",
            "evaluate_offline"]
@@ -22,7 +22,7 @@ class EvalError(RuntimeError):
 
 def resolve_model(model: Optional[str]) -> str:
     """``model`` or the shipped default model; EvalError naming the file when it is missing."""
-    from .node_config import default_model_path
+    from lpcv_segmentation.node.config import default_model_path
     path = Path(model) if model else default_model_path()
     if not path.is_file():
         hint = ("" if model else "; build it with `python -m training default-model` "
@@ -114,7 +114,7 @@ def evaluate_offline(bag: Path, model: Optional[str] = None, backend: str = "aut
     """Accuracy and model latency of ``model`` on every frame of ``bag``."""
     from tqdm import tqdm
 
-    from .runtime import RuntimeConfigError, Segmenter
+    from lpcv_segmentation.runtime.segmenter import RuntimeConfigError, Segmenter
 
     reader = FrameReader(bag, camera_topic, gt_topic)
     model_path = resolve_model(model)

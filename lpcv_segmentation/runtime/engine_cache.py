@@ -22,7 +22,7 @@ import os
 import tempfile
 from typing import Any, Dict, NamedTuple, Optional, Sequence
 
-from lpcv_segmentation.fileio import file_sha256
+from lpcv_segmentation.core.fileio import file_sha256
 
 __all__ = ["ENGINE_METADATA_SUFFIX", "EngineError", "EngineKey", "default_cache_dir",
            "resolve_cache_dir", "model_sha256", "engine_path", "ort_trt_cache_path",
@@ -102,7 +102,7 @@ def check_writable(folder: str) -> str:
     way) with the way out: another ``engine_cache_dir`` or an engine built beforehand.
     """
     hint = ("pass engine_cache_dir a writable folder, or build the engine beforehand where it "
-            "is writable (python -m lpcv_segmentation.engine --model MODEL.onnx --build-only "
+            "is writable (python -m lpcv_segmentation.runtime.build_engine --model MODEL.onnx --build-only "
             "--cache-dir DIR)")
     try:
         os.makedirs(folder, exist_ok=True)
@@ -155,7 +155,7 @@ def engine_build_needed(model_path: str, backend: str = "auto", device: str = "c
     if (not os.path.isfile(model_path)
             or not uses_tensorrt(model_path, backend, device, available_providers)):
         return False
-    from lpcv_segmentation.engine import engine_key  # imports tensorrt only when called
+    from lpcv_segmentation.runtime.engine import engine_key  # imports tensorrt only when called
     try:
         key = engine_key(model_path, precision, for_onnxruntime=backend != "tensorrt")
     except EngineError:

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence
 
-from .classes import CLASS_NAMES, DETECTION_CLASS_IDS, class_id
-from .node_stats import Thresholds
+from lpcv_segmentation.core.classes import CLASS_NAMES, DETECTION_CLASS_IDS, class_id
+from lpcv_segmentation.node.stats import Thresholds
 
 PACKAGE = "lpcv_segmentation"
 NODE_NAME = "segmentation_node"

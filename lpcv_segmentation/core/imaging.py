@@ -15,7 +15,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Tuple
 import cv2
 import numpy as np
 
-from .classes import CLASSES, palette
+from lpcv_segmentation.core.classes import CLASSES, palette
 
 
 class ImageConversionError(ValueError):
