@@ -5,7 +5,7 @@ tests, the node benches and the synthetic camera (test/ros_helpers.py) share it.
 """
 import numpy as np
 
-from .classes import class_id, palette
+from lpcv_segmentation.core.classes import class_id, palette
 
 __all__ = ["scene_labels", "scene_rgb"]
 
