@@ -85,7 +85,7 @@ def _need_torch_cuda() -> None:
 
 
 def _need_tensorrt() -> None:
-    from lpcv_segmentation.runtime.engine import tensorrt_version
+    from lpcv_segmentation.runtime.engine_cache import tensorrt_version
     if tensorrt_version() is None:
         raise Skip("the tensorrt Python package is not installed")
 
@@ -130,7 +130,7 @@ def tensorrt_build(args: argparse.Namespace) -> Dict[str, Any]:
     """The pre-flight command twice: a build, then a cache hit."""
     import subprocess
     _need_tensorrt()
-    command = [sys.executable, "-m", "lpcv_segmentation.runtime.engine", "--model", str(ONNX),
+    command = [sys.executable, "-m", "lpcv_segmentation.runtime.build_engine", "--model", str(ONNX),
                "--precision", "fp16", "--cache-dir", str(Path(args.work) / "engine_cache"),
                "--build-only"]
     lines = []

@@ -122,7 +122,7 @@ def test_build_needed_follows_the_onnx_runtime_tensorrt_cache(tmp_path):
                                    available_providers=providers)
 
     assert needed()
-    from lpcv_segmentation.runtime.engine import engine_key
+    from lpcv_segmentation.runtime.engine_cache import engine_key
     folder = Path(ort_trt_cache_path(cache, str(model), engine_key(str(model), "fp16", True)))
     folder.mkdir(parents=True)
     assert needed()  # an empty folder (a build killed half way) is no engine

@@ -48,14 +48,14 @@ def test_export_format_tensorrt_names_the_missing_package(tiny_checkpoint, tmp_p
                          "--format", "tensorrt", "--fp16", "--out", str(out)], tmp_path, "export")
     line = _one_error_line(output, "export: error:")
     assert code == 1 and "needs the tensorrt Python package" in line
-    assert "lpcv_segmentation.runtime.engine --model MODEL.onnx --precision fp16" in line
+    assert "lpcv_segmentation.runtime.build_engine --model MODEL.onnx --precision fp16" in line
     assert not out.exists()
 
 
 @NO_TENSORRT
 def test_engine_build_command_names_the_missing_package(tiny_onnx, tmp_path):
     cache = tmp_path / "cache"
-    code, output = _run(["-m", "lpcv_segmentation.runtime.engine", "--model", str(tiny_onnx),
+    code, output = _run(["-m", "lpcv_segmentation.runtime.build_engine", "--model", str(tiny_onnx),
                          "--precision", "fp16", "--cache-dir", str(cache), "--build-only"],
                         tmp_path, "engine")
     line = _one_error_line(output, "engine: error:")
@@ -64,7 +64,7 @@ def test_engine_build_command_names_the_missing_package(tiny_onnx, tmp_path):
 
 
 def test_engine_build_command_refuses_what_is_not_an_onnx_file(tmp_path):
-    code, output = _run(["-m", "lpcv_segmentation.runtime.engine", "--model",
+    code, output = _run(["-m", "lpcv_segmentation.runtime.build_engine", "--model",
                          str(REPO / "models" / "default.safetensors"), "--build-only"],
                         tmp_path, "engine_checkpoint")
     line = _one_error_line(output, "engine: error:")

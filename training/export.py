@@ -33,7 +33,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from lpcv_segmentation.runtime.engine import tensorrt_version
+from lpcv_segmentation.runtime.engine_cache import tensorrt_version
 from lpcv_segmentation.core.fileio import copy_file_atomic
 from lpcv_segmentation.core.formatting import fmt
 from lpcv_segmentation.runtime.segmenter import (INPUT_NAME, METADATA_KEY, OUTPUT_NAME,
@@ -424,7 +424,7 @@ def export_tensorrt(checkpoint_path: str, out_path: str, input_size: Optional[in
             "--format tensorrt needs the tensorrt Python package, which is not installed here. "
             "Engines are specific to the GPU and TensorRT version, so build it on the target: "
             "python -m training export --format onnx --out MODEL.onnx here, then python -m "
-            "lpcv_segmentation.runtime.engine --model MODEL.onnx --precision %s --build-only there"
+            "lpcv_segmentation.runtime.build_engine --model MODEL.onnx --precision %s --build-only there"
             % precision)
     with tempfile.TemporaryDirectory(prefix="lpcv_export_") as tmp:
         onnx_path = os.path.join(tmp, "model.onnx")

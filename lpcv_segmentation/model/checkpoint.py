@@ -18,7 +18,7 @@ from lpcv_segmentation.model.cost import count_params
 from lpcv_segmentation.model.decoders import DECODERS, DEFAULT_DECODER
 from lpcv_segmentation.core.fileio import atomic_path
 from lpcv_segmentation.model.segmodel import ARCHS, SegModel, build_model
-from lpcv_segmentation.runtime.segmenter import IMAGENET_MEAN, IMAGENET_STD, METADATA_KEY
+from lpcv_segmentation.core.metadata import IMAGENET_MEAN, IMAGENET_STD, METADATA_KEY
 from lpcv_segmentation.model.structure import apply_structure, capture_structure
 from lpcv_segmentation.model.weights import SAFETENSORS_SUFFIX, CheckpointError, read_tensor_file
 

@@ -26,7 +26,8 @@ from lpcv_segmentation.core.fileio import file_sha256
 
 __all__ = ["ENGINE_METADATA_SUFFIX", "EngineError", "EngineKey", "default_cache_dir",
            "resolve_cache_dir", "model_sha256", "engine_path", "ort_trt_cache_path",
-           "check_writable", "engine_build_needed", "uses_tensorrt"]
+           "check_writable", "engine_build_needed", "uses_tensorrt", "import_tensorrt",
+           "tensorrt_version", "gpu_identity", "engine_key"]
 
 ENGINE_METADATA_SUFFIX = ".json"  # an engine's metadata lives beside it: MODEL.engine.json
 ENGINE_SUFFIXES = (".engine", ".plan")  # a file with these endings is an engine already
@@ -155,7 +156,6 @@ def engine_build_needed(model_path: str, backend: str = "auto", device: str = "c
     if (not os.path.isfile(model_path)
             or not uses_tensorrt(model_path, backend, device, available_providers)):
         return False
-    from lpcv_segmentation.runtime.engine import engine_key  # imports tensorrt only when called
     try:
         key = engine_key(model_path, precision, for_onnxruntime=backend != "tensorrt")
     except EngineError:
@@ -180,3 +180,54 @@ def read_engine_metadata(path: str) -> Dict[str, Any]:
         raise EngineError("%s: %s holds %s, expected a JSON object"
                           % (path, meta_path, type(data).__name__))
     return data
+
+
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt
+    except ImportError as error:
+        raise EngineError("building a TensorRT engine needs the tensorrt Python package, which "
+                          "is not installed (%s); it comes with JetPack (apt install "
+                          "python3-libnvinfer) or NVIDIA's TensorRT for desktop GPUs" % error)
+    return tensorrt
+
+
+def tensorrt_version() -> Optional[str]:
+    """The installed TensorRT version, or None without the tensorrt package."""
+    try:
+        import tensorrt
+    except ImportError:
+        return None
+    return str(tensorrt.__version__)
+
+
+def gpu_identity(device_id: int = 0) -> str:
+    """e.g. "Orin (sm_87)"; "" when cuda-python or the GPU is not there (then only the
+    TensorRT version tells engines apart, which is enough on one Jetson)."""
+    try:
+        from cuda import cudart
+        error, props = cudart.cudaGetDeviceProperties(device_id)
+    except Exception:  # noqa: BLE001  no cuda-python, no driver, no device: all mean unknown
+        return ""
+    if int(error) != 0:
+        return ""
+    name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else props.name
+    return "%s (sm_%d%d)" % (str(name).strip("\0 "), props.major, props.minor)
+
+
+def engine_key(model_path: str, precision: str, for_onnxruntime: bool = False) -> EngineKey:
+    """The cache key of ``model_path`` at ``precision`` on this machine.
+
+    For ONNX Runtime's TensorRT provider without the tensorrt Python package, the onnxruntime
+    version stands in for the TensorRT version (each onnxruntime-gpu build links one TensorRT).
+    Raises EngineError when neither is known."""
+    version = tensorrt_version()
+    if version is None and for_onnxruntime:
+        try:
+            import onnxruntime
+            version = "onnxruntime-%s" % onnxruntime.__version__
+        except ImportError:
+            version = None
+    if version is None:
+        import_tensorrt()  # raises the one-line "needs the tensorrt Python package"
+    return EngineKey(model_sha256(model_path), precision, str(version), gpu_identity())

@@ -34,7 +34,6 @@ does not have it, unless ONNX Runtime's TensorRT provider can build it (it then 
 
 Runs on Python 3.8+.
 """
-import json
 import logging
 import os
 import time
@@ -43,15 +42,14 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import cv2
 import numpy as np
 
-from lpcv_segmentation.core.classes import NUM_CLASSES, check_class_table
-from lpcv_segmentation.runtime.engine_cache import (EngineError, check_writable,
+from lpcv_segmentation.core.classes import NUM_CLASSES
+from lpcv_segmentation.core.metadata import IMAGENET_MEAN, IMAGENET_STD, METADATA_KEY  # noqa: F401  (re-exported)
+from lpcv_segmentation.runtime.model_file import RuntimeConfigError, check_metadata, session_metadata
+from lpcv_segmentation.runtime.engine_cache import (EngineError, check_writable, engine_key,
                                                     ort_trt_cache_path, read_engine_metadata)
 
 _logger = logging.getLogger(__name__)
 
-METADATA_KEY = "lpcv_segmentation"  # ONNX metadata_props key / safetensors header key
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB in [0, 1]; what timm encoders are trained with
-IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -60,10 +58,6 @@ DEVICES = ("cpu", "cuda", "auto")
 # ONNX Runtime execution providers, best first, for device "cuda"/"auto".
 GPU_PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider",
                            "CPUExecutionProvider")
-
-
-class RuntimeConfigError(ValueError):
-    """A model file, back end or setting that the runtime cannot use; the message names it."""
 
 
 class SegResult(NamedTuple):
@@ -140,33 +134,6 @@ def _describe_array(value: Any) -> str:
     return type(value).__name__
 
 
-# --------------------------------------------------------------------------------------------
-# Metadata checks shared by the back ends
-# --------------------------------------------------------------------------------------------
-def check_metadata(meta: Dict[str, Any], source: str) -> Dict[str, Any]:
-    """Raise RuntimeConfigError naming ``source`` if the model metadata lacks what the runtime
-    needs (input_size, num_classes, mean, std) or disagrees with the package's class table."""
-    missing = [k for k in ("input_size", "num_classes", "mean", "std") if k not in meta]
-    if missing:
-        raise RuntimeConfigError("%s: model metadata lacks %s" % (source, ", ".join(missing)))
-    for key in ("mean", "std"):
-        values = meta[key]
-        if not isinstance(values, (list, tuple)) or len(values) != 3:
-            raise RuntimeConfigError("%s: metadata %r must hold 3 numbers (RGB), got %r"
-                                     % (source, key, values))
-    if any(float(s) <= 0 for s in meta["std"]):
-        raise RuntimeConfigError("%s: metadata std must be positive, got %r" % (source, meta["std"]))
-    if int(meta["input_size"]) < 1 or int(meta["num_classes"]) < 1:
-        raise RuntimeConfigError("%s: metadata input_size and num_classes must be positive, got "
-                                 "%r and %r" % (source, meta["input_size"], meta["num_classes"]))
-    if meta.get("classes"):
-        try:
-            check_class_table(meta["classes"])
-        except (ValueError, KeyError, TypeError) as error:
-            raise RuntimeConfigError("%s: %s" % (source, error))
-    return meta
-
-
 def _check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise RuntimeConfigError("unknown precision %r; choose from %s"
@@ -228,7 +195,7 @@ class OnnxRuntimeBackend:
             raise RuntimeConfigError("%s: ONNX Runtime cannot load it: %s"
                                      % (model_path, str(error).strip().splitlines()[0]))
         self.providers = self.session.get_providers()
-        self.metadata = self._read_metadata(self.session, model_path)
+        self.metadata = session_metadata(self.session, model_path)
         self.input_size = int(self.metadata["input_size"])
         self.precision = str(self.metadata.get("precision", "fp32"))
         _check_file_precision(model_path, self.precision, precision,
@@ -280,7 +247,6 @@ class OnnxRuntimeBackend:
         return out
 
     def _ort_trt_cache_dir(self, model_path: str, precision: str) -> str:
-        from lpcv_segmentation.runtime.engine import engine_key
         try:
             folder = ort_trt_cache_path(self.engine_cache_dir or "", model_path,
                                         engine_key(model_path, precision, for_onnxruntime=True))
@@ -290,20 +256,6 @@ class OnnxRuntimeBackend:
         except EngineError as error:
             raise RuntimeConfigError(str(error))
         return folder
-
-    @staticmethod
-    def _read_metadata(session: Any, model_path: str) -> Dict[str, Any]:
-        props = session.get_modelmeta().custom_metadata_map
-        if METADATA_KEY not in props:
-            raise RuntimeConfigError("%s has no %r metadata (class table, input size, "
-                                     "normalisation); export it with python -m training export"
-                                     % (model_path, METADATA_KEY))
-        try:
-            meta = json.loads(props[METADATA_KEY])
-        except ValueError as error:
-            raise RuntimeConfigError("%s: %r metadata is not valid JSON: %s"
-                                     % (model_path, METADATA_KEY, error))
-        return check_metadata(meta, model_path)
 
     @staticmethod
     def _check_io(session: Any, model_path: str, size: int, num_classes: int) -> None:
