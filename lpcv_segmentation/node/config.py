@@ -217,7 +217,7 @@ def default_model_path() -> Path:
     share = package_share_dir()
     if share is not None and (share / "models" / DEFAULT_MODEL_NAME).is_file():
         return share / "models" / DEFAULT_MODEL_NAME
-    return Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL_NAME
+    return Path(__file__).resolve().parents[2] / "models" / DEFAULT_MODEL_NAME
 
 
 def unknown_parameters(overrides: Iterable[str], is_declared: Callable[[str], bool]

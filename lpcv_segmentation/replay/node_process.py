@@ -26,7 +26,7 @@ __all__ = ["PROFILE_NAME", "NODE_MODULE", "DOMAIN_IDS", "NodeProcessError", "con
 PROFILE_NAME = "fastdds_large_frames.xml"  # config/: Fast DDS settings for camera-sized frames
 NODE_MODULE = "lpcv_segmentation.node"
 DOMAIN_IDS = range(20, 102)  # ids that are safe on Linux whatever else runs (0..101)
-SOURCE_ROOT = Path(__file__).resolve().parent.parent
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 class NodeProcessError(RuntimeError):
