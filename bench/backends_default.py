@@ -9,7 +9,7 @@ run one untimed call and a short block of timed calls (``lpcv_segmentation.core.
 
 PyTorch's OpenMP threads sleep when idle (OMP_WAIT_POLICY=PASSIVE, set before torch is
 imported), so that the bench measures the model rather than contention for the CPU (measured:
-docs/BENCHMARKS.md, "How the benches time").
+docs/reports/benchmarks.md, "How the benches time").
 
 ONNX files: ``<checkpoint stem>.onnx`` / ``<stem>_int8.onnx`` beside the checkpoint when they
 exist (models/default.onnx), else exported here into runs/bench_cache/ (fp32 with
