@@ -9,7 +9,7 @@ run one untimed call and a short block of timed calls (``lpcv_segmentation.core.
 
 PyTorch's OpenMP threads sleep when idle (OMP_WAIT_POLICY=PASSIVE, set before torch is
 imported), so that the bench measures the model rather than contention for the CPU (measured:
-docs/BENCHMARKS.md, "How the benches time").
+docs/reports/benchmarks.md, "How the benches time").
 
 ONNX files: ``<checkpoint stem>.onnx`` / ``<stem>_int8.onnx`` beside the checkpoint when they
 exist (models/default.onnx), else exported here into runs/bench_cache/ (fp32 with
@@ -57,7 +57,7 @@ DEFAULT_MODELS: List[Tuple[str, str]] = [
 CACHE = ROOT / "runs" / "bench_cache"
 BACKENDS = ("eager", "ort_fp32", "ort_int8")
 CALIBRATION_SCENES = 16
-TARGET_VS_PEER = 2.0  # issue 11: the default model at most 2x the peer's latency, 1 thread
+TARGET_VS_PEER = 2.0  # the default model at most 2x the peer's latency, 1 thread
 CALIBRATION_SEED = 7000
 
 
@@ -241,7 +241,7 @@ def thread_table(result: Dict[str, Any]) -> Tuple[str, List[Target]]:
                          "%.2fx"), "-", "-", "-"])
         if reference and result["threads"] == 1:
             vs_peer = ratio(reference["ms"]["ort_fp32"], peer["ms"])
-            targets.append(Target("%s vs the peer, ONNX Runtime fp32, 1 thread (issue 11)"
+            targets.append(Target("%s vs the peer, ONNX Runtime fp32, 1 thread"
                                   % reference["name"], "<= %.1fx the peer's latency"
                                   % TARGET_VS_PEER, fmt(vs_peer, "%.2fx"),
                                   None if vs_peer is None else vs_peer <= TARGET_VS_PEER))

@@ -10,7 +10,7 @@ Models, all timed on their own input size (pre-processed input, forward pass onl
                            saved into it: whether saving them helps (and that it still loads)
   encoder, timm / rewrite  the MobileViT encoder alone at the checkpoint's input size (timm
                            features_only, random weights, a 1x1 classifier on its last stage):
-                           issue 11's "encoder alone" figure
+                           the encoder's own share of the gap to the peer
   peer                     the peer's file as published (logits at stride 8: no upsampling)
   peer, imported           ``python -m training import-onnx`` of it (bilinear upsampling of
                            the logits to 288 px appended, as every model here gives logits)
@@ -54,7 +54,7 @@ DEFAULT_PEER = ROOT.parent / "shared" / "peers" / PEER_FILE
 PEER_SIZE = 288
 PEER_MEAN_255 = (123.675, 116.28, 103.53)
 PEER_STD_255 = (58.395, 57.12, 57.375)
-TARGET_RATIO = 2.0  # issue 11: the default model at most 2x the peer's latency, 1 thread
+TARGET_RATIO = 2.0  # the default model at most 2x the peer's latency, 1 thread
 ENCODER_CLASSES = 14
 
 
@@ -78,7 +78,7 @@ def _input(session: Any) -> Tuple[str, np.ndarray]:
 
 
 def encoder_onnx(arch: str, size: int, path: str, timm_graph: bool) -> None:
-    """issue 11's encoder-alone model: timm features, a 1x1 classifier on the last stage."""
+    """The encoder-alone model: timm features, a 1x1 classifier on the last stage."""
     import onnx
     import timm
     import torch

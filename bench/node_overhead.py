@@ -10,7 +10,7 @@ The node's time per frame is the sum of its per-stage medians from /diagnostics
 
 Two listeners: only ``/seg/mask`` subscribed (a process that takes nothing else: the node
 builds no colour mask, overlay or detections), and every output subscribed (the tests'
-listener). Targets (issue 11): mask only <= 1.10 at every size; every output <= 1.50 up to
+listener). Targets: mask only <= 1.10 at every size; every output <= 1.50 up to
 640x480 and <= 2.0 at 1920x1080 (nothing stated between: 2.0 is reported).
 
     nice -n 5 .venv/bin/python bench/node_overhead.py

@@ -154,8 +154,11 @@ def section(by_threads: Dict[int, Dict[int, Dict[str, Dict[str, float]]]],
             rows += size_rows(threads, size, by_variant)
             speedup = ratio(by_variant["unpruned"]["ort_ms"],
                             by_variant["structured"]["ort_ms"])
-            targets.append(Target("structured-pruned student, ONNX Runtime at %d px, %d "
-                                  "thread%s" % (size, threads, "" if threads == 1 else "s"),
+            # name both models: other pages time other pruned students against other references
+            targets.append(Target("%s vs %s, ONNX Runtime at %d px, %d thread%s"
+                                  % (args.pruned or "structured-pruned student",
+                                     args.checkpoint or args.arch, size, threads,
+                                     "" if threads == 1 else "s"),
                                   ">= %.1fx faster" % TARGET_SPEEDUP, fmt(speedup, "%.2fx"),
                                   None if speedup is None else speedup >= TARGET_SPEEDUP))
     headers = ["threads", "input", "model", "params", "GMACs", "eager ms", "ORT ms",

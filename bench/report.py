@@ -2,7 +2,7 @@
 
 A bench prints its section (tables, then one line per target: met or MISSED with the measured
 figure) to stdout and, with ``--json PATH``, writes {"title", "command", "targets", ...} so
-that bench/run_all.py can list every target in one table at the top of docs/BENCHMARKS.md.
+that bench/run_all.py can list every target in one table at the top of docs/reports/benchmarks.md.
 """
 import os
 import shlex

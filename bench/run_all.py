@@ -1,4 +1,4 @@
-"""Run every bench in one go and rewrite docs/BENCHMARKS.md with what they measured.
+"""Run every bench in one go and rewrite docs/reports/benchmarks.md with what they measured.
 
     make bench                                    # = .venv/bin/python bench/run_all.py
     .venv/bin/python bench/run_all.py --quick     # short durations: checks the chain (~5 min)
@@ -33,7 +33,7 @@ sys.path.insert(0, str(BENCH))
 from lpcv_segmentation.core.fileio import file_sha256, write_text_atomic  # noqa: E402
 from report import markdown_table  # noqa: E402
 
-DOC = ROOT / "docs" / "BENCHMARKS.md"
+DOC = ROOT / "docs" / "reports" / "benchmarks.md"
 DEFAULT_ONNX = "models/default.onnx"
 DEFAULT_CHECKPOINT = "models/default.safetensors"
 UNPRUNED = "runs/default_model/student/best.safetensors"

@@ -31,7 +31,7 @@ def lite():
 
 
 def test_lite_costs_at_most_six_tenths_of_upernet_at_256():
-    """Issue 11's target: same encoder (MobileViT-XXS) and width (64), 256 px input."""
+    """The lite head must cost at most 0.6x UPerNet: same encoder (MobileViT-XXS), width 64, 256 px."""
     full = count_macs(build_model("mobilevit_xxs", decoder_channels=64, input_size=256))
     light = count_macs(build_model("mobilevit_xxs", decoder_channels=64, input_size=256,
                                    decoder="upernet_lite"))

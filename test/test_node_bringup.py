@@ -242,7 +242,7 @@ def test_vision_msgs_asked_for_but_missing_stops_with_one_line(tmp_path, palette
     assert "Traceback" not in output
 
 
-# -- outputs only for subscribers (issue 11) ---------------------------------------------------
+# -- outputs only for subscribers: what nobody reads is not built ----------------------------
 def _last_json(log: Path) -> dict:
     return json.loads(log.read_text().strip().splitlines()[-1])
 
@@ -302,7 +302,7 @@ def test_optional_outputs_are_built_only_while_subscribed(tmp_path, palette_mode
         assert stop(node) == 0
 
 
-# -- loading and warm-up in /diagnostics (issue 13) --------------------------------------------
+# -- loading and warm-up in /diagnostics: a slow start says why -------------------------------
 def write_slow_model(path: Path, seconds_per_pass: float = 3.0, side: int = 1024) -> Path:
     """The palette model plus a branch that costs real time: chained ``side`` x ``side``
     matrix products that depend on the input (so ONNX Runtime cannot fold them away) and add
