@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import pytest
@@ -31,13 +31,14 @@ class Graph:
     """A running node and listener, and what the listener has recorded so far."""
 
     def __init__(self, work: Path, env: Dict[str, str], node_args: List[str],
-                 namespace: str = "/") -> None:
+                 namespace: str = "/", listener_args: Sequence[str] = ()) -> None:
         self.work, self.env = work, env
         self.events_path = work / "listener" / "events.jsonl"
         self.node = start([sys.executable, "-m", "lpcv_segmentation.node.segmentation_node", "--ros-args",
                            "--params-file", str(PARAMS)] + node_args, env, work / "node.log")
         self.listener = start([sys.executable, str(HELPERS), "listen", "--out",
-                               str(work / "listener"), "--namespace", namespace],
+                               str(work / "listener"), "--namespace", namespace]
+                              + list(listener_args),
                               env, work / "listener.log")
 
     def log(self) -> str:

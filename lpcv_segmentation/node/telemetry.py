@@ -59,7 +59,9 @@ class Telemetry:
 
     def add_fix(self, msg) -> None:
         """A sensor_msgs/NavSatFix (its header stamp is its time)."""
-        has_position = (int(msg.status.status) > NO_FIX and math.isfinite(msg.latitude)
+        # NO_FIX is the one status that says the position is not one; newer ROS versions
+        # default to STATUS_UNKNOWN (-2), which MAVROS never sends with a position.
+        has_position = (int(msg.status.status) != NO_FIX and math.isfinite(msg.latitude)
                         and math.isfinite(msg.longitude) and math.isfinite(msg.altitude))
         self._add("fix", stamp_ns(msg.header.stamp),
                   (float(msg.latitude), float(msg.longitude), float(msg.altitude))
