@@ -202,3 +202,11 @@ def test_confidence_mono8():
     confidence = np.array([[1.0, 0.5], [0.0, 0.999]], np.float32)
     assert confidence_mono8(confidence, (2, 2)).tolist() == [[255, 128], [0, 255]]
     assert confidence_mono8(confidence, (8, 6)).shape == (6, 8)
+
+
+def test_log_on_a_full_disk_reports_the_error():
+    log = LineLog("/dev/full")  # every write: ENOSPC, as on a full disk
+    log.write_many([{"n": 1}, {"n": 2}])
+    log.wait()
+    assert log.lines == 0 and "No space left on device" in log.error
+    log.close()

@@ -2,13 +2,17 @@
 
 ``feature_collection`` gives one Point Feature per confirmed track with a ground position
 (longitude, latitude in WGS84, as RFC 7946 orders them). ``LineLog`` appends one JSON object
-per line (GeoJSON text sequences, newline-delimited) and flushes and fsyncs each line, so a
-killed process or a power cut loses at most the line being written; a partial last line left
-by one is closed with a newline when the log is reopened, so every earlier line still parses.
+per line (GeoJSON text sequences, newline-delimited) from a thread of its own, so that the
+inference thread never waits for the disk (an fsync costs milliseconds on an SD card): each
+frame's lines go out in one write, then flush and fsync. A killed process loses at most the
+lines not yet written (a frame's, as the writer keeps up) and leaves at most one partial line,
+which is closed with a newline when the log is reopened, so every earlier line still parses.
 """
 import json
 import os
-from typing import Dict, Iterable, List, Mapping, Optional
+import queue
+import threading
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 __all__ = ["track_feature", "feature_collection", "LineLog"]
 
@@ -61,30 +65,66 @@ def feature_collection(tracks: Iterable, stamp: Mapping[str, int], frame_id: str
 
 
 class LineLog:
-    """An append-only file of one JSON object per line, each line flushed and fsynced."""
+    """An append-only file of one JSON object per line, written and fsynced by its thread."""
 
     def __init__(self, path: str) -> None:
         self.path = os.path.expanduser(path)
         parent = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(parent, exist_ok=True)
-        self._file = open(self.path, "a+b")
+        # Unbuffered: what a failed write refused is not held back to fail again at close.
+        self._file = open(self.path, "a+b", buffering=0)
         self._file.seek(0, os.SEEK_END)
         if self._file.tell() > 0:
             self._file.seek(-1, os.SEEK_END)
             if self._file.read(1) != b"\n":  # a line cut short by a kill: close it
                 self._file.write(b"\n")
                 self._sync()
-        self.lines = 0
+        self.lines = 0  # written and fsynced
+        self.error: Optional[str] = None  # the last write's error, None once one succeeds
+        self._queue: "queue.Queue[Optional[List[bytes]]]" = queue.Queue()
+        self._writer = threading.Thread(target=self._write_batches, name="geo-log", daemon=True)
+        self._writer.start()
 
     def _sync(self) -> None:
         self._file.flush()
         os.fsync(self._file.fileno())
 
     def write(self, obj: Mapping[str, object]) -> None:
-        """Append ``obj`` as one line; OSError when the disk refuses it."""
-        self._file.write(json.dumps(obj, separators=(",", ":")).encode("utf-8") + b"\n")
-        self._sync()
-        self.lines += 1
+        """Append ``obj`` as one line (queued)."""
+        self.write_many([obj])
+
+    def write_many(self, objs: Sequence[Mapping[str, object]]) -> None:
+        """Append each of ``objs`` as a line, in one write (queued)."""
+        if objs:
+            self._queue.put([json.dumps(obj, separators=(",", ":")).encode("utf-8") + b"\n"
+                             for obj in objs])
+
+    def _write_batches(self) -> None:
+        while True:
+            batch = self._queue.get()
+            try:
+                if batch is None:
+                    return
+                data = memoryview(b"".join(batch))
+                while data:
+                    data = data[self._file.write(data):]
+                self._sync()
+                self.lines += len(batch)
+                self.error = None
+            except (OSError, ValueError) as error:  # disk full, or closed under us
+                self.error = "%s: %s" % (self.path, error)
+            finally:
+                self._queue.task_done()
+
+    def wait(self) -> None:
+        """Until every queued line is written."""
+        self._queue.join()
 
     def close(self) -> None:
-        self._file.close()
+        """Write what is queued, then close the file."""
+        self._queue.put(None)
+        self._writer.join(timeout=10.0)
+        try:
+            self._file.close()
+        except OSError:
+            pass

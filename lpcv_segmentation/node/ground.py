@@ -65,7 +65,6 @@ class GroundSide:
                 config.capture_low_confidence, config.capture_max_low_share,
                 config.capture_min_interval_s, config.capture_max_mb, config.capture_when_full))
         self.log: Optional[LineLog] = LineLog(config.geo_log_path) if config.geo_log_path else None
-        self.log_error: Optional[str] = None
         self.last_geo: Dict[str, object] = {"status": "unavailable",
                                             "reason": "no frame with detections yet"}
         self.geo_frames = {"with_position": 0, "without_position": 0}
@@ -154,13 +153,9 @@ class GroundSide:
             return
         seen = [t for t in self.tracker.confirmed() if t.missed == 0]
         collection = feature_collection(seen, report["stamp"], str(report["frame_id"]))
-        try:
-            for feature in collection["features"]:
-                feature["properties"]["stamp"] = dict(report["stamp"])
-                self.log.write(feature)
-            self.log_error = None
-        except OSError as error:
-            self.log_error = "geo log %s: %s" % (self.log.path, error)
+        for feature in collection["features"]:
+            feature["properties"]["stamp"] = dict(report["stamp"])
+        self.log.write_many(collection["features"])  # written by the log's own thread
 
     def consider_capture(self, rgb: np.ndarray, labels: np.ndarray,
                          confidence: Optional[np.ndarray], stamp: Mapping[str, int],
@@ -199,7 +194,7 @@ class GroundSide:
             pairs.append(("capture_last_error", str(status["last_error"] or "")))
         if self.log is not None:
             pairs.append(("geo_log_lines", str(self.log.lines)))
-            pairs.append(("geo_log_error", self.log_error or ""))
+            pairs.append(("geo_log_error", self.log.error or ""))
         return pairs
 
     def findings(self) -> List[Tuple[int, str]]:
@@ -211,8 +206,8 @@ class GroundSide:
             found.append((WARN, "no ground positions: %s" % self.last_geo["reason"]))
         if self.capture is not None and self.capture.failing:
             found.append((WARN, "capture: %s" % self.capture.last_error))
-        if self.log_error:
-            found.append((WARN, self.log_error))
+        if self.log is not None and self.log.error:
+            found.append((WARN, "geo log %s" % self.log.error))
         return found
 
     def close(self) -> None:
