@@ -212,7 +212,8 @@ PARAMETERS: List[ParamSpec] = [
               "(std_msgs/String; built only while subscribed)", _non_empty),
     ParamSpec("geo_log_path", "",
               "append-only GeoJSON-lines log of tracked objects on the ground (one Feature "
-              "per line, each fsynced); empty: no log", _any),
+              "per line; each frame's lines written and fsynced by a thread of its own); "
+              "empty: no log", _any),
     # Tracking.
     ParamSpec("track_min_frames", 3,
               "frames a region must be matched in before its track is confirmed and gets an id",
