@@ -142,6 +142,21 @@ def test_telemetry_refuses_a_fix_without_position_and_uses_the_fix_altitude_sour
     assert found.pose.height_m == pytest.approx(ALT - 400.0)
 
 
+def test_telemetry_takes_a_downward_rangefinder_within_its_limits():
+    telemetry = Telemetry("range")
+    telemetry.add_fix(fix_msg(10.0))
+    telemetry.add_heading(0.0, ns(10.0))
+    telemetry.add_rel_alt(99.0, ns(10.0))  # not the height source: ignored
+
+    def reading(t: float, value: float) -> SimpleNamespace:
+        return SimpleNamespace(header=SimpleNamespace(stamp=stamp(t)), range=value,
+                               min_range=0.2, max_range=40.0)
+    telemetry.add_range(reading(10.0, 45.0))  # beyond max_range: no valid value
+    assert "rangefinder height without a valid value" in telemetry.pose_at(ns(10.0)).reason
+    telemetry.add_range(reading(10.05, 31.5))
+    assert telemetry.pose_at(ns(10.05)).pose.height_m == 31.5
+
+
 # -- the ground side on a detection report -------------------------------------------------------
 def ground_values(**overrides) -> dict:
     values = {spec.name: spec.default for spec in PARAMETERS}
