@@ -298,8 +298,9 @@ class SegmentationNode(LifecycleNodeMixin, Node):
         try:
             self._ground = GroundIO(self, config.ground, config.mask_topic,
                                     camera_info_topic(self._input_topic), self._publisher)
-        except OSError as error:  # the capture folder or the log cannot be opened
-            raise StartupError("parameter capture_dir or geo_log_path: %s" % error) from None
+        except OSError as error:  # the log cannot be opened (capture folders open lazily)
+            raise StartupError("parameter geo_log_path=%r: %s" % (config.ground.geo_log_path,
+                                                                  error)) from None
 
     def _publisher(self, msg_type: type, topic: str, qos: QoSProfile = OUTPUT_QOS):
         """A publisher whose history, depth and reliability ``qos_overrides`` may change."""
