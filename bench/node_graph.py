@@ -103,7 +103,8 @@ class NodeGraph:
 
     def __init__(self, work: Path, model: str, backend: str = "onnxruntime",
                  params: Optional[Dict[str, object]] = None, profile: bool = True,
-                 listener: bool = True, domain: Optional[int] = None) -> None:
+                 listener: bool = True, domain: Optional[int] = None,
+                 listener_args: Sequence[str] = ()) -> None:
         self.work = Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
         self._lease: Optional[DomainLease] = DomainLease(domain)
@@ -113,6 +114,7 @@ class NodeGraph:
         self._node_options = dict(model=model, backend=backend, input_topic=CAMERA_TOPIC,
                                   params_file=PARAMS_FILE, params=dict(params or {}))
         self._with_listener = listener
+        self._listener_args = list(listener_args)  # e.g. --ground: the ground-side outputs too
         self.node: Optional[subprocess.Popen] = None
         self.listener: Optional[subprocess.Popen] = None
         self._children: List[subprocess.Popen] = []  # stopped in reverse order by close()
@@ -135,7 +137,8 @@ class NodeGraph:
         """Start the listener and the node; return once the node publishes."""
         if self._with_listener:
             self.listener = self._start([sys.executable, str(HELPERS), "listen", "--out",
-                                         str(self.work / "listener")], "listener.log")
+                                         str(self.work / "listener")] + self._listener_args,
+                                        "listener.log")
         node = NodeProcess(self.env, self.work / "node.log", cwd=REPO, **self._node_options)
         self._children.append(node.process)
         self.node = node.process

@@ -8,10 +8,14 @@ frames; bare blocks and node bursts alternate, so drift on a shared machine touc
 The node's time per frame is the sum of its per-stage medians from /diagnostics
 (conversion, preprocess, inference, postprocess, outputs, publish) over all frames.
 
-Two listeners: only ``/seg/mask`` subscribed (a process that takes nothing else: the node
-builds no colour mask, overlay or detections), and every output subscribed (the tests'
-listener). Targets: mask only <= 1.10 at every size; every output <= 1.50 up to
-640x480 and <= 2.0 at 1920x1080 (nothing stated between: 2.0 is reported).
+Three listeners: only ``/seg/mask`` subscribed (a process that takes nothing else: the node
+builds no colour mask, overlay or detections), every output subscribed (the tests'
+listener), and every output with the ground side at work (``every output + ground``: a
+NavSatFix, a relative altitude, a heading and the camera_info published at 20 Hz, the
+listener also on the GeoJSON, the confidence and the PNG mask, capture and the GeoJSON-lines
+log on). Targets: mask only <= 1.10 at every size; every output <= 1.50 up to
+640x480 and <= 2.0 at 1920x1080 (nothing stated between: 2.0 is reported); the ground row is
+held to the every-output targets.
 
     nice -n 5 .venv/bin/python bench/node_overhead.py
     nice -n 5 .venv/bin/python bench/node_overhead.py --sizes 640x480 --frames 12
@@ -29,19 +33,25 @@ sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 from common import load_average  # noqa: E402
 from lpcv_segmentation.core.timing import timed  # noqa: E402
-from node_graph import NodeGraph, percentile  # noqa: E402
+from node_graph import HELPERS, NodeGraph, percentile  # noqa: E402
 from report import Target, finish, fmt, markdown_table, ratio  # noqa: E402
 
 DEFAULT_MODEL = BENCH.parent / "models" / "default.onnx"
 PROBE = BENCH.parent / "test" / "node_probe.py"  # its ``watch`` subscribes to the mask only
 STAGES = ("conversion", "preprocess", "inference", "postprocess", "outputs", "publish")
 SIZES = ("512x512", "640x480", "1280x720", "1920x1080")
-LISTENERS = ("mask only", "every output")
+LISTENERS = ("mask only", "every output", "every output + ground")
+# The ground row's vehicle inputs (config/drone.yaml's MAVROS topics) and camera calibration.
+TELEMETRY = (("fix", ["--topic", "/mavros/global_position/global", "--lat", "47.37",
+                      "--lon", "8.54", "--alt", "500"]),
+             ("rel_alt", ["--topic", "/mavros/global_position/rel_alt", "--value", "50"]),
+             ("heading", ["--topic", "/mavros/global_position/compass_hdg", "--value", "30"]))
 
 
 def target(listener: str, width: int, height: int) -> float:
     if listener == "mask only":
         return 1.10
+    # "every output + ground": held to the every-output targets
     return 1.50 if width * height <= 640 * 480 else 2.0
 
 
@@ -70,8 +80,19 @@ def measure(work: Path, args: argparse.Namespace, listener: str, width: int, hei
               "diagnostics_period_s": 0.5}
     bare_ms: List[float] = []
     per_burst = max(1, args.frames // args.rounds)
+    ground = listener == "every output + ground"
+    if ground:
+        params.update(capture_dir=str(work / "capture"),
+                      geo_log_path=str(work / "objects.geojsonl"))
     with NodeGraph(work, args.model, args.backend, params=params,
-                   listener=(listener == "every output")) as graph:
+                   listener=(listener != "mask only"),
+                   listener_args=["--ground"] if ground else []) as graph:
+        if ground:
+            for kind, extra in TELEMETRY + (("camera_info", [
+                    "--topic", "/camera/camera_info", "--width", str(width), "--height",
+                    str(height), "--fx", str(width)]),):
+                graph.spawn([sys.executable, str(HELPERS), "telemetry", "--kind", kind] + extra,
+                            "%s.log" % kind)
         watcher = graph.spawn([sys.executable, str(PROBE), "watch", "--masks",
                                str(per_burst * args.rounds), "--seconds", "600"], "watch.log")
         time.sleep(2.0)  # the node's publishers discover the watcher
@@ -88,6 +109,7 @@ def measure(work: Path, args: argparse.Namespace, listener: str, width: int, hei
     return {"stages": stages, "processed": int(values.get("frames_processed", 0)),
             "built": {k: int(values.get("frames_with_%s" % k, 0))
                       for k in ("color", "overlay", "detections")},
+            "ground_positions": int(values.get("frames_with_ground_positions", 0)),
             "bare_p50_ms": percentile(bare_ms, 50), "bare_block_ms": bare_ms}
 
 
@@ -108,8 +130,9 @@ def run(args: argparse.Namespace, work: Path) -> Dict[str, object]:
             result = measure(work / name, args, listener, width, height, bare)
             results.append(dict(result, size=size, width=width, height=height,
                                 listener=listener))
-            print("%s, %s: %s" % (size, listener, _row(results[-1])[-6:]), file=sys.stderr,
-                  flush=True)
+            print("%s, %s: %s; frames with ground positions %d" % (
+                size, listener, _row(results[-1])[-6:], result["ground_positions"]),
+                file=sys.stderr, flush=True)
     return {"model": args.model, "backend": args.backend, "threads": args.threads,
             "frames": args.frames, "rounds": args.rounds, "load_average": load_average(),
             "runs": results}

@@ -1,13 +1,16 @@
 """Helper processes for the node tests: a camera publisher and a listener, each its own process.
 
     python test/ros_helpers.py camera --topic /camera/image_raw --count 10 --rate 10 ...
-    python test/ros_helpers.py listen --out DIR --namespace /
+    python test/ros_helpers.py listen --out DIR --namespace / [--ground]
+    python test/ros_helpers.py telemetry --kind fix|rel_alt|heading|camera_info ...
 
 The camera prints one JSON line when done: {"sent": N, "stamps": [[sec, nanosec], ...],
 "frame_ids": [...]}. The listener appends one JSON line per message to DIR/events.jsonl and
 saves the pixels of images whose frame_id starts with --save-prefix to
-DIR/<topic name>__<frame_id>.npy. Tests import this module for the scene and the process
-environment too.
+DIR/<topic name>__<frame_id>.npy; with --ground it also records the GeoJSON, the confidence
+and the PNG mask (decoded, as ``mask_png``). ``telemetry`` publishes one vehicle input (a
+NavSatFix, a relative altitude, a heading or the camera's camera_info) at a rate until SIGINT.
+Tests import this module for the scene and the process environment too.
 """
 import argparse
 import array
@@ -165,7 +168,8 @@ def camera(args: argparse.Namespace) -> int:
     for index in range(args.count):
         if period:
             time.sleep(max(0.0, begin + index * period - time.monotonic()))
-        msg = _frame(args, index, rgb)
+        msg = _frame(args, index, np.roll(rgb, index * args.drift, axis=1) if args.drift
+                     else rgb)
         msg.header.frame_id = "%s%d" % (args.frame_id, index) if args.number else args.frame_id
         msg.header.stamp = node.get_clock().now().to_msg()
         publisher.publish(msg)
@@ -230,6 +234,8 @@ def listen(args: argparse.Namespace) -> int:
     node.create_subscription(String, "seg/detections", on_string("detections"), reliable)
     node.create_subscription(String, "seg/label_info", on_string("label_info"), latched)
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, reliable)
+    if args.ground:
+        _listen_ground(node, args, out, write, on_image, reliable)
     write({"topic": "listener", "state": "ready"})
     try:
         rclpy.spin(node)
@@ -239,6 +245,71 @@ def listen(args: argparse.Namespace) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
         events.close()
+    return 0
+
+
+def _listen_ground(node, args, out: Path, write, on_image, qos) -> None:
+    """The ground-side outputs: GeoJSON, confidence and the PNG mask (decoded here)."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage, Image
+    from std_msgs.msg import String
+
+    def on_png(msg: CompressedImage) -> None:
+        write({"topic": "mask_png", "stamp": [msg.header.stamp.sec, msg.header.stamp.nanosec],
+               "frame_id": msg.header.frame_id, "format": msg.format,
+               "data_len": len(msg.data)})
+        if args.save_prefix and msg.header.frame_id.startswith(args.save_prefix):
+            labels = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8),
+                                  cv2.IMREAD_UNCHANGED)
+            np.save(out / ("mask_png__%s.npy" % msg.header.frame_id), labels)
+
+    node.create_subscription(String, "seg/detections_geojson",
+                             lambda msg: write({"topic": "geojson",
+                                                "data": json.loads(msg.data)}), qos)
+    node.create_subscription(Image, "seg/confidence", on_image("confidence"), qos)
+    node.create_subscription(CompressedImage, "seg/mask/compressed", on_png, qos)
+
+
+# -- telemetry ----------------------------------------------------------------------------------
+def telemetry(args: argparse.Namespace) -> int:
+    """Publish one vehicle input at ``--rate`` Hz until SIGINT, stamped with the clock's now."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, NavSatFix
+    from std_msgs.msg import Float64
+
+    rclpy.init()
+    node = rclpy.create_node("test_%s" % args.kind)
+    if args.kind == "fix":
+        msg_type = NavSatFix
+        msg = NavSatFix(latitude=args.lat, longitude=args.lon, altitude=args.alt)
+        msg.status.status, msg.status.service = 0, 1  # STATUS_FIX, SERVICE_GPS
+        msg.header.frame_id = "gps"
+    elif args.kind == "camera_info":
+        msg_type = CameraInfo
+        msg = CameraInfo(width=args.width, height=args.height, distortion_model="plumb_bob")
+        cx, cy = args.width / 2.0, args.height / 2.0
+        msg.k = [args.fx, 0.0, cx, 0.0, args.fx, cy, 0.0, 0.0, 1.0]
+        msg.p = [args.fx, 0.0, cx, 0.0, 0.0, args.fx, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    else:
+        msg_type = Float64
+        msg = Float64(data=args.value)
+    publisher = node.create_publisher(msg_type, args.topic, qos_profile_sensor_data)
+
+    def tick() -> None:
+        if hasattr(msg, "header"):
+            msg.header.stamp = node.get_clock().now().to_msg()
+        publisher.publish(msg)
+
+    node.create_timer(1.0 / args.rate, tick)
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
     return 0
 
 
@@ -260,14 +331,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     cam.add_argument("--rate", type=float, default=10.0, help="Hz; 0: as fast as possible")
     cam.add_argument("--frame-id", default="camera")
     cam.add_argument("--number", action="store_true", help="append the frame index to frame_id")
+    cam.add_argument("--drift", type=int, default=0,
+                     help="shift the scene this many pixels right per frame (wrapping round)")
     cam.add_argument("--malformed", default="",
                      help="comma-separated kinds sent in turn: %s" % ", ".join(MALFORMED))
     lis = commands.add_parser("listen", help="record the node's outputs until SIGINT")
     lis.add_argument("--out", required=True)
     lis.add_argument("--namespace", default="/")
     lis.add_argument("--save-prefix", default="keep")
+    lis.add_argument("--ground", action="store_true",
+                     help="also record seg/detections_geojson, seg/confidence, seg/mask/compressed")
+    tel = commands.add_parser("telemetry", help="publish one vehicle input until SIGINT")
+    tel.add_argument("--kind", required=True, choices=["fix", "rel_alt", "heading", "camera_info"])
+    tel.add_argument("--topic", required=True)
+    tel.add_argument("--rate", type=float, default=20.0, help="Hz")
+    tel.add_argument("--value", type=float, default=0.0, help="rel_alt (m) or heading (deg)")
+    tel.add_argument("--lat", type=float, default=0.0)
+    tel.add_argument("--lon", type=float, default=0.0)
+    tel.add_argument("--alt", type=float, default=0.0)
+    tel.add_argument("--width", type=int, default=160, help="camera_info")
+    tel.add_argument("--height", type=int, default=120, help="camera_info")
+    tel.add_argument("--fx", type=float, default=400.0, help="camera_info: fx = fy")
     args = parser.parse_args(argv)
-    return camera(args) if args.command == "camera" else listen(args)
+    commands_run = {"camera": camera, "listen": listen, "telemetry": telemetry}
+    return commands_run[args.command](args)
 
 
 if __name__ == "__main__":

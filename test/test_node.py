@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import pytest
@@ -24,6 +24,9 @@ from ros_helpers import (HELPERS, MALFORMED, REPO, random_domain_id, ros_env, sc
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 CAMERA_TOPIC = "/camera/image_raw"
+# A region's own keys in pixels (the node adds its ground position and track, and the
+# confidence, which these tests check apart).
+PIXEL_KEYS = ("class_id", "class_name", "bbox", "centroid", "area_px", "area_fraction")
 PARAMS = REPO / "config" / "drone.yaml"
 
 
@@ -31,13 +34,14 @@ class Graph:
     """A running node and listener, and what the listener has recorded so far."""
 
     def __init__(self, work: Path, env: Dict[str, str], node_args: List[str],
-                 namespace: str = "/") -> None:
+                 namespace: str = "/", listener_args: Sequence[str] = ()) -> None:
         self.work, self.env = work, env
         self.events_path = work / "listener" / "events.jsonl"
         self.node = start([sys.executable, "-m", "lpcv_segmentation.node.segmentation_node", "--ros-args",
                            "--params-file", str(PARAMS)] + node_args, env, work / "node.log")
         self.listener = start([sys.executable, str(HELPERS), "listen", "--out",
-                               str(work / "listener"), "--namespace", namespace],
+                               str(work / "listener"), "--namespace", namespace]
+                              + list(listener_args),
                               env, work / "listener.log")
 
     def log(self) -> str:
@@ -164,7 +168,7 @@ def test_detections_agree_with_the_published_mask(graph):
     # The node finds regions on the label map at the model's resolution (128 px here).
     expected = detection_report(mask, 0, 0, "keep_detections", DETECTION_CLASS_IDS, 64,
                                 max_side=128)
-    strip = lambda regions: [{k: v for k, v in r.items() if k != "mean_confidence"}  # noqa: E731
+    strip = lambda regions: [{k: v for k, v in r.items() if k in PIXEL_KEYS}  # noqa: E731
                              for r in regions]
     assert strip(report["detections"]) == strip(expected["detections"])
     assert report["coverage"] == expected["coverage"]
@@ -292,7 +296,7 @@ def test_detections_find_the_true_regions(palette_graph):
     np.testing.assert_array_equal(graph.image("mask", "keep_png"), truth)
     expected = find_regions(truth, DETECTION_CLASS_IDS, 20)
     assert len(expected) == 5  # water, vehicle, two people, fire; the road is no detection
-    strip = lambda regions: [{k: v for k, v in r.items() if k != "mean_confidence"}  # noqa: E731
+    strip = lambda regions: [{k: v for k, v in r.items() if k in PIXEL_KEYS}  # noqa: E731
                              for r in regions]
     assert strip(report["detections"]) == strip(expected)
     assert all(r["mean_confidence"] > 0.9 for r in report["detections"])

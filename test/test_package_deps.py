@@ -33,6 +33,7 @@ UNDECLARED: Dict[str, str] = {
     "safetensors": "PyTorch back end checkpoints, beside torch",
     "tensorrt": "TensorRT back end; part of JetPack",
     "cuda": "TensorRT back end (cuda-python); part of JetPack",
+    "pymap3d": "ground positions only (fix_topic set); no rosdep key: setup.py extra geo",
 }
 
 

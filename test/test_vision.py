@@ -72,6 +72,15 @@ def test_one_detection_per_region_in_pixels(report):
         assert detection["header"] == fields["header"]
 
 
+def test_detection_id_is_the_confirmed_track_id(report):
+    import copy
+    tracked = copy.deepcopy(report)
+    tracked["detections"][0]["track_id"] = 7
+    tracked["detections"][1]["track_id"] = None  # tentative
+    ids = [d["id"] for d in detection2d_array_fields(tracked)["detections"]]
+    assert ids[:3] == ["7", "", ""]
+
+
 def test_label_info_follows_the_vision_msgs_4_layout():
     fields = label_info_fields(class_table(), {"stamp": {"sec": 1, "nanosec": 2},
                                                "frame_id": ""})

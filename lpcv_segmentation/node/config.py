@@ -5,7 +5,7 @@ the node declares. ``config/drone.yaml`` sets every one of them.
 """
 import os
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from lpcv_segmentation.core.classes import CLASS_NAMES, DETECTION_CLASS_IDS, class_id
 from lpcv_segmentation.node.stats import Thresholds
@@ -25,6 +25,8 @@ INPUT_TYPE_ALIASES: Dict[str, str] = {
 }
 INPUT_QOS_NAMES = ("best_effort", "reliable")
 DETECTIONS_FORMATS = ("json", "vision_msgs", "both")
+HEIGHT_SOURCES = ("rel_alt", "range", "fix_altitude")  # as node/telemetry.py reads them
+CAPTURE_WHEN_FULL = ("delete_oldest", "stop")  # as node/capture.py applies them
 
 
 class ParameterError(ValueError):
@@ -69,6 +71,16 @@ def _class_names(value: object) -> Optional[str]:
 
 def _any(value: object) -> Optional[str]:
     return None
+
+
+def _between(low: float, high: float) -> Check:
+    def check(value: object) -> Optional[str]:
+        return "must lie in [%g, %g]" % (low, high) if not low <= value <= high else None
+    return check
+
+
+def _probability(value: object) -> Optional[str]:
+    return "must lie in (0, 1]" if not 0.0 < value <= 1.0 else None
 
 
 class ParamSpec(NamedTuple):
@@ -165,9 +177,139 @@ PARAMETERS: List[ParamSpec] = [
               "seconds without a frame after which the status is WARN", _positive),
     ParamSpec("diag_memory_warn_mb", _DEFAULT_THRESHOLDS.memory_warn_mb,
               "resident memory (MiB) above which the status is WARN", _positive),
+    # Detections on the ground: fix, height above ground, heading, camera mount.
+    ParamSpec("fix_topic", "/mavros/global_position/global",
+              "GNSS fix (sensor_msgs/NavSatFix); empty: no ground positions", _any),
+    ParamSpec("height_source", "rel_alt",
+              "height of the camera above the ground: rel_alt (std_msgs/Float64 on "
+              "rel_alt_topic, m), range (sensor_msgs/Range on range_topic, pointing down) or "
+              "fix_altitude (the fix's altitude minus ground_elevation_m)",
+              _one_of(HEIGHT_SOURCES)),
+    ParamSpec("rel_alt_topic", "/mavros/global_position/rel_alt",
+              "height above the take-off point (std_msgs/Float64, metres)", _non_empty),
+    ParamSpec("range_topic", "/mavros/rangefinder/rangefinder",
+              "downward rangefinder (sensor_msgs/Range)", _non_empty),
+    ParamSpec("ground_elevation_m", 0.0,
+              "ground altitude in the fix's datum (height_source fix_altitude)", _any),
+    ParamSpec("heading_topic", "/mavros/global_position/compass_hdg",
+              "heading of the vehicle's front (std_msgs/Float64, degrees clockwise from north)",
+              _non_empty),
+    ParamSpec("geo_sync_tolerance_s", 0.5,
+              "largest time between a frame's stamp and the fix, height and heading paired "
+              "with it; older or newer inputs give no position (the reason is reported)",
+              _positive),
+    ParamSpec("mount_roll_deg", 0.0,
+              "camera mount roll from nadir (degrees; > 0 tilts the view to the left)",
+              _between(-180.0, 180.0)),
+    ParamSpec("mount_pitch_deg", 0.0,
+              "camera mount pitch from nadir (degrees; > 0 tilts the view to the front, 90: "
+              "looking forward)", _between(-180.0, 180.0)),
+    ParamSpec("mount_yaw_deg", 0.0,
+              "camera mount yaw (degrees; > 0 turns the image's top clockwise from the "
+              "vehicle's front)", _between(-180.0, 180.0)),
+    ParamSpec("geojson_topic", "seg/detections_geojson",
+              "GeoJSON FeatureCollection of the confirmed tracks with a ground position "
+              "(std_msgs/String; built only while subscribed)", _non_empty),
+    ParamSpec("geo_log_path", "",
+              "append-only GeoJSON-lines log of tracked objects on the ground (one Feature "
+              "per line; each frame's lines written and fsynced by a thread of its own); "
+              "empty: no log", _any),
+    # Tracking.
+    ParamSpec("track_min_frames", 3,
+              "frames a region must be matched in before its track is confirmed and gets an id",
+              _at_least(1)),
+    ParamSpec("track_max_missed", 5,
+              "frames in a row a track may go unmatched before it is dropped", _at_least(0)),
+    ParamSpec("track_min_iou", 0.1,
+              "smallest box overlap (IoU) that matches a region to a track in the image",
+              _probability),
+    ParamSpec("track_max_distance_m", 5.0,
+              "largest ground distance that matches a region to a track (with positions)",
+              _positive),
+    # Outputs a radio link can carry.
+    ParamSpec("confidence_topic", "seg/confidence",
+              "mono8 confidence of the predicted class, 255 = certain, at the mask's size "
+              "(built only while subscribed)", _non_empty),
+    ParamSpec("mask_png_level", 1,
+              "zlib level (0-9) of the lossless PNG mask on <mask_topic>/compressed (built "
+              "only while subscribed)", _between(0, 9)),
+    # Frames to label next.
+    ParamSpec("capture_dir", "",
+              "save unsure frames with the predicted mask as a pre-label here (IMG/train, "
+              "GT/train, meta/); empty: no capture", _any),
+    ParamSpec("capture_min_mean_confidence", 0.6,
+              "a frame whose mean confidence is below this is unsure", _fraction),
+    ParamSpec("capture_low_confidence", 0.5,
+              "a pixel whose confidence is below this counts as low-confidence", _fraction),
+    ParamSpec("capture_max_low_share", 0.2,
+              "a frame whose share of low-confidence pixels is above this is unsure",
+              _fraction),
+    ParamSpec("capture_min_interval_s", 5.0, "at most one frame saved this often",
+              _at_least(0.0)),
+    ParamSpec("capture_max_mb", 1024.0, "cap on the captured files (MiB)", _positive),
+    ParamSpec("capture_when_full", "delete_oldest",
+              "at the cap: delete_oldest (make room) or stop (save nothing more, warn)",
+              _one_of(CAPTURE_WHEN_FULL)),
 ]
 
 PARAMETER_NAMES = tuple(spec.name for spec in PARAMETERS)
+
+
+class GroundConfig(NamedTuple):
+    """Checked values of the ground-position, tracking, link and capture parameters."""
+    fix_topic: Optional[str]
+    height_source: str
+    rel_alt_topic: str
+    range_topic: str
+    ground_elevation_m: float
+    heading_topic: str
+    geo_sync_tolerance_s: float
+    mount_deg: Tuple[float, float, float]  # roll, pitch, yaw
+    geojson_topic: str
+    geo_log_path: Optional[str]
+    track_min_frames: int
+    track_max_missed: int
+    track_min_iou: float
+    track_max_distance_m: float
+    confidence_topic: str
+    mask_png_level: int
+    capture_dir: Optional[str]
+    capture_min_mean_confidence: float
+    capture_low_confidence: float
+    capture_max_low_share: float
+    capture_min_interval_s: float
+    capture_max_mb: float
+    capture_when_full: str
+
+
+def ground_config(values: Dict[str, object]) -> GroundConfig:
+    """The ground part of checked parameter values."""
+    return GroundConfig(
+        fix_topic=str(values["fix_topic"]).strip() or None,
+        height_source=str(values["height_source"]),
+        rel_alt_topic=str(values["rel_alt_topic"]),
+        range_topic=str(values["range_topic"]),
+        ground_elevation_m=float(values["ground_elevation_m"]),
+        heading_topic=str(values["heading_topic"]),
+        geo_sync_tolerance_s=float(values["geo_sync_tolerance_s"]),
+        mount_deg=(float(values["mount_roll_deg"]), float(values["mount_pitch_deg"]),
+                   float(values["mount_yaw_deg"])),
+        geojson_topic=str(values["geojson_topic"]),
+        geo_log_path=str(values["geo_log_path"]).strip() or None,
+        track_min_frames=int(values["track_min_frames"]),
+        track_max_missed=int(values["track_max_missed"]),
+        track_min_iou=float(values["track_min_iou"]),
+        track_max_distance_m=float(values["track_max_distance_m"]),
+        confidence_topic=str(values["confidence_topic"]),
+        mask_png_level=int(values["mask_png_level"]),
+        capture_dir=str(values["capture_dir"]).strip() or None,
+        capture_min_mean_confidence=float(values["capture_min_mean_confidence"]),
+        capture_low_confidence=float(values["capture_low_confidence"]),
+        capture_max_low_share=float(values["capture_max_low_share"]),
+        capture_min_interval_s=float(values["capture_min_interval_s"]),
+        capture_max_mb=float(values["capture_max_mb"]),
+        capture_when_full=str(values["capture_when_full"]),
+    )
 
 
 class NodeConfig(NamedTuple):
@@ -201,6 +343,7 @@ class NodeConfig(NamedTuple):
     stats_window_s: float
     log_period_s: float
     thresholds: Thresholds
+    ground: GroundConfig
 
 
 def package_share_dir() -> Optional[Path]:
@@ -282,4 +425,5 @@ def check_config(values: Dict[str, object]) -> NodeConfig:
         stats_window_s=float(values["stats_window_s"]),
         log_period_s=float(values["log_period_s"]),
         thresholds=thresholds,
+        ground=ground_config(values),
     )

@@ -52,6 +52,7 @@ class Wanted(NamedTuple):
     color: bool = True
     overlay: bool = True
     detections: bool = True
+    confidence: bool = False  # the per-pixel confidence, at the model's resolution
 
 
 class FrameOutputs(NamedTuple):
@@ -60,6 +61,7 @@ class FrameOutputs(NamedTuple):
     overlay: Optional[np.ndarray]  # (h, w, 3) uint8 RGB at most visual_max_side, or None
     detections: Optional[Dict[str, object]]  # the /seg/detections payload, or None
     timings_ms: Dict[str, float]  # preprocess, inference, postprocess, outputs
+    confidence: Optional[np.ndarray] = None  # (h, w) float32 at the model's size when wanted
 
 
 def process_frame(segmenter, rgb: np.ndarray, stamp_sec: int, stamp_nanosec: int,
@@ -74,7 +76,7 @@ def process_frame(segmenter, rgb: np.ndarray, stamp_sec: int, stamp_nanosec: int
     The per-pixel confidence is asked for only when the detections need it, and at the
     model's resolution (the regions are found there).
     """
-    result = segmenter.segment(rgb, with_confidence=wanted.detections,
+    result = segmenter.segment(rgb, with_confidence=wanted.detections or wanted.confidence,
                                confidence_at_logits=True)
     start = time.perf_counter()
     labels = result.labels
@@ -88,4 +90,5 @@ def process_frame(segmenter, rgb: np.ndarray, stamp_sec: int, stamp_nanosec: int
     timings = {name: float(result.timings_ms.get(name, 0.0))
                for name in ("preprocess", "inference", "postprocess")}
     timings["outputs"] = (time.perf_counter() - start) * 1000.0
-    return FrameOutputs(labels, color, blended, report, timings)
+    return FrameOutputs(labels, color, blended, report, timings,
+                        result.confidence if wanted.confidence else None)

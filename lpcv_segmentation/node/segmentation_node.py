@@ -39,6 +39,7 @@ from lpcv_segmentation.core.imaging import (ImageConversionError, check_compress
                                             numpy_to_image_msg)
 from lpcv_segmentation.node.config import (NODE_NAME, PARAMETERS, NodeConfig, ParameterError,
                                            check_config, unknown_parameters)
+from lpcv_segmentation.node.ground_io import GroundIO
 from lpcv_segmentation.node.pipeline import LatestFrame, Wanted, process_frame
 from lpcv_segmentation.node.vision import (MissingPackageError, detection2d_array_fields,
                                            fill_message, import_vision_msgs, label_info_fields)
@@ -141,6 +142,7 @@ class SegmentationNode(LifecycleNodeMixin, Node):
         self._subscriptions_open: List[object] = []
         self._camera_info: Optional[CameraInfo] = None
         self._unknown_checked = False
+        self._ground: Optional[GroundIO] = None
 
     def _declare_parameters(self) -> None:
         # Read-only: the model and topics are fixed once the node runs, so a later
@@ -190,6 +192,7 @@ class SegmentationNode(LifecycleNodeMixin, Node):
         self._subscriptions_open.append(self.create_subscription(
             CameraInfo, camera_info_topic(self._input_topic), self._on_camera_info,
             qos_profile_sensor_data))
+        self._subscriptions_open.extend(self._ground.subscribe())
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._deactivate()
@@ -292,6 +295,12 @@ class SegmentationNode(LifecycleNodeMixin, Node):
             vision_label_info.publish(fill_message(vision_msgs.LabelInfo,
                                                    label_info_fields(class_table(), header)))
         self._camera_info_pub = self._publisher(CameraInfo, config.camera_info_topic)
+        try:
+            self._ground = GroundIO(self, config.ground, config.mask_topic,
+                                    camera_info_topic(self._input_topic), self._publisher)
+        except OSError as error:  # the log cannot be opened (capture folders open lazily)
+            raise StartupError("parameter geo_log_path=%r: %s" % (config.ground.geo_log_path,
+                                                                  error)) from None
 
     def _publisher(self, msg_type: type, topic: str, qos: QoSProfile = OUTPUT_QOS):
         """A publisher whose history, depth and reliability ``qos_overrides`` may change."""
@@ -355,6 +364,9 @@ class SegmentationNode(LifecycleNodeMixin, Node):
             self.destroy_publisher(publisher)
         self._timers_open, self._publishers_open = [], []
         self.segmenter = None
+        if self._ground is not None:
+            self._ground.close()
+            self._ground = None
 
     def stop(self) -> None:
         """Stop the inference thread (it finishes the frame in hand); idempotent."""
@@ -408,8 +420,9 @@ class SegmentationNode(LifecycleNodeMixin, Node):
         """The optional outputs someone subscribes to now (the mask is always published)."""
         def listened(*publishers) -> bool:
             return any(p is not None and p.get_subscription_count() > 0 for p in publishers)
-        return Wanted(color=listened(self._color_pub), overlay=listened(self._overlay_pub),
-                      detections=listened(self._detections_pub, self._detection_array_pub))
+        return self._ground.wanted(Wanted(
+            color=listened(self._color_pub), overlay=listened(self._overlay_pub),
+            detections=listened(self._detections_pub, self._detection_array_pub)))
 
     def _process(self, msg) -> None:
         config = self.config
@@ -422,6 +435,7 @@ class SegmentationNode(LifecycleNodeMixin, Node):
                                 header.frame_id, config.detection_class_ids,
                                 config.min_region_area_px, wanted, config.overlay_alpha,
                                 config.visual_max_side)
+        ground_ms = self._ground.annotate(outputs, rgb, header, self._camera_info)
         start = time.perf_counter()
         self._mask_pub.publish(numpy_to_image_msg(outputs.labels, "mono8", header))
         camera_info = self._camera_info
@@ -439,9 +453,11 @@ class SegmentationNode(LifecycleNodeMixin, Node):
                 self._detection_array_pub.publish(fill_message(
                     self._vision_msgs.Detection2DArray,
                     detection2d_array_fields(outputs.detections)))
+        self._ground.publish(outputs, header)
         publish_ms = (time.perf_counter() - start) * 1000.0
 
         stage_ms = dict(outputs.timings_ms, conversion=conversion_ms, publish=publish_ms)
+        stage_ms["outputs"] = stage_ms.get("outputs", 0.0) + ground_ms
         built = [name for name in OPTIONAL_OUTPUTS if getattr(wanted, name)]
         self.stats.frame_processed(time.monotonic(), stage_ms, self._age_ms(header.stamp), built)
 
@@ -458,6 +474,11 @@ class SegmentationNode(LifecycleNodeMixin, Node):
         if self._phase is not None:  # loading: no frame can be served yet, and that is why
             return summary, WARN, self._phase
         level, message = assess(summary, self.config.thresholds)
+        findings = [] if self._ground is None else self._ground.side.findings()
+        if findings:
+            level = max([level] + [found for found, _ in findings])
+            message = "; ".join(([] if message == "running" else [message])
+                                + [text for _, text in findings])
         return summary, level, message
 
     def _publish_diagnostics(self) -> None:
@@ -472,6 +493,8 @@ class SegmentationNode(LifecycleNodeMixin, Node):
             ("precision", config.precision if segmenter is None else segmenter.precision),
             ("model", config.model_path),
             ("input_topic", self.resolve_topic_name(config.input_topic)))]
+        if self._ground is not None:
+            values += [KeyValue(key=k, value=v) for k, v in self._ground.side.values()]
         status = DiagnosticStatus(level=DIAGNOSTIC_LEVELS[level],
                                   name="%s: segmentation" % self.get_fully_qualified_name(),
                                   message=message, hardware_id=backend, values=values)
@@ -500,8 +523,10 @@ def _parse_command_line(argv: List[str]) -> None:
         epilog="parameters (defaults as in config/drone.yaml):\n" + "\n".join(
             "  %s (default: %s)\n      %s" % (spec.name, json.dumps(spec.default),
                                               spec.description) for spec in PARAMETERS)
-        + "\n\ntopics: input_topic and the camera_info beside it in; mask, camera_info, color, "
-          "overlay, detections, label_info topics and %s out" % DIAGNOSTICS_TOPIC)
+        + "\n\ntopics: input_topic and the camera_info beside it, fix_topic, the height "
+          "source's topic and heading_topic in; mask (and <mask>/compressed), camera_info, "
+          "color, overlay, detections, label_info, confidence, detections_geojson topics and "
+          "%s out" % DIAGNOSTICS_TOPIC)
     parser.parse_args(remove_ros_args(argv)[1:])
 
 

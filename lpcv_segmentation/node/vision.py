@@ -46,7 +46,8 @@ def detection2d_array_fields(report: Mapping[str, object]) -> Dict[str, object]:
 
     One Detection2D per region: the box's centre and size in pixels, one hypothesis whose
     ``class_id`` is the class name and whose score is the region's mean confidence (0.0 when
-    the back end gave none). Every detection carries the frame's header.
+    the back end gave none), and ``id`` the region's confirmed track id ("" untracked or
+    tentative). Every detection carries the frame's header.
     """
     header = {"stamp": {"sec": int(report["stamp"]["sec"]),
                         "nanosec": int(report["stamp"]["nanosec"])},
@@ -62,7 +63,7 @@ def detection2d_array_fields(report: Mapping[str, object]) -> Dict[str, object]:
             "bbox": {"center": {"position": {"x": x + w / 2.0, "y": y + h / 2.0},
                                 "theta": 0.0},
                      "size_x": w, "size_y": h},
-            "id": "",
+            "id": "" if region.get("track_id") is None else str(region["track_id"]),
         })
     return {"header": header, "detections": detections}
 
