@@ -33,6 +33,7 @@ UNDECLARED: Dict[str, str] = {
     "safetensors": "PyTorch back end checkpoints, beside torch",
     "tensorrt": "TensorRT back end; part of JetPack",
     "cuda": "TensorRT back end (cuda-python); part of JetPack",
+    "onnx": "model zoo fetch/install (the wrap of a published file); setup.py extra zoo",
 }
 
 

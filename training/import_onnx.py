@@ -32,6 +32,7 @@ import sys
 from lpcv_segmentation.runtime.onnx_import import (CLASS_TABLES, NORM_SCALES, ImportOnnxError,
                                                    import_onnx, normalisation_to_unit_scale,
                                                    upsample_logits)
+from lpcv_segmentation.zoo import ZooError, resolve_model_path
 
 __all__ = ["ImportOnnxError", "CLASS_TABLES", "NORM_SCALES", "normalisation_to_unit_scale",
            "import_onnx", "upsample_logits", "add_arguments", "main"]
@@ -41,7 +42,8 @@ __all__ = ["ImportOnnxError", "CLASS_TABLES", "NORM_SCALES", "normalisation_to_u
 # Command line
 # --------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--onnx", required=True, metavar="FILE", help="foreign ONNX model")
+    parser.add_argument("--onnx", required=True, metavar="FILE",
+                        help="foreign ONNX model (or zoo:NAME, a cached zoo model)")
     parser.add_argument("--out", required=True, metavar="FILE.onnx", help="the copy to write")
     parser.add_argument("--input-size", type=int, required=True, metavar="S",
                         help="square input side the model takes (1x3xSxS)")
@@ -64,9 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        report = import_onnx(args.onnx, args.out, args.input_size, args.mean, args.std,
+        report = import_onnx(resolve_model_path(args.onnx), args.out, args.input_size, args.mean, args.std,
                              args.classes, args.norm_scale, args.output_stride)
-    except ImportOnnxError as error:
+    except (ImportOnnxError, ZooError) as error:
         print("import-onnx: error: %s" % error, file=sys.stderr)
         return 1
     print("imported %s -> %s: input 1x3x%dx%d, logits stride %d%s, mean %s std %s (RGB in [0, 1]), "

@@ -210,9 +210,13 @@ def _append_resize(proto: Any, logits: str, num_classes: int, size: int) -> None
 
 def import_onnx(onnx_path: str, out_path: str, input_size: int, mean: Sequence[float],
                 std: Sequence[float], classes: str = "lpcv", norm_scale: float = 255.0,
-                output_stride: Optional[int] = None) -> Dict[str, Any]:
+                output_stride: Optional[int] = None, source_name: Optional[str] = None,
+                extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Write ``out_path``: ``onnx_path`` with this project's I/O names, upsampled logits and
-    metadata (see the module docstring). Returns a report; ImportOnnxError names what is wrong."""
+    metadata (see the module docstring). ``source_name``: the file name the metadata records
+    (default: ``onnx_path``'s; the zoo wraps a temporary copy of a published file); ``extra``:
+    more metadata entries (the zoo's record). Returns a report; ImportOnnxError names what is
+    wrong."""
     import onnx
 
     onnx_path, out_path = os.fspath(onnx_path), os.fspath(out_path)
@@ -225,6 +229,7 @@ def import_onnx(onnx_path: str, out_path: str, input_size: int, mean: Sequence[f
         raise ImportOnnxError("%s: --output-stride must be positive, got %s"
                               % (onnx_path, output_stride))
     size = int(input_size)
+    source_name = source_name or os.path.basename(onnx_path)
     norm = normalisation_to_unit_scale(mean, std, norm_scale, onnx_path)
     table = CLASS_TABLES[classes]()
     num_classes = len(table)
@@ -259,13 +264,14 @@ def import_onnx(onnx_path: str, out_path: str, input_size: int, mean: Sequence[f
     meta = {
         "format": "lpcv-seg/1", "arch": "imported", "num_classes": num_classes,
         "input_size": size, "mean": norm["mean"], "std": norm["std"], "classes": table,
-        "precision": "fp32", "params": params, "source": os.path.basename(onnx_path),
-        "imported": {"onnx": os.path.basename(onnx_path), "sha256": file_sha256(onnx_path),
+        "precision": "fp32", "params": params, "source": source_name,
+        "imported": {"onnx": source_name, "sha256": file_sha256(onnx_path),
                      "input": foreign["input"], "output": foreign["output"],
                      "output_stride": stride, "upsampled_in_graph": stride != 1,
                      "mean_given": [float(v) for v in mean], "std_given": [float(v) for v in std],
                      "norm_scale": float(norm_scale), "class_table": classes},
     }
+    meta.update(extra or {})
     set_metadata(proto, meta)
     try:
         onnx.checker.check_model(proto, full_check=True)
