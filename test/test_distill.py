@@ -1,0 +1,202 @@
+"""training.distill: a student distilled on frames without labels (an image folder, a flight bag)
+agrees with its teacher on held-out frames far beyond the teacher's most common class; a run
+killed with SIGKILL resumes from its last checkpoint; the LPCV network (a teacher of another
+input size, normalisation and stride) distils through its zoo name.
+
+Frames: synthetic scenes written here (``training synth``), their labels never given to the
+student. Teacher: ``models/default.onnx``, the shipped model trained on synthetic scenes and
+exported to ONNX (128 px frames, its 256 px input). Students: MobileViT-XXS at 64 px.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lpcv_segmentation.core.classes import IGNORE_INDEX, NUM_CLASSES
+from lpcv_segmentation.core.metrics import SegmentationMetrics
+from training.__main__ import main as cli
+from training.unlabelled import FrameSourceError, UnlabelledFrame, folder_frames, split_held_out
+
+REPO = Path(__file__).resolve().parent.parent
+TEACHER = REPO / "models" / "default.onnx"
+PEER = REPO.parent / "shared" / "peers" / "lpcv2023_2nd_topformer_tiny_288.onnx"
+STUDENT = ["arch=mobilevit_xxs", "decoder_channels=32", "input_size=64", "crop_size=64",
+           "batch_size=8", "workers=0", "warmup_iters=10", "lr=3e-3", "ohem_min_kept=5000",
+           "scale_min=0.75", "scale_max=1.5", "max_eval_images=null"]
+ITERS = 120
+# The requirement: the student's labels agree with the teacher's far better than predicting the
+# teacher's most common class everywhere (mIoU over the classes either one uses), and on more
+# pixels.
+MIOU_FACTOR = 1.5
+PIXEL_MARGIN = 0.03
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    """64 synthetic scenes of 128 px: IMG/{train,val} (48 + 16), labels unused."""
+    from training.synth import write_dataset
+    return write_dataset(tmp_path_factory.mktemp("scenes"), count=64, size=128, seed=5,
+                         val_fraction=0.25, progress=False)
+
+
+def distill_cli(out, *args):
+    return cli(["distill", "--out", str(out)] + [str(a) for a in args])
+
+
+def majority_floor(frames: Path):
+    """What predicting the teacher's most common class on every held-out pixel scores,
+    computed here from the held-out label files the run wrote."""
+    from training.data import read_label
+    labels = [read_label(p) for p in sorted((frames / "GT" / "val").glob("*.png"))]
+    counts = sum(np.bincount(lab[lab != IGNORE_INDEX].ravel(), minlength=NUM_CLASSES)
+                 for lab in labels)
+    metrics = SegmentationMetrics(NUM_CLASSES, IGNORE_INDEX)
+    for lab in labels:
+        metrics.update(np.full_like(lab, int(np.argmax(counts))), lab)
+    return metrics.summary()
+
+
+def check_agreement(run: Path, held_out: int):
+    report = json.loads((run / "agreement.json").read_text())
+    student = report["student"]
+    floor = majority_floor(run / "frames")
+    assert student["frames"] == held_out == report["frames"]["held_out_frames"]
+    assert report["majority_class"]["miou"] == pytest.approx(floor["miou"])
+    assert student["miou"] >= MIOU_FACTOR * floor["miou"], (student, floor)
+    assert student["pixel_agreement"] >= floor["pixel_acc"] + PIXEL_MARGIN, (student, floor)
+    # the per-class figures are the student's labels against the teacher's
+    assert set(student["per_class_iou"]) >= {"background", "flood/water/river/sea"}
+    for name in ("best.safetensors", "last.safetensors", "last.state.pt", "metrics.csv",
+                 "config.yaml"):
+        assert (run / name).is_file(), name
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# Frame sources
+# --------------------------------------------------------------------------------------------
+def test_folders_are_searched_recursively_and_held_out_by_file_or_flight(tmp_path):
+    import cv2
+    for rel in ("a/1.png", "a/b/2.jpg", "a/b/2.png", "c.JPG", "notes.txt"):
+        path = tmp_path / "flight" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".txt":
+            path.write_text("x")
+        else:
+            cv2.imwrite(str(path), np.zeros((4, 4, 3), np.uint8))
+    frames = folder_frames(str(tmp_path / "flight"), 0)
+    assert [f.name for f in frames] == ["f0_a_1.png", "f0_a_b_2.jpg", "f0_a_b_2.png", "f0_c.JPG"]
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(FrameSourceError, match="no images in it or below it"):
+        folder_frames(str(tmp_path / "empty"), 1)
+    with pytest.raises(FrameSourceError, match="no such folder"):
+        folder_frames(str(tmp_path / "missing"), 1)
+
+    flights = [[UnlabelledFrame(i, "f%d_%d" % (i, j), "x", None) for j in range(10)]
+               for i in range(4)]
+    train, held, by = split_held_out(flights, 0.25, "auto")
+    assert by == "flight" and len(held) == 10 and len({f.flight for f in held}) == 1
+    assert not {f.flight for f in held} & {f.flight for f in train}
+    train, held, by = split_held_out(flights, 0.2, "file")
+    assert by == "file" and len(held) == 8 and {f.flight for f in held} == {0, 1, 2, 3}
+    with pytest.raises(FrameSourceError, match="two flights or more"):
+        split_held_out(flights[:1], 0.2, "flight")
+
+
+def test_bad_sources_and_teachers_are_one_clear_error(scenes, tmp_path, capsys):
+    assert distill_cli(tmp_path / "r1", "--teacher", TEACHER) == 1
+    assert "no frames: give --images DIR and/or --bag FLIGHT" in capsys.readouterr().err
+    assert distill_cli(tmp_path / "r2", "--teacher", "zoo:nope", "--images", scenes / "IMG") == 1
+    assert "not a zoo model" in capsys.readouterr().err
+    assert distill_cli(tmp_path / "r3", "--teacher", TEACHER, "--bag", tmp_path / "nobag") == 1
+    assert "no such bag" in capsys.readouterr().err
+    assert distill_cli(tmp_path / "r4", "--teacher", TEACHER, "--resume") == 1
+    assert "holds no distillation run" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# It learns from the teacher alone
+# --------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_student_distilled_from_an_image_folder_agrees_with_the_teacher(scenes, tmp_path):
+    run = tmp_path / "folder"
+    assert distill_cli(run, "--teacher", TEACHER, "--images", scenes / "IMG", "--holdout", "0.25",
+                       "iters=%d" % ITERS, "eval_every=%d" % ITERS, *STUDENT) == 0
+    report = check_agreement(run, 16)
+    assert report["frames"]["train_frames"] == 48 and report["frames"]["holdout_by"] == "file"
+    # the labels the student learnt from are the teacher's, made through the runtime
+    from lpcv_segmentation.runtime.segmenter import Segmenter
+    from training.data import read_image, read_label
+    image = sorted((run / "frames" / "IMG" / "train").glob("*.png"))[0]
+    teacher = Segmenter(str(TEACHER))
+    np.testing.assert_array_equal(read_label(run / "frames" / "GT" / "train" / image.name),
+                                  teacher.segment(read_image(image)).labels)
+    # the result is a checkpoint like any other: it evaluates (and so prunes and exports)
+    from training.evaluate import evaluate
+    held = evaluate(str(run / "best.safetensors"), str(run / "frames"), "val", warmup=0,
+                    progress=False)
+    assert held["miou"] == pytest.approx(report["student"]["miou"])
+
+
+@pytest.mark.slow
+def test_student_distilled_from_a_flight_bag_resumes_after_sigkill(scenes, tmp_path):
+    from training.dataset_to_bag import write_flight_bag
+    bag = tmp_path / "flight"
+    write_flight_bag(scenes, "train", bag, progress=False)  # 48 frames, labels on their own topic
+    run = tmp_path / "bag_run"
+    args = ["--teacher", TEACHER, "--bag", bag, "--every", "1", "--holdout", "0.25",
+            "iters=%d" % ITERS, "eval_every=%d" % ITERS, "checkpoint_every=10"] + STUDENT
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    log = open(tmp_path / "stderr.txt", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "training", "distill", "--out", str(run)]
+                            + [str(a) for a in args], cwd=str(REPO), env=env,
+                            stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and not (run / "last.state.pt").is_file():
+            time.sleep(0.1)
+        assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    import torch
+    stopped = torch.load(run / "last.state.pt", map_location="cpu", weights_only=True)["iteration"]
+    assert 10 <= stopped < ITERS and not (run / "agreement.json").exists()
+    assert distill_cli(run, "--resume") == 0  # sources and teacher come from the run
+    from lpcv_segmentation.model.checkpoint import read_metadata
+    assert read_metadata(str(run / "last.safetensors"))["training"]["iteration"] == ITERS
+    report = check_agreement(run, 12)
+    assert report["frames"]["train_frames"] == 36
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PEER.is_file(), reason="the LPCV network's copy %s is absent" % PEER)
+def test_student_distils_from_the_lpcv_network_by_its_zoo_name(scenes, tmp_path, monkeypatch,
+                                                                capsys):
+    """288 px input, its own mean/std, stride-8 logits: all read from the wrapped model."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    from lpcv_segmentation.zoo import install
+    install("lpcv2023-topformer-tiny", str(PEER))
+    run = tmp_path / "lpcv"
+    assert distill_cli(run, "--teacher", "zoo:lpcv2023-topformer-tiny", "--images",
+                       scenes / "IMG" / "val", "--holdout", "0.25", "iters=4", "eval_every=4",
+                       *STUDENT) == 0
+    out = capsys.readouterr().out
+    report = json.loads((run / "agreement.json").read_text())
+    assert report["teacher"] == "zoo:lpcv2023-topformer-tiny" and report["student"]["frames"] == 4
+    assert 0.0 <= report["student"]["pixel_agreement"] <= 1.0
+    assert "agreement with the teacher on 4 held-out frames" in out
+    print("LPCV network -> student on 12 synthetic frames, 4 iterations: agreement mIoU %.3f, "
+          "pixels %.3f (no bound: the network never saw drawn scenes)"
+          % (report["student"]["miou"], report["student"]["pixel_agreement"]))
