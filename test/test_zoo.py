@@ -138,8 +138,13 @@ def test_install_from_then_consumers_take_the_zoo_name(cache, tmp_path, synth_da
     values["model_path"] = "zoo:" + NAME
     assert check_config(values).model_path == path  # the node's model_path (and the launch file's)
 
-    from lpcv_segmentation.replay.scoring import resolve_model
+    from lpcv_segmentation.replay.scoring import evaluate_offline, resolve_model
+    from training.dataset_to_bag import write_flight_bag
     assert resolve_model("zoo:" + NAME) == path  # bag_eval --model
+    bag = tmp_path / "flight"
+    write_flight_bag(synth_dataset, "val", bag, limit=2, progress=False)
+    replay = evaluate_offline(bag, "zoo:" + NAME, progress=False)
+    assert replay["model"] == path and replay["frames"] == 2, replay
 
     from training.evaluate import evaluate
     result = evaluate("zoo:" + NAME, str(synth_dataset), "val", warmup=0, limit=2, progress=False)

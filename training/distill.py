@@ -76,8 +76,9 @@ class DistillError(RuntimeError):
 # Command line
 # --------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--teacher", required=True, metavar="MODEL",
-                        help="the teacher: an .onnx file, a .safetensors checkpoint or zoo:NAME")
+    parser.add_argument("--teacher", metavar="MODEL",
+                        help="the teacher: an .onnx file, a .safetensors checkpoint or zoo:NAME "
+                             "(required, except with --resume: the run's own)")
     parser.add_argument("--student", default=DEFAULT_STUDENT_CONFIG, metavar="CONFIG_OR_CKPT",
                         help="student config (YAML; default %(default)s) or a checkpoint to "
                              "start from (its architecture and input size are kept)")
@@ -304,6 +305,9 @@ def distill(args: argparse.Namespace) -> int:
     if not resume and (run_dir / STATE).exists():
         raise DistillError("%s already holds a run (%s); pass --resume to continue it or choose "
                            "another --out" % (run_dir, STATE))
+    if not args.resume and not args.teacher:
+        raise DistillError("--teacher is required (an .onnx file, a .safetensors checkpoint or "
+                           "zoo:NAME)")
     if resume:
         saved = json.loads((run_dir / FRAMES / MANIFEST).read_text())["settings"]
         args.teacher = saved["teacher"]  # the run's own teacher, whatever this call says
@@ -313,6 +317,9 @@ def distill(args: argparse.Namespace) -> int:
         args.teacher, args.images, args.bag = saved["teacher"], saved["images"], saved["bags"]
         args.camera_topic, args.every, args.data = saved["camera_topic"], saved["every"], saved["data"]
         args.holdout, args.holdout_by = saved["holdout"], saved["holdout_by"]
+    if not args.teacher:
+        raise DistillError("--resume: %s has no record of its teacher and sources yet; start it "
+                           "again with --teacher and --images/--bag" % run_dir)
     config, *student_overrides = _student_config(args.student) if not resume else [None]
     user_keys = {o.split("=", 1)[0] for o in args.overrides}
     student_overrides = [o for o in student_overrides if o.split("=", 1)[0] not in user_keys]

@@ -20,8 +20,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-import urllib.error
-import urllib.request
 from typing import Any, Callable, Dict, List, Optional
 
 from lpcv_segmentation.core.fileio import TEMP_MARKER, file_sha256
@@ -98,6 +96,8 @@ def _temp_file(model: ZooModel) -> str:
 def _download(model: ZooModel, url: str, target: str,
               progress: Optional[Callable[[int, Optional[int]], None]]) -> str:
     """Stream ``url`` into ``target``; its hex SHA-256. ZooError (one line) when it fails."""
+    import urllib.error  # here: resolving a name (every Segmenter) needs no network modules
+    import urllib.request
     digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, \
