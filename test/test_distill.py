@@ -30,16 +30,16 @@ PEER = REPO.parent / "shared" / "peers" / "lpcv2023_2nd_topformer_tiny_288.onnx"
 STUDENT = ["arch=mobilevit_xxs", "decoder_channels=32", "input_size=128", "crop_size=64",
            "batch_size=8", "workers=0", "warmup_iters=10", "lr=3e-3", "ohem_min_kept=5000",
            "scale_min=0.75", "scale_max=1.5", "max_eval_images=null"]
-ITERS = 120
+ITERS = 80
+CANDIDATES = 120
 # The requirement: the student's labels agree with the teacher's far better than predicting the
-# teacher's most common class everywhere. The teacher labels about 90 % of these scenes
-# background, so that floor agrees on about 90 % of the pixels; what separates a student that
-# learnt from one that did not is the teacher's other classes: mIoU (over the classes either
-# uses) at least MIOU_FACTOR times the floor's, more pixels agreeing, and the teacher's second
-# class (water, on which the floor scores 0) found with an IoU of at least SECOND_CLASS_IOU.
-# Measured: mIoU 0.244 against 0.153, pixels 0.935 against 0.919, water IoU 0.53.
-MIOU_FACTOR = 1.4
-PIXEL_MARGIN = 0.005
+# teacher's most common class everywhere (the floor, computed here): an mIoU (over the classes
+# either uses) at least MIOU_FACTOR times the floor's, PIXEL_MARGIN more of the pixels agreeing,
+# and the teacher's second class, on which the floor scores 0, found with an IoU of at least
+# SECOND_CLASS_IOU. Measured on the folder (this machine, 60 / 120 iterations): mIoU 0.282 /
+# 0.326 against 0.090, pixels 0.746 / 0.812 against 0.541, water IoU 0.73 at 120.
+MIOU_FACTOR = 2.0
+PIXEL_MARGIN = 0.1
 SECOND_CLASS_IOU = 0.3
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -47,10 +47,27 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory) -> Path:
-    """64 synthetic scenes of 128 px: IMG/{train,val} (48 + 16), labels unused."""
-    from training.synth import write_dataset
-    return write_dataset(tmp_path_factory.mktemp("scenes"), count=64, size=128, seed=5,
-                         val_fraction=0.25, progress=False)
+    """64 synthetic scenes of 128 px in the LPCV layout (IMG/train, with GT/train only for
+    ``dataset-to-bag``; no student is given a label): the 64 of CANDIDATES drawn scenes on which
+    the teacher labels the least background, the footage of a disaster rather than of fields."""
+    import cv2
+
+    from lpcv_segmentation.runtime.segmenter import Segmenter
+    from training.synth import render_scene
+    teacher = Segmenter(str(TEACHER))
+    drawn = []
+    for seed in range(CANDIDATES):
+        rgb, label = render_scene(seed, 128)[:2]
+        drawn.append((float((teacher.segment(rgb).labels == 0).mean()), seed, rgb, label))
+    kept = sorted(sorted(drawn, key=lambda d: d[0])[:64], key=lambda d: d[1])
+    root = tmp_path_factory.mktemp("scenes")
+    for folder in ("IMG/train", "GT/train"):
+        (root / folder).mkdir(parents=True)
+    for i, (_, _, rgb, label) in enumerate(kept):
+        cv2.imwrite(str(root / "IMG" / "train" / ("scene_%03d.png" % i)),
+                    cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(root / "GT" / "train" / ("scene_%03d.png" % i)), label)
+    return root
 
 
 def distill_cli(out, *args):
@@ -117,10 +134,10 @@ def test_folders_are_searched_recursively_and_held_out_by_file_or_flight(tmp_pat
         split_held_out(flights[:1], 0.2, "flight")
 
 
-def test_bad_sources_and_teachers_are_one_clear_error(scenes, tmp_path, capsys):
+def test_bad_sources_and_teachers_are_one_clear_error(tmp_path, capsys):
     assert distill_cli(tmp_path / "r1", "--teacher", TEACHER) == 1
     assert "no frames: give --images DIR and/or --bag FLIGHT" in capsys.readouterr().err
-    assert distill_cli(tmp_path / "r2", "--teacher", "zoo:nope", "--images", scenes / "IMG") == 1
+    assert distill_cli(tmp_path / "r2", "--teacher", "zoo:nope", "--images", tmp_path) == 1
     assert "not a zoo model" in capsys.readouterr().err
     assert distill_cli(tmp_path / "r3", "--teacher", TEACHER, "--bag", tmp_path / "nobag") == 1
     assert "no such bag" in capsys.readouterr().err
@@ -156,7 +173,7 @@ def test_student_distilled_from_an_image_folder_agrees_with_the_teacher(scenes, 
 def test_student_distilled_from_a_flight_bag_resumes_after_sigkill(scenes, tmp_path):
     from training.dataset_to_bag import write_flight_bag
     bag = tmp_path / "flight"
-    write_flight_bag(scenes, "train", bag, progress=False)  # 48 frames, labels on their own topic
+    write_flight_bag(scenes, "train", bag, progress=False)  # 64 frames, labels on their own topic
     run = tmp_path / "bag_run"
     args = ["--teacher", TEACHER, "--bag", bag, "--every", "1", "--holdout", "0.25",
             "iters=%d" % ITERS, "eval_every=%d" % ITERS, "checkpoint_every=10"] + STUDENT
@@ -182,8 +199,8 @@ def test_student_distilled_from_a_flight_bag_resumes_after_sigkill(scenes, tmp_p
     assert distill_cli(run, "--resume") == 0  # sources and teacher come from the run
     from lpcv_segmentation.model.checkpoint import read_metadata
     assert read_metadata(str(run / "last.safetensors"))["training"]["iteration"] == ITERS
-    report = check_agreement(run, 12)
-    assert report["frames"]["train_frames"] == 36
+    report = check_agreement(run, 16)
+    assert report["frames"]["train_frames"] == 48
 
 
 @pytest.mark.slow
@@ -196,13 +213,13 @@ def test_student_distils_from_the_lpcv_network_by_its_zoo_name(scenes, tmp_path,
     install("lpcv2023-topformer-tiny", str(PEER))
     run = tmp_path / "lpcv"
     assert distill_cli(run, "--teacher", "zoo:lpcv2023-topformer-tiny", "--images",
-                       scenes / "IMG" / "val", "--holdout", "0.25", "iters=4", "eval_every=4",
+                       scenes / "IMG", "--holdout", "0.25", "iters=4", "eval_every=4",
                        *STUDENT) == 0
     out = capsys.readouterr().out
     report = json.loads((run / "agreement.json").read_text())
-    assert report["teacher"] == "zoo:lpcv2023-topformer-tiny" and report["student"]["frames"] == 4
+    assert report["teacher"] == "zoo:lpcv2023-topformer-tiny" and report["student"]["frames"] == 16
     assert 0.0 <= report["student"]["pixel_agreement"] <= 1.0
-    assert "agreement with the teacher on 4 held-out frames" in out
-    print("LPCV network -> student on 12 synthetic frames, 4 iterations: agreement mIoU %.3f, "
+    assert "agreement with the teacher on 16 held-out frames" in out
+    print("LPCV network -> student on 48 synthetic frames, 4 iterations: agreement mIoU %.3f, "
           "pixels %.3f (no bound: the network never saw drawn scenes)"
           % (report["student"]["miou"], report["student"]["pixel_agreement"]))
