@@ -145,6 +145,34 @@ def test_bad_sources_and_teachers_are_one_clear_error(tmp_path, capsys):
     assert "holds no distillation run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_a_checkpoint_student_with_labelled_data_mixed_in_exports_like_any(
+        synth_dataset, tiny_checkpoint, tiny_onnx, tmp_path):
+    """--student CKPT keeps its architecture and input size; --data links the labelled training
+    pairs in beside the teacher-labelled frames; the result exports to ONNX."""
+    import yaml
+
+    from lpcv_segmentation.model.checkpoint import read_metadata
+    from lpcv_segmentation.runtime.segmenter import Segmenter
+    from training.export import export_onnx
+    run = tmp_path / "ckpt"
+    assert distill_cli(run, "--teacher", tiny_onnx, "--student", tiny_checkpoint, "--images",
+                       synth_dataset / "IMG" / "val", "--data", synth_dataset, "--holdout",
+                       "0.25", "iters=2", "eval_every=2", "batch_size=2", "workers=0") == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["init"] == str(tiny_checkpoint) and config["crop_size"] == 128
+    manifest = json.loads((run / "frames" / "manifest.json").read_text())
+    assert (manifest["train_frames"], manifest["held_out_frames"]) == (6, 2)
+    assert manifest["labelled_train_images"] == 24
+    labelled = sorted((run / "frames" / "GT" / "train").glob("labelled_*.png"))
+    assert len(labelled) == 24 and labelled[0].resolve().parent == synth_dataset / "GT" / "train"
+    meta = read_metadata(str(run / "best.safetensors"))
+    assert (meta["arch"], meta["decoder_channels"], meta["input_size"]) == ("mobilevit_xxs", 32, 128)
+    exported = tmp_path / "student.onnx"
+    export_onnx(str(run / "best.safetensors"), str(exported), verify_images=1)
+    assert Segmenter(str(exported)).input_size == 128
+
+
 # --------------------------------------------------------------------------------------------
 # It learns from the teacher alone
 # --------------------------------------------------------------------------------------------
@@ -211,15 +239,17 @@ def test_student_distils_from_the_lpcv_network_by_its_zoo_name(scenes, tmp_path,
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     from lpcv_segmentation.zoo import install
     install("lpcv2023-topformer-tiny", str(PEER))
+    from training.dataset_to_bag import write_flight_bag
+    bag = tmp_path / "flight"
+    write_flight_bag(scenes, "train", bag, progress=False)
     run = tmp_path / "lpcv"
-    assert distill_cli(run, "--teacher", "zoo:lpcv2023-topformer-tiny", "--images",
-                       scenes / "IMG", "--holdout", "0.25", "iters=4", "eval_every=4",
-                       *STUDENT) == 0
+    assert distill_cli(run, "--teacher", "zoo:lpcv2023-topformer-tiny", "--bag", bag, "--every",
+                       "1", "--holdout", "0.25", "iters=4", "eval_every=4", *STUDENT) == 0
     out = capsys.readouterr().out
     report = json.loads((run / "agreement.json").read_text())
     assert report["teacher"] == "zoo:lpcv2023-topformer-tiny" and report["student"]["frames"] == 16
     assert 0.0 <= report["student"]["pixel_agreement"] <= 1.0
     assert "agreement with the teacher on 16 held-out frames" in out
-    print("LPCV network -> student on 48 synthetic frames, 4 iterations: agreement mIoU %.3f, "
+    print("LPCV network -> student on a 64-frame flight bag, 4 iterations: agreement mIoU %.3f, "
           "pixels %.3f (no bound: the network never saw drawn scenes)"
           % (report["student"]["miou"], report["student"]["pixel_agreement"]))
