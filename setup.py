@@ -21,7 +21,7 @@ setup(
     # ament_python: runtime dependencies are package.xml's exec_depends (rosdep installs them);
     # pip only needs setuptools. rosbags has no rosdep key: bag_eval's extra.
     install_requires=["setuptools"],
-    extras_require={"bag_eval": ["rosbags>=0.10", "tqdm"], "geo": ["pymap3d>=3.1"]},
+    extras_require={"bag_eval": ["rosbags>=0.10", "tqdm"], "geo": ["pymap3d>=3.1"], "zoo": ["onnx"]},
     zip_safe=True,
     maintainer="lpcv_segmentation maintainers",
     maintainer_email="lpcv-segmentation@example.org",

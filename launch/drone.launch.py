@@ -28,7 +28,8 @@ def generate_launch_description() -> LaunchDescription:
     arguments = [
         DeclareLaunchArgument(
             "model_path", default_value="",
-            description="ONNX model (or checkpoint); empty: share/lpcv_segmentation/models/"
+            description="ONNX model (or checkpoint), or zoo:NAME (python -m "
+                        "lpcv_segmentation.zoo); empty: share/lpcv_segmentation/models/"
                         "default.onnx"),
         DeclareLaunchArgument(
             "backend", default_value="auto",

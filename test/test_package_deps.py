@@ -34,6 +34,7 @@ UNDECLARED: Dict[str, str] = {
     "tensorrt": "TensorRT back end; part of JetPack",
     "cuda": "TensorRT back end (cuda-python); part of JetPack",
     "pymap3d": "ground positions only (fix_topic set); no rosdep key: setup.py extra geo",
+    "onnx": "model zoo fetch/install (the wrap of a published file); setup.py extra zoo",
 }
 
 

@@ -14,6 +14,8 @@ COMMANDS = {
     "synth": ("training.synth", "write a deterministic synthetic disaster-scene dataset"),
     "score": ("training.score", "score prediction PNGs against label PNGs (mIoU, Dice)"),
     "train": ("training.train", "train a model (optionally distilled from a teacher)"),
+    "distill": ("training.distill", "distil a student from any teacher on unlabelled image "
+                "folders and flight bags"),
     "evaluate": ("training.evaluate", "evaluate a checkpoint, ONNX model or engine"),
     "export": ("training.export", "export a checkpoint to ONNX (fp32/fp16/int8) or TensorRT"),
     "import-onnx": ("training.import_onnx", "copy a foreign ONNX segmentation model with this "

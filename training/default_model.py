@@ -312,6 +312,19 @@ def _student_title(overrides: Dict[str, Any]) -> str:
                                  overrides.get("arch", "?"))
 
 
+def trained_on_table() -> str:
+    """The card's table of every shipped and zoo model and the data it was trained on."""
+    from lpcv_segmentation.zoo import MODELS
+    rows = ["| model | where it comes from | trained on |", "|---|---|---|",
+            "| `default.onnx`, `default_fp16.onnx`, `default.safetensors` | shipped in `models/` "
+            "| drawn synthetic scenes only (`python -m training synth`); never a real image |"]
+    rows += ["| `%s` | model zoo: `python -m lpcv_segmentation.zoo fetch %s` (%s; docs/zoo.md) "
+             "| %s |" % (m.spec, m.name, m.licence, m.trained_on) for m in MODELS.values()]
+    rows.append("| a student of `python -m training distill` | your run folder | your frames, "
+                "labelled by its teacher (docs/zoo.md) |")
+    return "\n".join(rows)
+
+
 def model_card(report: Dict[str, Any]) -> str:
     """models/README.md: what the model is, how it was made, what it scores, and its limits."""
     s = report["settings"]
@@ -360,6 +373,10 @@ floods, fires, volcanoes, earthquakes, snow and landslides with all 14 LPCV clas
 never seen a real image. Use it to run the demo, the node and the replay tools end to end;
 do not expect it to segment real UAV footage. Its figures below are on synthetic validation
 scenes and say nothing about the real task.
+
+## What each model was trained on
+
+{trained_on}
 
 ## How it was made
 
@@ -423,6 +440,7 @@ Those configs use the paper's settings (512 px, 40k iterations: a GPU is needed)
 Built {built} with Python {python}, torch {torch}, onnxruntime {ort}.
 """.format(
         quick_warning=quick_warning, minutes=report["seconds"] / 60.0,
+        trained_on=trained_on_table(),
         work=report.get("work", "runs/default_model"),
         threads_train=s.get("threads") or "default",
         cpu=machine["cpu"],

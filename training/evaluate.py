@@ -46,7 +46,8 @@ class EvaluateError(RuntimeError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="MODEL",
-                        help="model file: .safetensors checkpoint, .onnx or TensorRT .engine")
+                        help="model file: .safetensors checkpoint, .onnx or TensorRT .engine, or "
+                        "zoo:NAME (python -m lpcv_segmentation.zoo)")
     parser.add_argument("--data", required=True, help="dataset root in the LPCV layout")
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
     parser.add_argument("--json", required=True, metavar="OUT.json", help="where to write results")
@@ -124,8 +125,13 @@ def evaluate(model_path: str, data: str, split: str = "val", backend: str = "aut
     from tqdm import tqdm
 
     from lpcv_segmentation.runtime.segmenter import Segmenter
+    from lpcv_segmentation.zoo import ZooError, resolve_model_path
     from training.data import find_pairs, read_image, read_label, validate_pairs
 
+    try:
+        model_path = resolve_model_path(model_path)  # zoo:NAME -> the cached file
+    except ZooError as error:
+        raise EvaluateError(str(error))
     pairs = find_pairs(data, split)
     if limit is not None:
         if limit < 1:

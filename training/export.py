@@ -36,6 +36,7 @@ from onnxruntime.quantization import CalibrationDataReader
 from lpcv_segmentation.runtime.engine_cache import tensorrt_version
 from lpcv_segmentation.core.fileio import copy_file_atomic
 from lpcv_segmentation.core.formatting import fmt
+from lpcv_segmentation.runtime.onnx_import import set_metadata  # noqa: F401  (export's API too)
 from lpcv_segmentation.runtime.segmenter import (INPUT_NAME, METADATA_KEY, OUTPUT_NAME,
                                                  RuntimeConfigError, Segmenter, preprocess)
 
@@ -89,16 +90,6 @@ def model_to_onnx(model: Any, input_size: int, opset: int = DEFAULT_OPSET,
                                     output_names=[OUTPUT_NAME], opset_version=int(opset),
                                     verbose=False, external_data=False)
     return program.model_proto
-
-
-def set_metadata(proto: Any, meta: Dict[str, Any]) -> Any:
-    """Store ``meta`` as JSON under metadata_props["lpcv_segmentation"] (replacing it)."""
-    for i in reversed(range(len(proto.metadata_props))):
-        if proto.metadata_props[i].key == METADATA_KEY:
-            del proto.metadata_props[i]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(meta, default=str)
-    return proto
 
 
 def to_fp16(proto: Any) -> Any:

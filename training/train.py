@@ -52,6 +52,7 @@ from lpcv_segmentation.core.formatting import fmt
 from lpcv_segmentation.core.metrics import SegmentationMetrics
 from lpcv_segmentation.model.segmodel import SegModel, build_model, check_input_size
 from lpcv_segmentation.runtime.segmenter import IMAGENET_MEAN, IMAGENET_STD, RuntimeConfigError, postprocess
+from lpcv_segmentation.zoo import ZooError, resolve_model_path
 from training import config as config_lib
 from training.config import ConfigError
 from training.data import DatasetError, EvalTransform, SegmentationDataset, TrainTransform
@@ -95,8 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="RUN_DIR",
                         help="run folder for checkpoints, metrics.csv and config.yaml")
     parser.add_argument("--teacher", metavar="CKPT",
-                        help="distil from this teacher: a checkpoint, or an ONNX file (logit "
-                        "distillation through ONNX Runtime) (same as teacher=CKPT)")
+                        help="distil from this teacher: a checkpoint, or an ONNX file or "
+                        "zoo:NAME (logit distillation through ONNX Runtime) (same as "
+                        "teacher=CKPT)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in RUN_DIR from its last checkpoint")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -174,7 +176,12 @@ Teacher = Union[SegModel, OnnxTeacher]
 
 def load_teacher(path: str, device: torch.device) -> Teacher:
     """The frozen teacher: eval mode, no gradients; refuses a model of other classes. A
-    ``.onnx`` file becomes an OnnxTeacher (logits through ONNX Runtime)."""
+    ``.onnx`` file becomes an OnnxTeacher (logits through ONNX Runtime); ``zoo:NAME`` is the
+    cached zoo model."""
+    try:
+        path = resolve_model_path(path)
+    except ZooError as exc:
+        raise TrainingError("teacher: %s" % exc)
     if is_onnx_path(path):
         if not os.path.isfile(path):
             raise TrainingError("teacher ONNX file %s does not exist" % path)

@@ -9,6 +9,7 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequenc
 
 from lpcv_segmentation.core.classes import CLASS_NAMES, DETECTION_CLASS_IDS, class_id
 from lpcv_segmentation.node.stats import Thresholds
+from lpcv_segmentation.zoo import ZooError, resolve_model_path
 
 PACKAGE = "lpcv_segmentation"
 NODE_NAME = "segmentation_node"
@@ -98,8 +99,9 @@ PARAMETERS: List[ParamSpec] = [
               "starts segmenting); false: configure and activate at start"),
     # The model and how to run it.
     ParamSpec("model_path", "",
-              "ONNX model (or a checkpoint for the pytorch back end); empty: the model shipped "
-              "in share/lpcv_segmentation/models/default.onnx"),
+              "ONNX model (or a checkpoint for the pytorch back end), or zoo:NAME for a model "
+              "fetched with python -m lpcv_segmentation.zoo; empty: the model shipped in "
+              "share/lpcv_segmentation/models/default.onnx"),
     ParamSpec("backend", "auto",
               "inference back end: auto, onnxruntime, pytorch or tensorrt", _non_empty),
     ParamSpec("device", "cpu", "device for the back end: cpu, cuda, cuda:N or auto", _non_empty),
@@ -383,7 +385,10 @@ def check_config(values: Dict[str, object]) -> NodeConfig:
                              " (%r)" % (values["diag_latency_error_ms"],
                                         values["diag_latency_warn_ms"]))
     model_path = str(values["model_path"]) or str(default_model_path())
-    model_path = os.path.expanduser(model_path)
+    try:
+        model_path = os.path.expanduser(resolve_model_path(model_path))  # zoo:NAME -> its file
+    except ZooError as error:
+        raise ParameterError("parameter model_path: %s" % error)
     if not os.path.isfile(model_path):
         raise ParameterError("parameter model_path: no model file at %s" % model_path)
     thresholds = Thresholds(

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="offline: Segmenter here; live: against the node (default: "
                              "%(default)s)")
     parser.add_argument("--model", default=None,
-                        help="model file (default: the shipped models/default.onnx)")
+                        help="model file or zoo:NAME (default: the shipped models/default.onnx)")
     parser.add_argument("--backend", default=None,
                         help="back end: auto, onnxruntime, pytorch, tensorrt (default: auto; "
                              "live: the params file's)")

@@ -21,9 +21,14 @@ class EvalError(RuntimeError):
 
 
 def resolve_model(model: Optional[str]) -> str:
-    """``model`` or the shipped default model; EvalError naming the file when it is missing."""
+    """``model`` (a file or ``zoo:NAME``) or the shipped default model; EvalError naming the
+    file when it is missing."""
     from lpcv_segmentation.node.config import default_model_path
-    path = Path(model) if model else default_model_path()
+    from lpcv_segmentation.zoo import ZooError, resolve_model_path
+    try:
+        path = Path(resolve_model_path(model)) if model else default_model_path()
+    except ZooError as error:
+        raise EvalError(str(error))
     if not path.is_file():
         hint = ("" if model else "; build it with `python -m training default-model` "
                 "or pass --model")

@@ -481,7 +481,11 @@ class Segmenter:
                  precision: str = "fp32", threads: Optional[int] = None,
                  providers: Optional[List[str]] = None,
                  engine_cache_dir: Optional[str] = None) -> None:
-        model_path = os.fspath(model_path)
+        from lpcv_segmentation.zoo import ZooError, resolve_model_path
+        try:
+            model_path = resolve_model_path(os.fspath(model_path))  # zoo:NAME -> the cached file
+        except ZooError as error:
+            raise RuntimeConfigError(str(error))
         name = resolve_backend(model_path, backend)
         _check_device(device)
         _check_precision(precision)
