@@ -9,7 +9,7 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequenc
 
 from lpcv_segmentation.core.classes import CLASS_NAMES, DETECTION_CLASS_IDS, class_id
 from lpcv_segmentation.node.stats import Thresholds
-from lpcv_segmentation.zoo import ZooError, resolve_model_path
+from lpcv_segmentation.zoo.cache import ZooError, resolve_model_path
 
 PACKAGE = "lpcv_segmentation"
 NODE_NAME = "segmentation_node"

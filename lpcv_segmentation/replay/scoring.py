@@ -24,7 +24,7 @@ def resolve_model(model: Optional[str]) -> str:
     """``model`` (a file or ``zoo:NAME``) or the shipped default model; EvalError naming the
     file when it is missing."""
     from lpcv_segmentation.node.config import default_model_path
-    from lpcv_segmentation.zoo import ZooError, resolve_model_path
+    from lpcv_segmentation.zoo.cache import ZooError, resolve_model_path
     try:
         path = Path(resolve_model_path(model)) if model else default_model_path()
     except ZooError as error:

@@ -481,7 +481,7 @@ class Segmenter:
                  precision: str = "fp32", threads: Optional[int] = None,
                  providers: Optional[List[str]] = None,
                  engine_cache_dir: Optional[str] = None) -> None:
-        from lpcv_segmentation.zoo import ZooError, resolve_model_path
+        from lpcv_segmentation.zoo.cache import ZooError, resolve_model_path
         try:
             model_path = resolve_model_path(os.fspath(model_path))  # zoo:NAME -> the cached file
         except ZooError as error:

@@ -16,7 +16,8 @@ import json
 import sys
 from typing import List, Optional
 
-from lpcv_segmentation.zoo.store import ZooError, cache_dir, fetch, install, listing, resolve_model_path
+from lpcv_segmentation.zoo.cache import ZooError, cache_dir, resolve_model_path
+from lpcv_segmentation.zoo.store import fetch, install, listing
 
 __all__ = ["main"]
 
