@@ -147,13 +147,14 @@ def camera(args: argparse.Namespace) -> int:
            else QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
     msg_type = CompressedImage if args.type == "compressed" else Image
     publisher = node.create_publisher(msg_type, args.topic, qos)
-    deadline = time.monotonic() + 20.0
-    while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if publisher.get_subscription_count() == 0:
-        print(json.dumps({"error": "no subscriber on %s" % args.topic}), flush=True)
-        return 1
-    time.sleep(0.3)  # discovery completes on the subscriber's side too
+    if not args.no_wait:
+        deadline = time.monotonic() + 20.0
+        while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if publisher.get_subscription_count() == 0:
+            print(json.dumps({"error": "no subscriber on %s" % args.topic}), flush=True)
+            return 1
+        time.sleep(0.3)  # discovery completes on the subscriber's side too
     if args.pattern == "scene":
         rgb = scene_rgb(args.height, args.width)
     else:
@@ -260,6 +261,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     cam.add_argument("--rate", type=float, default=10.0, help="Hz; 0: as fast as possible")
     cam.add_argument("--frame-id", default="camera")
     cam.add_argument("--number", action="store_true", help="append the frame index to frame_id")
+    cam.add_argument("--no-wait", action="store_true",
+                     help="publish at once, whether or not anyone subscribes (a flood that "
+                          "outlives the nodes it feeds)")
     cam.add_argument("--malformed", default="",
                      help="comma-separated kinds sent in turn: %s" % ", ".join(MALFORMED))
     lis = commands.add_parser("listen", help="record the node's outputs until SIGINT")

@@ -72,9 +72,10 @@ def test_launch_starts_an_installed_executable(launch_tree):
     executable = _value(launch_tree, _keyword(nodes[0], "executable"))
     scripts = _console_scripts()
     assert executable in scripts
-    assert scripts[executable] == "lpcv_segmentation.node.segmentation_node:main"
-    from lpcv_segmentation.node import segmentation_node as node
-    assert callable(node.main)
+    # The entry imports the node inside main(), so that a SIGINT during the imports is clean.
+    assert scripts[executable] == "lpcv_segmentation.node.__main__:main"
+    from lpcv_segmentation.node import __main__ as entry
+    assert callable(entry.main)
     assert _value(launch_tree, _keyword(nodes[0], "name")) == NODE_NAME
 
 
