@@ -4,10 +4,10 @@
     python test/ros_helpers.py listen --out DIR --namespace /
 
 The camera prints one JSON line when done: {"sent": N, "stamps": [[sec, nanosec], ...],
-"frame_ids": [...]}. The listener appends one JSON line per message to DIR/events.jsonl and
-saves the pixels of images whose frame_id starts with --save-prefix to
-DIR/<topic name>__<frame_id>.npy. Tests import this module for the scene and the process
-environment too.
+"frame_ids": [...]}. The listener appends one JSON line per message to DIR/events.jsonl (and a
+"matched" line whenever the publishers matched to its subscriptions change), and saves the
+pixels of images whose frame_id starts with --save-prefix to DIR/<topic name>__<frame_id>.npy.
+Tests import this module for the scene and the process environment too.
 """
 import argparse
 import array
@@ -226,11 +226,27 @@ def listen(args: argparse.Namespace) -> int:
     reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    subscriptions = {}
     for topic in ("mask", "color", "overlay"):
-        node.create_subscription(Image, "seg/" + topic, on_image(topic), reliable)
-    node.create_subscription(String, "seg/detections", on_string("detections"), reliable)
-    node.create_subscription(String, "seg/label_info", on_string("label_info"), latched)
+        subscriptions[topic] = node.create_subscription(Image, "seg/" + topic, on_image(topic),
+                                                        reliable)
+    subscriptions["detections"] = node.create_subscription(
+        String, "seg/detections", on_string("detections"), reliable)
+    subscriptions["label_info"] = node.create_subscription(
+        String, "seg/label_info", on_string("label_info"), latched)
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, reliable)
+    if args.vision_msgs:
+        _listen_vision_msgs(node, write, subscriptions, reliable, latched)
+    matched: Dict[str, int] = {}
+
+    def report_matches() -> None:
+        """One event whenever the number of publishers matched to a subscription changes,
+        so that a test can wait for the graph instead of sleeping."""
+        counts = {name: sub.get_publisher_count() for name, sub in subscriptions.items()}
+        if counts != matched:
+            matched.update(counts)
+            write({"topic": "matched", "publishers": counts})
+    node.create_timer(0.05, report_matches)
     write({"topic": "listener", "state": "ready"})
     try:
         rclpy.spin(node)
@@ -241,6 +257,31 @@ def listen(args: argparse.Namespace) -> int:
         rclpy.try_shutdown()
         events.close()
     return 0
+
+
+def _listen_vision_msgs(node, write, subscriptions, reliable, latched) -> None:
+    """Detection2DArray and LabelInfo (vision_msgs must be importable) as events."""
+    from vision_msgs.msg import Detection2DArray, LabelInfo
+
+    def on_array(msg: Detection2DArray) -> None:
+        write({"topic": "detection_array",
+               "stamp": [msg.header.stamp.sec, msg.header.stamp.nanosec],
+               "frame_id": msg.header.frame_id,
+               "detections": [{"stamp": [d.header.stamp.sec, d.header.stamp.nanosec],
+                               "frame_id": d.header.frame_id,
+                               "center": [d.bbox.center.position.x, d.bbox.center.position.y],
+                               "size": [d.bbox.size_x, d.bbox.size_y],
+                               "results": [[r.hypothesis.class_id, r.hypothesis.score]
+                                           for r in d.results]}
+                              for d in msg.detections]})
+
+    def on_label_info(msg: LabelInfo) -> None:
+        write({"topic": "vision_label_info", "threshold": msg.threshold,
+               "class_map": [[c.class_id, c.class_name] for c in msg.class_map]})
+    subscriptions["detection_array"] = node.create_subscription(
+        Detection2DArray, "seg/detection_array", on_array, reliable)
+    subscriptions["vision_label_info"] = node.create_subscription(
+        LabelInfo, "seg/vision_label_info", on_label_info, latched)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -270,6 +311,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     lis.add_argument("--out", required=True)
     lis.add_argument("--namespace", default="/")
     lis.add_argument("--save-prefix", default="keep")
+    lis.add_argument("--vision-msgs", action="store_true",
+                     help="also seg/detection_array and seg/vision_label_info (vision_msgs)")
     args = parser.parse_args(argv)
     return camera(args) if args.command == "camera" else listen(args)
 

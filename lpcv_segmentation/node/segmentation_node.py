@@ -231,11 +231,13 @@ class SegmentationNode(LifecycleNodeMixin, Node):
             DiagnosticArray, DIAGNOSTICS_TOPIC, 10))
         self._timers_open.append(self.create_timer(config.diagnostics_period_s,
                                                    self._publish_diagnostics))
-        self._vision_msgs = None
-        if config.detections_format != "json":
-            try:
-                self._vision_msgs = import_vision_msgs()
-            except MissingPackageError as error:
+        # The class table goes out as LabelInfo wherever vision_msgs is installed, as consumers
+        # of class masks (Nav2's semantic layer) expect; only the detections need it asked for.
+        try:
+            self._vision_msgs = import_vision_msgs()
+        except MissingPackageError as error:
+            self._vision_msgs = None
+            if config.detections_format != "json":
                 raise StartupError(str(error)) from None
         self._set_phase(Phase.BUILDING_ENGINE if engine_build_needed(
             config.model_path, config.backend, config.device, config.precision,
@@ -295,10 +297,11 @@ class SegmentationNode(LifecycleNodeMixin, Node):
             self._detections_pub = self._publisher(String, config.detections_topic)
             self._label_info_pub = self._publisher(String, config.label_info_topic, LATCHED_QOS)
             self._label_info_pub.publish(String(data=json.dumps({"classes": class_table()})))
+        vision_msgs = self._vision_msgs
         if config.detections_format in ("vision_msgs", "both"):
-            vision_msgs = self._vision_msgs
             self._detection_array_pub = self._publisher(vision_msgs.Detection2DArray,
                                                         config.detection_array_topic)
+        if vision_msgs is not None:
             vision_label_info = self._publisher(vision_msgs.LabelInfo,
                                                 config.vision_label_info_topic, LATCHED_QOS)
             header = {"stamp": {"sec": 0, "nanosec": 0}, "frame_id": ""}
