@@ -232,6 +232,19 @@ def _published_summary(values: Dict[str, str]) -> dict:
             "resident_memory_mb": number("resident_memory_mb")}
 
 
+def _at_a_threshold(summary: dict, thresholds) -> bool:
+    """A published figure (rounded to 0.01, memory to 0.1) within rounding of its threshold."""
+    end_to_end = summary["latency_ms"]["end_to_end"]
+    pairs = [(summary["output_rate_hz"], thresholds.min_output_rate_hz, 0.005),
+             (summary["seconds_since_input"], thresholds.input_timeout_s, 0.005),
+             (summary["resident_memory_mb"], thresholds.memory_warn_mb, 0.05)]
+    if end_to_end is not None:
+        pairs += [(end_to_end["p95"], thresholds.latency_warn_ms, 0.005),
+                  (end_to_end["p95"], thresholds.latency_error_ms, 0.005)]
+    return any(value is not None and abs(value - limit) <= margin
+               for value, limit, margin in pairs)
+
+
 def test_the_published_level_is_the_assessment_of_the_published_values(graph, tiny_onnx):
     from lpcv_segmentation.node.config import PARAMETERS, check_config
     from lpcv_segmentation.node.segmentation_node import Phase
@@ -252,7 +265,10 @@ def test_the_published_level_is_the_assessment_of_the_published_values(graph, ti
         (status,) = event["status"]
         if status["message"] in phases:
             continue
-        level, message = assess(_published_summary(status["values"]), thresholds)
+        summary = _published_summary(status["values"])
+        if _at_a_threshold(summary, thresholds):
+            continue  # the rounded figure cannot tell which side the node saw
+        level, message = assess(summary, thresholds)
         assert (status["level"], words(status["message"])) == (level, words(message)), status
         checked += 1
     assert checked >= 2
