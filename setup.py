@@ -30,7 +30,7 @@ setup(
     python_requires=">=3.8",
     entry_points={
         "console_scripts": [
-            "segmentation_node = lpcv_segmentation.node.segmentation_node:main",
+            "segmentation_node = lpcv_segmentation.node.__main__:main",
             "bag_eval = lpcv_segmentation.replay.bag_eval:main",
         ],
     },

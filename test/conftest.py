@@ -8,6 +8,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 from fixtures_data import *  # noqa: E402,F401,F403  synthetic dataset on disk
 from fixtures_model import *  # noqa: E402,F401,F403  tiny checkpoint and ONNX model
+from fixtures_package import *  # noqa: E402,F401,F403  the package built in a colcon workspace
 
 
 @pytest.fixture

@@ -5,11 +5,12 @@
     python test/ros_helpers.py telemetry --kind fix|rel_alt|heading|camera_info ...
 
 The camera prints one JSON line when done: {"sent": N, "stamps": [[sec, nanosec], ...],
-"frame_ids": [...]}. The listener appends one JSON line per message to DIR/events.jsonl and
-saves the pixels of images whose frame_id starts with --save-prefix to
-DIR/<topic name>__<frame_id>.npy; with --ground it also records the GeoJSON, the confidence
-and the PNG mask (decoded, as ``mask_png``). ``telemetry`` publishes one vehicle input (a
-NavSatFix, a relative altitude, a heading or the camera's camera_info) at a rate until SIGINT.
+"frame_ids": [...]}. The listener appends one JSON line per message to DIR/events.jsonl (and a
+"matched" line whenever the publishers matched to its subscriptions change), and saves the
+pixels of images whose frame_id starts with --save-prefix to DIR/<topic name>__<frame_id>.npy;
+with --ground it also records the GeoJSON, the confidence and the PNG mask (decoded, as
+``mask_png``). ``telemetry`` publishes one vehicle input (a NavSatFix, a relative altitude, a
+heading or the camera's camera_info) at a rate until SIGINT.
 Tests import this module for the scene and the process environment too.
 """
 import argparse
@@ -150,13 +151,14 @@ def camera(args: argparse.Namespace) -> int:
            else QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
     msg_type = CompressedImage if args.type == "compressed" else Image
     publisher = node.create_publisher(msg_type, args.topic, qos)
-    deadline = time.monotonic() + 20.0
-    while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if publisher.get_subscription_count() == 0:
-        print(json.dumps({"error": "no subscriber on %s" % args.topic}), flush=True)
-        return 1
-    time.sleep(0.3)  # discovery completes on the subscriber's side too
+    if not args.no_wait:
+        deadline = time.monotonic() + 20.0
+        while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if publisher.get_subscription_count() == 0:
+            print(json.dumps({"error": "no subscriber on %s" % args.topic}), flush=True)
+            return 1
+        time.sleep(0.3)  # discovery completes on the subscriber's side too
     if args.pattern == "scene":
         rgb = scene_rgb(args.height, args.width)
     else:
@@ -229,13 +231,29 @@ def listen(args: argparse.Namespace) -> int:
     reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    subscriptions = {}
     for topic in ("mask", "color", "overlay"):
-        node.create_subscription(Image, "seg/" + topic, on_image(topic), reliable)
-    node.create_subscription(String, "seg/detections", on_string("detections"), reliable)
-    node.create_subscription(String, "seg/label_info", on_string("label_info"), latched)
+        subscriptions[topic] = node.create_subscription(Image, "seg/" + topic, on_image(topic),
+                                                        reliable)
+    subscriptions["detections"] = node.create_subscription(
+        String, "seg/detections", on_string("detections"), reliable)
+    subscriptions["label_info"] = node.create_subscription(
+        String, "seg/label_info", on_string("label_info"), latched)
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, reliable)
     if args.ground:
         _listen_ground(node, args, out, write, on_image, reliable)
+    if args.vision_msgs:
+        _listen_vision_msgs(node, write, subscriptions, reliable, latched)
+    matched: Dict[str, int] = {}
+
+    def report_matches() -> None:
+        """One event whenever the number of publishers matched to a subscription changes,
+        so that a test can wait for the graph instead of sleeping."""
+        counts = {name: sub.get_publisher_count() for name, sub in subscriptions.items()}
+        if counts != matched:
+            matched.update(counts)
+            write({"topic": "matched", "publishers": counts})
+    node.create_timer(0.05, report_matches)
     write({"topic": "listener", "state": "ready"})
     try:
         rclpy.spin(node)
@@ -313,6 +331,31 @@ def telemetry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _listen_vision_msgs(node, write, subscriptions, reliable, latched) -> None:
+    """Detection2DArray and LabelInfo (vision_msgs must be importable) as events."""
+    from vision_msgs.msg import Detection2DArray, LabelInfo
+
+    def on_array(msg: Detection2DArray) -> None:
+        write({"topic": "detection_array",
+               "stamp": [msg.header.stamp.sec, msg.header.stamp.nanosec],
+               "frame_id": msg.header.frame_id,
+               "detections": [{"stamp": [d.header.stamp.sec, d.header.stamp.nanosec],
+                               "frame_id": d.header.frame_id,
+                               "center": [d.bbox.center.position.x, d.bbox.center.position.y],
+                               "size": [d.bbox.size_x, d.bbox.size_y],
+                               "results": [[r.hypothesis.class_id, r.hypothesis.score]
+                                           for r in d.results]}
+                              for d in msg.detections]})
+
+    def on_label_info(msg: LabelInfo) -> None:
+        write({"topic": "vision_label_info", "threshold": msg.threshold,
+               "class_map": [[c.class_id, c.class_name] for c in msg.class_map]})
+    subscriptions["detection_array"] = node.create_subscription(
+        Detection2DArray, "seg/detection_array", on_array, reliable)
+    subscriptions["vision_label_info"] = node.create_subscription(
+        LabelInfo, "seg/vision_label_info", on_label_info, latched)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Camera and listener processes for node tests.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -333,6 +376,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     cam.add_argument("--number", action="store_true", help="append the frame index to frame_id")
     cam.add_argument("--drift", type=int, default=0,
                      help="shift the scene this many pixels right per frame (wrapping round)")
+    cam.add_argument("--no-wait", action="store_true",
+                     help="publish at once, whether or not anyone subscribes (a flood that "
+                          "outlives the nodes it feeds)")
     cam.add_argument("--malformed", default="",
                      help="comma-separated kinds sent in turn: %s" % ", ".join(MALFORMED))
     lis = commands.add_parser("listen", help="record the node's outputs until SIGINT")
@@ -352,6 +398,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     tel.add_argument("--width", type=int, default=160, help="camera_info")
     tel.add_argument("--height", type=int, default=120, help="camera_info")
     tel.add_argument("--fx", type=float, default=400.0, help="camera_info: fx = fy")
+    lis.add_argument("--vision-msgs", action="store_true",
+                     help="also seg/detection_array and seg/vision_label_info (vision_msgs)")
     args = parser.parse_args(argv)
     commands_run = {"camera": camera, "listen": listen, "telemetry": telemetry}
     return commands_run[args.command](args)

@@ -1,6 +1,9 @@
 """training.import_dataset: colour- and index-coded labels become LPCV class indices in the
 LPCV layout that training reads; bad values stop with the file and value, leaving nothing."""
+import json
+import shlex
 from pathlib import Path
+from typing import List
 
 import cv2
 import numpy as np
@@ -137,3 +140,89 @@ def test_shipped_mappings_parse_and_cite_their_source_and_licence(name):
     assert len(mapping.table) >= 8
     text = path.read_text().lower()
     assert "licence" in text and "http" in text
+
+
+# -- every shipped mapping, on a source written as that dataset writes it --------------------
+# name -> (image file of one frame, label file of it), relative to the --images / --labels
+# folders of the mapping's header command: each dataset's own file naming and format.
+SOURCE_FILES = {
+    "floodnet": ("10165.jpg", "10165_lab.png"),  # index PNG <stem>_lab.png
+    "rescuenet": ("10794.jpg", "10794_lab.png"),  # index PNG <stem>_lab.png
+    "semantic_drone": ("042.jpg", "042.png"),  # original_images/*.jpg, index PNG
+    "uavid": ("000100.png", "000100.png"),  # seqN/Images/*.png, colour PNG (RGB)
+}
+# Every value each dataset's labels hold, from its own documentation (not from the mapping,
+# so that a value the mapping forgets is painted anyway and stops the import).
+DATASET_VALUES = {
+    "floodnet": list(range(10)),  # FloodNet README: 10 classes, 0 Background .. 9 Grass
+    "rescuenet": list(range(12)),  # RescueNet v1.0: 0 Background .. 11 Sand
+    "semantic_drone": list(range(24)),  # class_dict.csv: 0 unlabeled .. 23 conflicting
+    "uavid": [[0, 0, 0], [128, 0, 0], [128, 64, 128], [0, 128, 0], [128, 128, 0],
+              [64, 0, 128], [192, 0, 192], [64, 64, 0]],  # UAVid paper, Table 1 (RGB)
+}
+STRIPE = 4  # pixels per painted value
+
+
+def header_command(path: Path) -> List[str]:
+    """The import command in the mapping's header comment, as the argument list after
+    ``python -m training``; a shell loop over sequences (UAVid) is run for its first one."""
+    lines = [line.lstrip("#").strip() for line in path.read_text().splitlines()
+             if line.startswith("#")]
+    start = next(i for i, line in enumerate(lines) if "import-dataset" in line)
+    text = ""
+    for line in lines[start:]:
+        text += " " + line.rstrip("\\").strip()
+        if not line.endswith("\\"):
+            break
+    text = text[text.index("python -m training"):].split(";")[0]
+    text = text.replace("${n}", "seq1").replace("$n", "seq1").replace("$s", "uavid_train/seq1")
+    words = shlex.split(text)
+    assert words[:3] == ["python", "-m", "training"], text
+    return words[3:]
+
+
+def _arg(words: List[str], flag: str) -> str:
+    return words[words.index(flag) + 1]
+
+
+@pytest.mark.parametrize("name", sorted(SOURCE_FILES))
+def test_each_shipped_mapping_imports_its_dataset_with_its_own_command(name, tmp_path,
+                                                                       monkeypatch):
+    path = REPO / "training" / "mappings" / (name + ".yaml")
+    mapping = yaml.safe_load(path.read_text())
+    command = header_command(path)
+    assert command[0] == "import-dataset" and Path(_arg(command, "--mapping")).name == path.name
+    command[command.index("--mapping") + 1] = str(path)
+    values = DATASET_VALUES[name]
+    classes = {json.dumps(entry["value"]): entry["class"] for entry in mapping["classes"]}
+    # One frame painting every listed value in a stripe of its own, in the dataset's encoding.
+    height, width = 6, STRIPE * len(values)
+    if mapping["encoding"] == "rgb":
+        label = np.zeros((height, width, 3), np.uint8)
+    else:
+        label = np.zeros((height, width), np.uint8)
+    for index, value in enumerate(values):
+        label[:, index * STRIPE:(index + 1) * STRIPE] = value
+    monkeypatch.chdir(tmp_path)
+    image_name, label_name = SOURCE_FILES[name]
+    images, labels = Path(_arg(command, "--images")), Path(_arg(command, "--labels"))
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    cv2.imwrite(str(images / image_name), np.full((height, width, 3), 90, np.uint8))
+    cv2.imwrite(str(labels / label_name),
+                cv2.cvtColor(label, cv2.COLOR_RGB2BGR) if label.ndim == 3 else label)
+
+    assert cli(command) == 0
+    out, prefix = Path(_arg(command, "--out")), _arg(command, "--prefix")
+    (written,) = list((out / "GT").glob("*/%s%s.png" % (prefix, Path(image_name).stem)))
+    imported = read_label_png(str(written))
+    size = int(_arg(command, "--size"))
+    assert min(imported.shape) == size  # --size: the shorter side
+    scale = imported.shape[1] / float(width)
+    assert sorted(classes) == sorted(json.dumps(v) for v in values)  # nothing left unused
+    for index, value in enumerate(values):
+        column = int((index + 0.5) * STRIPE * scale)  # the middle of the value's stripe
+        target = classes[json.dumps(value)]
+        expected = IGNORE_INDEX if target == "ignore" else CLASS_NAMES.index(target)
+        assert (imported[:, column] == expected).all(), (name, value, target,
+                                                         np.unique(imported[:, column]))

@@ -1,11 +1,20 @@
-"""launch/drone.launch.py, config/drone.yaml and the DDS profile, checked without `launch`.
+"""launch/drone.launch.py, config/drone.yaml and the DDS profile.
 
-The launch package cannot be installed here, so the launch file is read as Python source:
-it must name an executable the package installs, a parameters file that exists, and the
-launch arguments the issue asks for. The parameters file and the node must agree on every
-parameter name and type.
+Read as Python source, the launch file must name an executable the package installs, a
+parameters file that exists, and the launch arguments the README documents; the parameters file
+and the node must agree on every parameter name and type. Where ``../shared/ros2cli`` exists
+(test/shared_tools.py installs it once per machine), the package is built in a colcon workspace
+and ``ros2 launch`` runs it for real: ``--show-args`` lists every argument of the README's
+table, and a managed node in a namespace is driven with ``ros2 lifecycle set`` until
+``ros2 topic echo --once`` prints a mask (~40 s); without it that test skips and says why.
 """
 import ast
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -72,9 +81,10 @@ def test_launch_starts_an_installed_executable(launch_tree):
     executable = _value(launch_tree, _keyword(nodes[0], "executable"))
     scripts = _console_scripts()
     assert executable in scripts
-    assert scripts[executable] == "lpcv_segmentation.node.segmentation_node:main"
-    from lpcv_segmentation.node import segmentation_node as node
-    assert callable(node.main)
+    # The entry imports the node inside main(), so that a SIGINT during the imports is clean.
+    assert scripts[executable] == "lpcv_segmentation.node.__main__:main"
+    from lpcv_segmentation.node import __main__ as entry
+    assert callable(entry.main)
     assert _value(launch_tree, _keyword(nodes[0], "name")) == NODE_NAME
 
 
@@ -196,10 +206,134 @@ def test_every_parameter_is_documented():
 
 
 def test_node_help_lists_every_parameter():
-    import subprocess
-    import sys
     result = subprocess.run([sys.executable, "-m", "lpcv_segmentation.node.segmentation_node", "--help"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     for name in PARAMETER_NAMES:
         assert "\n  %s (default: " % name in result.stdout, name
+
+
+# -- ros2 launch, for real ------------------------------------------------------------------------
+CLI_TIMEOUT_S = 120  # one ros2 command: ~2 s idle, up to ~15 s measured on 2 busy cores
+READY_S = 120  # the node's start-up under ros2 launch: ~5 s idle, ~30 s on 2 busy cores
+
+
+def readme_launch_arguments() -> list:
+    """The first column of the README's launch-argument table (header ``| argument |``)."""
+    names, in_table = [], False
+    for line in (REPO / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.lstrip().startswith("|") and cells[0] == "argument":
+            in_table = True
+        elif in_table and line.lstrip().startswith("|"):
+            if not set(cells[0]) <= set("-: "):
+                names.append(cells[0].strip("`"))
+        elif in_table:
+            break
+    return names
+
+
+def test_the_readme_table_of_launch_arguments_is_the_launch_files(launch_tree):
+    declared = [_value(launch_tree, call.args[0])
+                for call in _calls(launch_tree, "DeclareLaunchArgument")]
+    assert sorted(readme_launch_arguments()) == sorted(declared)
+
+
+class Ros2:
+    """``ros2`` commands in a shell that sourced the workspace, in one ROS domain."""
+
+    def __init__(self, workspace: Path, env: dict) -> None:
+        self.workspace, self.env = workspace, env
+
+    def command(self, args: str) -> list:
+        return ["bash", "-c", "set +u; source install/setup.bash; exec ros2 " + args]
+
+    def run(self, args: str, timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command(args), cwd=str(self.workspace), env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def start(self, args: str, log: Path) -> subprocess.Popen:
+        handle = open(log, "w")
+        try:
+            return subprocess.Popen(self.command(args), cwd=str(self.workspace), env=self.env,
+                                    stdout=handle, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        finally:
+            handle.close()
+
+
+def _poll(what: str, found, timeout: float, processes=()):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = found()
+        if result:
+            return result
+        for process, log in processes:
+            assert process.poll() is None, "%s: exited\n%s" % (what, log.read_text()[-3000:])
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for %s" % what)
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_ros2_launch_runs_a_managed_node_in_a_namespace(colcon_workspace, tmp_path):
+    from ros_helpers import HELPERS, random_domain_id, ros_env, start, stop
+    from shared_tools import ros2cli_env
+
+    base = ros_env(random_domain_id())
+    base.pop("PYTHONPATH")  # the installed package, not this checkout, as a user runs it
+    ros2 = Ros2(colcon_workspace, ros2cli_env(base))  # skips without ../shared/ros2cli
+    shown = ros2.run("launch lpcv_segmentation drone.launch.py --show-args")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    table = readme_launch_arguments()
+    assert len(table) >= 10 and "managed" in table and "namespace" in table
+    missing = [name for name in table if "'%s':" % name not in shown.stdout]
+    assert not missing, "README arguments not in --show-args: %s\n%s" % (missing, shown.stdout)
+
+    node = "/uav7/segmentation_node"
+    launch_log = tmp_path / "launch.log"
+    launch = ros2.start("launch lpcv_segmentation drone.launch.py namespace:=uav7 managed:=true",
+                        launch_log)
+    watched = [(launch, launch_log)]
+    echo = None
+    try:
+        # The node's lifecycle state, asked until it answers (no fixed wait for start-up).
+        def lifecycle_state():
+            answer = ros2.run("lifecycle get --no-daemon %s" % node).stdout
+            return re.search(r"^(\w+) \[\d+\]$", answer, re.M)
+        state = _poll("the node's lifecycle services", lifecycle_state, READY_S, watched)
+        assert state.group(1) == "unconfigured"
+        for transition, after in (("configure", "inactive"), ("activate", "active")):
+            # A fresh ros2 process may not have discovered the node yet: it says so; ask again.
+            result = _poll("ros2 lifecycle set %s" % transition, lambda: [
+                r for r in [ros2.run("lifecycle set --no-daemon %s %s" % (node, transition))]
+                if "Node not found" not in r.stdout + r.stderr], READY_S, watched)[0]
+            assert "Transitioning successful" in result.stdout, result.stdout + result.stderr
+            state = _poll("the node's state", lifecycle_state, READY_S, watched)
+            assert state.group(1) == after
+        echo_log = tmp_path / "echo.log"
+        echo = ros2.start("topic echo --once --no-arr /uav7/seg/mask sensor_msgs/msg/Image",
+                          echo_log)
+        camera_log = tmp_path / "camera.log"
+        # The camera waits for the node's subscription; frames until the echo has printed one.
+        for attempt in range(10):
+            sent = start([sys.executable, str(HELPERS), "camera", "--topic",
+                          "/uav7/camera/image_raw", "--width", "160", "--height", "120",
+                          "--count", "3", "--rate", "5", "--frame-id", "launched"],
+                         ros_env(int(base["ROS_DOMAIN_ID"])), camera_log)
+            assert sent.wait(timeout=CLI_TIMEOUT_S) == 0, camera_log.read_text()
+            if echo.poll() is not None:
+                break
+        assert echo.wait(timeout=CLI_TIMEOUT_S) == 0, echo_log.read_text()
+        printed = echo_log.read_text()
+        assert "frame_id: launched" in printed and "encoding: mono8" in printed, printed
+        assert "height: 120" in printed and "width: 160" in printed, printed
+    finally:
+        if echo is not None and echo.poll() is None:
+            os.killpg(echo.pid, signal.SIGINT)
+            echo.wait(timeout=CLI_TIMEOUT_S)
+        code = stop(launch, timeout=CLI_TIMEOUT_S)  # ros2 launch's SIGINT: what Ctrl-C sends
+    text = launch_log.read_text()
+    assert code == 0, text[-4000:]
+    assert "Traceback" not in text, text[-4000:]
+    assert re.search(r"segmentation_node-\d+\]: process has finished cleanly", text), text[-3000:]

@@ -8,6 +8,7 @@ Two graphs, each in its own ROS domain with the shipped large-frame DDS profile:
 Start-up errors run the node alone. The whole module takes about a minute on 2 cores.
 """
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -192,8 +193,9 @@ def test_label_info_reaches_a_late_subscriber(graph, tmp_path):
         received = []
         while time.monotonic() < deadline and not received:
             if events.exists():
-                received = [json.loads(line) for line in events.read_text().splitlines()
-                            if '"label_info"' in line]
+                received = [e for e in (json.loads(line) for line in
+                                        events.read_text().splitlines() if line.endswith("}"))
+                            if e["topic"] == "label_info"]
             time.sleep(0.1)
     finally:
         stop(late)
@@ -220,6 +222,60 @@ def test_diagnostics_report_plausible_figures(graph):
     assert 20.0 < float(values["resident_memory_mb"]) < 8000.0
     # The same summary reaches the node's log every log period (1 s here).
     graph.wait_for("a summary line in the log", lambda: "frames received" in graph.log())
+
+
+def _published_summary(values: Dict[str, str]) -> dict:
+    """The parts of a node summary that ``assess`` reads, rebuilt from published values."""
+    number = lambda key: None if values[key] == "n/a" else float(values[key])  # noqa: E731
+    end_to_end = {k: number("latency_end_to_end_%s_ms" % k) for k in ("p50", "p95", "max")}
+    return {"seconds_since_input": number("seconds_since_input"),
+            "window_received": int(values["window_received"]),
+            "window_rejected": int(values["window_rejected"]),
+            "output_rate_hz": float(values["output_rate_hz"]),
+            "latency_ms": {"end_to_end": None if end_to_end["p95"] is None else end_to_end},
+            "resident_memory_mb": number("resident_memory_mb")}
+
+
+def _at_a_threshold(summary: dict, thresholds) -> bool:
+    """A published figure (rounded to 0.01, memory to 0.1) within rounding of its threshold."""
+    end_to_end = summary["latency_ms"]["end_to_end"]
+    pairs = [(summary["output_rate_hz"], thresholds.min_output_rate_hz, 0.005),
+             (summary["seconds_since_input"], thresholds.input_timeout_s, 0.005),
+             (summary["resident_memory_mb"], thresholds.memory_warn_mb, 0.05)]
+    if end_to_end is not None:
+        pairs += [(end_to_end["p95"], thresholds.latency_warn_ms, 0.005),
+                  (end_to_end["p95"], thresholds.latency_error_ms, 0.005)]
+    return any(value is not None and abs(value - limit) <= margin
+               for value, limit, margin in pairs)
+
+
+def test_the_published_level_is_the_assessment_of_the_published_values(graph, tiny_onnx):
+    from lpcv_segmentation.node.config import PARAMETERS, check_config
+    from lpcv_segmentation.node.segmentation_node import Phase
+    from lpcv_segmentation.node.stats import assess
+    import yaml
+    (section,) = yaml.safe_load(PARAMS.read_text()).values()
+    defaults = {spec.name: spec.default for spec in PARAMETERS}
+    values = dict(defaults, **section["ros__parameters"])
+    values["model_path"] = str(tiny_onnx)
+    thresholds = check_config(values).thresholds
+    begin = time.time()
+    graph.camera("--count", "3", "--rate", "10", "--frame-id", "assessed")
+    graph.wait_for("diagnostics after the frames", lambda: graph.diagnostics(after=begin + 0.5))
+    phases = {Phase.LOADING_MODEL, Phase.BUILDING_ENGINE, Phase.WARMING_UP}
+    checked = 0
+    words = lambda text: re.sub(r"[0-9.]+", "#", text)  # noqa: E731  figures are rounded
+    for event in graph.events("diagnostics"):
+        (status,) = event["status"]
+        if status["message"] in phases:
+            continue
+        summary = _published_summary(status["values"])
+        if _at_a_threshold(summary, thresholds):
+            continue  # the rounded figure cannot tell which side the node saw
+        level, message = assess(summary, thresholds)
+        assert (status["level"], words(status["message"])) == (level, words(message)), status
+        checked += 1
+    assert checked >= 2
 
 
 def test_malformed_frames_are_counted_and_the_node_carries_on(graph):

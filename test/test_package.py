@@ -2,7 +2,6 @@
 installs what `ros2 run` / `ros2 launch` and the node look for where they look for it."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -15,16 +14,6 @@ VENV_BIN = os.path.dirname(sys.executable)
 
 pytestmark = pytest.mark.slow
 
-# Not part of a source checkout (or too big to copy and irrelevant to the build).
-_SKIP_TOP = {".venv", ".git", "build", "install", "log", "runs", "out", ".pytest_cache", ".gl"}
-
-
-def _ignore(directory, names):
-    skipped = {n for n in names if n == "__pycache__" or n.endswith(".egg-info")}
-    if os.path.abspath(directory) == ROOT:
-        skipped |= _SKIP_TOP & set(names)
-    return skipped
-
 
 def _source_files(source, subdir, suffixes=None):
     """Files directly in source/subdir (no dotfiles), optionally only those with given suffixes."""
@@ -36,17 +25,9 @@ def _source_files(source, subdir, suffixes=None):
                   and (suffixes is None or n.endswith(suffixes)))
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """A colcon workspace holding a copy of this repository as src/lpcv_segmentation, built."""
-    ws = tmp_path_factory.mktemp("colcon_ws")
-    shutil.copytree(ROOT, str(ws / "src" / PACKAGE), ignore=_ignore, symlinks=True)
-    env = dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""),
-               COLCON_HOME=str(ws / ".colcon_home"))  # no user-level colcon defaults
-    result = subprocess.run([os.path.join(VENV_BIN, "colcon"), "build", "--base-paths", "src"],
-                            cwd=str(ws), env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, "colcon build failed:\n%s\n%s" % (result.stdout, result.stderr)
-    return ws
+@pytest.fixture
+def workspace(colcon_workspace):
+    return colcon_workspace
 
 
 def test_executables_land_where_ros2_run_finds_them(workspace):
@@ -114,7 +95,7 @@ print(json.dumps({"module": lpcv_segmentation.__file__, "loads": loads,
         # executable's entry point resolves to a function.
         module_file = os.path.join(str(source), *module.split(".")) + ".py"
         if os.path.isfile(module_file):
-            assert os.path.isfile(os.path.join(installed, module.split(".")[-1] + ".py")), name
+            assert os.path.isfile(os.path.join(installed, *module.split(".")[1:]) + ".py"), name
             assert found["loads"][name] == "callable", (name, found["loads"][name])
     for name in os.listdir(str(source / PACKAGE)):
         if name.endswith(".py"):

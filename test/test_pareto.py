@@ -3,6 +3,8 @@ evaluated and timed together; an interrupted run resumes without redoing work;
 bad configs fail before any work."""
 import csv
 import os
+import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -20,6 +22,23 @@ TINY = {
     "input_sizes": [64],  # each size is one more export per model (the slow part)
     "evaluate": {"threads": 1, "eval_limit": 2, "latency_runs": 2},
 }
+
+
+def front(points, slack=(0.0, 0.0)):
+    """This test's own Pareto front of (latency, mIoU) points: True where no other point is as
+    fast or faster and as accurate or more, and better in one. With ``slack`` (figures rounded
+    to it), a flag is given only where rounding cannot change it, else None."""
+    dl, dm = slack
+    flags = []
+    for i, (latency, miou) in enumerate(points):
+        others = [p for j, p in enumerate(points) if j != i]
+        surely_dominated = any(lo < latency - 2 * dl and mo > miou + 2 * dm
+                               if slack != (0.0, 0.0) else
+                               lo <= latency and mo >= miou and (lo < latency or mo > miou)
+                               for lo, mo in others)
+        maybe_dominated = any(lo <= latency + 2 * dl and mo >= miou - 2 * dm for lo, mo in others)
+        flags.append(False if surely_dominated else True if not maybe_dominated else None)
+    return flags
 
 
 def _config(tmp_path, **changes):
@@ -40,7 +59,7 @@ def test_pareto_writes_table_and_figure_and_resumes(synth_dataset, tmp_path):
     gmacs = {(r["decoder"], r["amount"], r["input_size"]): r["gmacs"] for r in rows}
     assert gmacs[("upernet_lite", 0.0, 64)] < gmacs[("upernet", 0.0, 64)]
     assert gmacs[("upernet", 0.5, 64)] < gmacs[("upernet", 0.0, 64)]
-    assert any(r["pareto"] for r in rows)
+    assert [r["pareto"] for r in rows] == front([(r["latency_ms"], r["miou"]) for r in rows])
     pareto.write_csv(rows, os.path.join(out, pareto.CSV_NAME))
     pareto.plot(rows, os.path.join(out, pareto.PNG_NAME))
     with open(os.path.join(out, pareto.CSV_NAME)) as handle:
@@ -75,3 +94,28 @@ def test_pareto_front_keeps_only_undominated_points():
     rows = [{"latency_ms": 10, "miou": 0.5}, {"latency_ms": 5, "miou": 0.4},
             {"latency_ms": 12, "miou": 0.45}, {"latency_ms": 5, "miou": 0.4}]
     assert pareto.pareto_front(rows) == [True, True, False, True]
+
+
+def test_the_published_pareto_flags_follow_from_the_published_points():
+    # docs/compression.md's table: (latency, mIoU mean of seeds) and the Pareto column.
+    text = (Path(__file__).resolve().parent.parent / "docs" / "compression.md").read_text()
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| decoder | pruned |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    miou_col = next(i for i, c in enumerate(header) if c.startswith("mIoU (mean"))
+    latency_col = next(i for i, c in enumerate(header) if "latency" in c)
+    points, flags = [], []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        points.append((float(cells[latency_col]), float(cells[miou_col])))
+        flags.append(cells[-1] == "yes")
+    assert len(points) >= 6 and any(flags) and not all(flags)
+    decimals = lambda column: 10.0 ** -len(re.sub(r"^[^.]*\.?", "", column))  # noqa: E731
+    slack = (0.5 * decimals(lines[start + 2].strip("|").split("|")[latency_col].strip()),
+             0.5 * decimals(lines[start + 2].strip("|").split("|")[miou_col].strip()))
+    expected = front(points, slack)
+    assert sum(e is not None for e in expected) >= len(points) // 2  # most rows are decided
+    wrong = [(p, f) for p, f, e in zip(points, flags, expected) if e is not None and e != f]
+    assert not wrong, "Pareto flags that the points contradict: %s" % wrong

@@ -1,13 +1,25 @@
 """The vision_msgs conversion: the field layout of vision_msgs 4.x (written down here from its
-message definitions, since vision_msgs cannot be installed here) and the filling of real
-rosidl messages."""
+message definitions) and the filling of real rosidl messages; then, where ``../shared`` can
+build the real vision_msgs (test/shared_tools.py), the node publishing it in a real graph to a
+subscriber in another process: Detection2DArray box for box as the JSON report, LabelInfo to a
+late joiner, whatever detections_format says (~15 s, plus ~3 min for the first build on a
+machine).
+"""
+import json
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from lpcv_segmentation.core.classes import DETECTION_CLASS_IDS, class_table
-from lpcv_segmentation.core.detections import detection_report
+from lpcv_segmentation.core.detections import detection_report, find_regions
 from lpcv_segmentation.node.vision import (MissingPackageError, detection2d_array_fields,
                                            fill_message, import_vision_msgs, label_info_fields)
-from ros_helpers import scene_labels
+from lpcv_segmentation.replay.node_process import NODE_MODULE, node_arguments
+from ros_helpers import (HELPERS, random_domain_id, ros_env, scene_labels, start, stop,
+                         write_palette_model)
+from shared_tools import vision_msgs_env
 
 # vision_msgs 4.x (ros-perception/vision_msgs, ros2 branch, msg/*.msg): field -> type, with
 # nested messages spelled out. Only the fields the node sets are required; every field it
@@ -112,3 +124,119 @@ def test_missing_vision_msgs_is_named():
         pass
     with pytest.raises(MissingPackageError, match="vision_msgs"):
         import_vision_msgs()
+
+
+# -- the real vision_msgs in a real graph --------------------------------------------------------
+CAMERA = "/camera/image_raw"
+READY_TIMEOUT_S = 90.0  # a node start-up: ~4 s idle; two at once on 2 busy cores took ~20 s
+
+
+def _events(folder: Path, topic: str):
+    path = folder / "events.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [e for e in (json.loads(line) for line in lines if line.endswith("}"))
+            if e["topic"] == topic]
+
+
+def _wait(what: str, found, processes, timeout: float = READY_TIMEOUT_S):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = found()
+        if result:
+            return result
+        for name, (process, log) in processes.items():
+            assert process.poll() is None, "%s exited:\n%s" % (name, log.read_text()[-3000:])
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for %s; logs:\n%s" % (what, "\n".join(
+        "-- %s\n%s" % (name, log.read_text()[-2000:]) for name, (_, log) in processes.items())))
+
+
+def _by_frame(events, frame_id: str):
+    return [e for e in events if e.get("frame_id", e.get("data", {}).get("frame_id")) == frame_id]
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_real_vision_msgs_match_the_json_report_and_label_info_reaches_a_late_joiner(tmp_path):
+    env = vision_msgs_env(ros_env(random_domain_id()))  # skips without ../shared/vision_msgs
+    model = write_palette_model(tmp_path / "palette.onnx", input_size=128)
+    common = {"min_region_area_px": 20, "input_qos": "reliable", "publish_overlay": False}
+    processes = {}
+    # Two nodes on one camera: /both publishes both formats, /json only JSON detections.
+    for namespace, fmt in (("/both", "both"), ("/json", "json")):
+        log = tmp_path / ("node%s.log" % namespace.replace("/", "_"))
+        args = ([sys.executable, "-m", NODE_MODULE]
+                + node_arguments(str(model), "onnxruntime", CAMERA,
+                                 params=dict(common, detections_format=fmt))
+                + ["-r", "__ns:=%s" % namespace])
+        processes["node " + namespace] = (start(args, env, log), log)
+    listeners = {}
+    try:
+        for namespace in ("/both", "/json"):
+            log = tmp_path / ("node%s.log" % namespace.replace("/", "_"))
+            _wait("%s active" % namespace, lambda: "active: segmenting" in log.read_text(),
+                  processes)
+        # Late joiners: the class tables went out at configure, before these subscribed.
+        for namespace in ("/both", "/json"):
+            folder = tmp_path / ("listener%s" % namespace.replace("/", "_"))
+            log = tmp_path / ("listener%s.log" % namespace.replace("/", "_"))
+            processes["listener " + namespace] = (start(
+                [sys.executable, str(HELPERS), "listen", "--out", str(folder), "--namespace",
+                 namespace, "--vision-msgs"], env, log), log)
+            listeners[namespace] = folder
+        for namespace, folder in listeners.items():
+            label_info = _wait("LabelInfo on %s" % namespace,
+                               lambda: _events(folder, "vision_label_info"), processes)
+            assert label_info[0]["class_map"] == [[c["id"], c["name"]] for c in class_table()]
+            assert label_info[0]["threshold"] == 0.0
+        both = listeners["/both"]
+        _wait("the listener matched to the node's outputs", lambda: any(
+            all(e["publishers"].get(t, 0) >= 1 for t in ("mask", "detections", "detection_array"))
+            for e in _events(both, "matched")), processes)
+        assert not any(e["publishers"].get("detection_array") for e in
+                       _events(listeners["/json"], "matched"))  # json: no Detection2DArray
+
+        # The listener sees the node's publishers; the node may not see the listener yet, and
+        # builds detections only for a subscriber: one frame at a time until one comes back.
+        camera = [sys.executable, str(HELPERS), "camera", "--topic", CAMERA, "--qos",
+                  "reliable", "--width", "128", "--height", "128"]
+        for attempt in range(10):
+            frame = "keep_first%d" % attempt
+            assert start(camera + ["--frame-id", frame], env,
+                         tmp_path / "camera.log").wait(timeout=60) == 0
+            _wait("the mask of %s" % frame, lambda: _by_frame(_events(both, "mask"), frame),
+                  processes)
+            if _by_frame(_events(both, "detection_array"), frame):
+                break
+        # From then on, every frame: a mask, a JSON report and a Detection2DArray each.
+        sent = start(camera + ["--count", "3", "--rate", "5", "--number", "--frame-id", "keep"],
+                     env, tmp_path / "camera.log")
+        assert sent.wait(timeout=60) == 0, (tmp_path / "camera.log").read_text()
+        frames = [frame, "keep0", "keep1", "keep2"]
+        for topic in ("mask", "detections", "detection_array"):
+            _wait("%s of every frame" % topic, lambda: all(
+                len(_by_frame(_events(both, topic), f)) == 1 for f in frames), processes)
+    finally:
+        for process, _ in processes.values():
+            stop(process)
+
+    truth = find_regions(scene_labels(128, 128), DETECTION_CLASS_IDS, 20)
+    assert len(truth) == 5
+    for frame in frames:
+        (report,) = [e["data"] for e in _by_frame(_events(both, "detections"), frame)]
+        (array,) = _by_frame(_events(both, "detection_array"), frame)
+        (mask,) = _by_frame(_events(both, "mask"), frame)
+        stamp = [report["stamp"]["sec"], report["stamp"]["nanosec"]]
+        assert array["stamp"] == mask["stamp"] == stamp
+        assert len(array["detections"]) == len(report["detections"]) == len(truth)
+        for region, detection, true in zip(report["detections"], array["detections"], truth):
+            x, y, w, h = region["bbox"]
+            assert region["bbox"] == true["bbox"] and region["class_name"] == true["class_name"]
+            assert detection["center"] == [x + w / 2.0, y + h / 2.0]
+            assert detection["size"] == [w, h]
+            assert detection["results"] == [[region["class_name"], region["mean_confidence"]]]
+            assert (detection["stamp"], detection["frame_id"]) == (stamp, frame)
+    assert not _events(listeners["/json"], "detection_array")
+    for name, (_, log) in processes.items():
+        if name.startswith("node"):
+            assert "Traceback" not in log.read_text(), log.read_text()

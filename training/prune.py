@@ -80,7 +80,7 @@ METHODS: Tuple[str, ...] = tuple(STRUCTURED_METHODS) + (UNSTRUCTURED,)
 KIND_JOINER = "+"
 TARGETS: Tuple[str, ...] = ("sparsity", "macs")
 ALLOCATIONS: Tuple[str, ...] = ("local", "global")
-IMPORTANCES: Tuple[str, ...] = ("l1", "l2", "lamp", "taylor")
+IMPORTANCES: Tuple[str, ...] = ("l1", "l2", "lamp", "taylor", "random")
 GRADIENT_IMPORTANCES: Tuple[str, ...] = ("taylor",)
 # Taylor ranks by what a unit does to the loss on real images (measured: docs/compression.md)
 DEFAULT_IMPORTANCE = "taylor"
@@ -132,7 +132,7 @@ def importance_for(method: str, importance: Optional[str]) -> str:
 
 
 def make_importance(name: str):
-    """torch-pruning importance estimator by name (l1, l2, lamp, taylor)."""
+    """torch-pruning importance estimator by name (l1, l2, lamp, taylor, random)."""
     import torch_pruning as tp
     factories: Dict[str, Callable[[], Any]] = {
         "l1": lambda: tp.importance.MagnitudeImportance(p=1),
@@ -142,6 +142,8 @@ def make_importance(name: str):
         "lamp": lambda: tp.importance.LAMPImportance(p=2),
         # first-order Taylor (|w * dL/dw|): needs gradients from a labelled calibration batch
         "taylor": lambda: tp.importance.TaylorImportance(),
+        # the control an importance has to beat: units removed at random
+        "random": lambda: tp.importance.RandomImportance(),
     }
     if name not in factories:
         raise PruneError("unknown importance %r; choose from %s" % (name, ", ".join(factories)))
@@ -888,8 +890,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction to remove, strictly between 0 and 1")
     parser.add_argument("--importance", choices=IMPORTANCES, default=None,
                         help="importance score (default %s: |w x dL/dw| on --calib-images "
-                             "training images; l1, l2, lamp: weight magnitudes; unstructured "
-                             "always uses l1)" % DEFAULT_IMPORTANCE)
+                             "training images; l1, l2, lamp: weight magnitudes; random: the "
+                             "control an importance must beat; unstructured always uses l1)"
+                             % DEFAULT_IMPORTANCE)
     parser.add_argument("--allocation", choices=ALLOCATIONS, default="local",
                         help="rank channels per layer (local, default) or across layers (global)")
     parser.add_argument("--finetune-iters", type=int, default=0, metavar="N",

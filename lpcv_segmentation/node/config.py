@@ -142,8 +142,8 @@ PARAMETERS: List[ParamSpec] = [
               "detections as vision_msgs/Detection2DArray (detections_format vision_msgs, both)",
               _non_empty),
     ParamSpec("vision_label_info_topic", "seg/vision_label_info",
-              "class table as vision_msgs/LabelInfo, transient local (detections_format "
-              "vision_msgs, both)", _non_empty),
+              "class table as vision_msgs/LabelInfo, transient local (wherever vision_msgs "
+              "is installed, whatever detections_format says)", _non_empty),
     ParamSpec("camera_info_topic", "seg/camera_info",
               "the camera's camera_info (from <namespace of input_topic>/camera_info) with each "
               "mask's header, scaled to the mask's size; nothing without a camera_info",

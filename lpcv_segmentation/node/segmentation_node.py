@@ -153,9 +153,17 @@ class SegmentationNode(LifecycleNodeMixin, Node):
 
     # -- unmanaged start ------------------------------------------------------------------------
     def bring_up(self) -> None:
-        """configure, then activate (``managed:=false``); a failure ends the process with 1."""
-        if (self.trigger_configure() != TransitionCallbackReturn.SUCCESS
-                or self.trigger_activate() != TransitionCallbackReturn.SUCCESS):
+        """configure, then activate (``managed:=false``); a failure ends the process with 1.
+        A shutdown (SIGINT) in the middle is no failure: ``main`` ends the process with 0."""
+        try:
+            if (self.trigger_configure() == TransitionCallbackReturn.SUCCESS
+                    and self.context.ok()
+                    and self.trigger_activate() == TransitionCallbackReturn.SUCCESS):
+                return
+        except Exception:  # the context or the node went away under a transition
+            if self.context.ok():
+                raise
+        if self.context.ok():
             self.exit_code = 1
 
     # -- lifecycle transitions ------------------------------------------------------------------
@@ -226,11 +234,13 @@ class SegmentationNode(LifecycleNodeMixin, Node):
             DiagnosticArray, DIAGNOSTICS_TOPIC, 10))
         self._timers_open.append(self.create_timer(config.diagnostics_period_s,
                                                    self._publish_diagnostics))
-        self._vision_msgs = None
-        if config.detections_format != "json":
-            try:
-                self._vision_msgs = import_vision_msgs()
-            except MissingPackageError as error:
+        # The class table goes out as LabelInfo wherever vision_msgs is installed, as consumers
+        # of class masks (Nav2's semantic layer) expect; only the detections need it asked for.
+        try:
+            self._vision_msgs = import_vision_msgs()
+        except MissingPackageError as error:
+            self._vision_msgs = None
+            if config.detections_format != "json":
                 raise StartupError(str(error)) from None
         self._set_phase(Phase.BUILDING_ENGINE if engine_build_needed(
             config.model_path, config.backend, config.device, config.precision,
@@ -268,7 +278,12 @@ class SegmentationNode(LifecycleNodeMixin, Node):
     def _report_phase(self) -> None:
         period = self.config.diagnostics_period_s
         while not self._stop_reporting.wait(period) and self._phase is not None:
-            self._publish_diagnostics()
+            try:
+                self._publish_diagnostics()
+            except Exception:
+                if self.context.ok():
+                    raise
+                return  # shut down (SIGINT) while loading: nothing went wrong
 
     def _open(self, entity):
         self._publishers_open.append(entity)
@@ -285,10 +300,11 @@ class SegmentationNode(LifecycleNodeMixin, Node):
             self._detections_pub = self._publisher(String, config.detections_topic)
             self._label_info_pub = self._publisher(String, config.label_info_topic, LATCHED_QOS)
             self._label_info_pub.publish(String(data=json.dumps({"classes": class_table()})))
+        vision_msgs = self._vision_msgs
         if config.detections_format in ("vision_msgs", "both"):
-            vision_msgs = self._vision_msgs
             self._detection_array_pub = self._publisher(vision_msgs.Detection2DArray,
                                                         config.detection_array_topic)
+        if vision_msgs is not None:
             vision_label_info = self._publisher(vision_msgs.LabelInfo,
                                                 config.vision_label_info_topic, LATCHED_QOS)
             header = {"stamp": {"sec": 0, "nanosec": 0}, "frame_id": ""}
@@ -530,20 +546,29 @@ def _parse_command_line(argv: List[str]) -> None:
     parser.parse_args(remove_ros_args(argv)[1:])
 
 
+BRING_UP_JOIN_S = 30.0  # a shutdown waits this long for a model load in progress to end
+
+
 def main(args: Optional[List[str]] = None) -> int:
-    """Console script ``segmentation_node``: 0 after a clean shutdown (SIGINT, or the
-    lifecycle shutdown transition), 1 when an unmanaged node cannot start."""
-    _parse_command_line(sys.argv if args is None else args)
-    rclpy.init(args=args)
+    """The node's process: 0 after a clean shutdown (SIGINT at any moment, or the lifecycle
+    shutdown transition), 1 when an unmanaged node cannot start.
+
+    As in rclpy's examples, SIGINT shuts the context down and raises KeyboardInterrupt in
+    this thread, wherever it is; either ends the loop. The threads that use the node (bring-up,
+    inference) end before the node is destroyed, so none of them finds it gone."""
     node: Optional[SegmentationNode] = None
     executor = None
+    bring_up: Optional[threading.Thread] = None
     status = 0
     try:
+        _parse_command_line(sys.argv if args is None else args)
+        rclpy.init(args=args)
         node = SegmentationNode()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         if not node.managed:
-            threading.Thread(target=node.bring_up, name="bring-up", daemon=True).start()
+            bring_up = threading.Thread(target=node.bring_up, name="bring-up", daemon=True)
+            bring_up.start()
         while node.exit_code is None and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)
         if node.exit_code is not None:
@@ -555,13 +580,14 @@ def main(args: Optional[List[str]] = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        rclpy.try_shutdown()  # a bring-up in progress stops at its next ROS call
+        if bring_up is not None:
+            bring_up.join(timeout=BRING_UP_JOIN_S)
         if node is not None:
             node.stop()
+            node.destroy_node()
         if executor is not None:
             executor.shutdown()
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
     return status
 
 

@@ -204,6 +204,11 @@ def key_values(summary: Dict[str, object]) -> List[Tuple[str, str]]:
         pairs.append(("rejected: " + reason, str(count)))
     for name, count in summary["outputs_built"].items():
         pairs.append(("frames_with_%s" % name, str(count)))
+    # What the level is assessed from, so that a reader can check it from the message alone.
+    pairs.append(("window_received", str(summary["window_received"])))
+    pairs.append(("window_rejected", str(summary["window_rejected"])))
+    since = summary["seconds_since_input"]
+    pairs.append(("seconds_since_input", "n/a" if since is None else "%.2f" % since))
     pairs.append(("input_rate_hz", "%.2f" % summary["input_rate_hz"]))
     pairs.append(("output_rate_hz", "%.2f" % summary["output_rate_hz"]))
     for stage, stats in summary["latency_ms"].items():
