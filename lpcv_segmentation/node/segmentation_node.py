@@ -392,6 +392,14 @@ class SegmentationNode(LifecycleNodeMixin, Node):
             self._worker.join(timeout=5.0)
             self._worker = None
 
+    def close(self) -> None:
+        """At the process's end: stop the inference thread, then flush and close the ground
+        side (its GeoJSON-lines log keeps every line the node wrote)."""
+        self.stop()
+        if self._ground is not None:
+            self._ground.close()
+            self._ground = None
+
     # -- per frame --------------------------------------------------------------------------
     def _on_frame(self, msg) -> None:
         """Subscription callback: count, check the header cheaply, keep only the newest."""
@@ -584,7 +592,7 @@ def main(args: Optional[List[str]] = None) -> int:
         if bring_up is not None:
             bring_up.join(timeout=BRING_UP_JOIN_S)
         if node is not None:
-            node.stop()
+            node.close()
             node.destroy_node()
         if executor is not None:
             executor.shutdown()
