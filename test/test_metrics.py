@@ -180,7 +180,7 @@ def test_update_confusion_checks_its_matrix():
 
 
 def test_on_board_modules_run_on_python_38_and_metrics_needs_only_numpy():
-    files = [os.path.join(ROOT, "lpcv_segmentation", name) for name in ("metrics.py", "labels_io.py")]
+    files = [os.path.join(ROOT, "lpcv_segmentation", "core", name) for name in ("metrics.py", "labels_io.py")]
     vermin = subprocess.run([os.path.join(os.path.dirname(sys.executable), "vermin"),
                              "-t=3.8-", "--no-tips", "--violations"] + files,
                             capture_output=True, text=True)
