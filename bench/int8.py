@@ -6,7 +6,7 @@ For an fp32 ONNX file (exported by ``python -m training export``), every recipe 
 operator types are quantised; the rest stays fp32) is made with ``training.export.quantize_int8``
 calibrated on the dataset's train split, scored on its whole val split (mIoU and pixel agreement
 with fp32, ``training.export.evaluate_files``) and timed against fp32 side by side with the
-block-interleaved timer (``training.sweep.onnx_latency_ms``), at each
+block-interleaved timer (``training.lab.sweep.onnx_latency_ms``), at each
 thread count. Reported: each recipe's latency as a ratio to fp32 (below 1 = faster) and its
 mIoU change.
 
@@ -44,7 +44,7 @@ def run(fp32_path: str, data: str, recipes: Sequence[str], calib_images: int, ca
 
     from training.data import find_pairs
     from training.export import dataset_pairs, evaluate_files, quantize_int8
-    from training.sweep import onnx_latency_ms
+    from training.lab.sweep import onnx_latency_ms
 
     calib_pairs, _, _, _ = dataset_pairs(data, calib_images)
     eval_split = "val"

@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 
 from lpcv_segmentation.core.classes import CLASS_NAMES, NUM_CLASSES
 from lpcv_segmentation.core.fileio import write_yaml_atomic
-from training import ablation, recovery
+from training.lab import ablation, recovery
 from training.data import find_pairs, read_label
-from training.sweep import PLOTS
+from training.lab.sweep import PLOTS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.path.join(REPO, "training", "configs", "ablation_quick.yaml")

@@ -7,7 +7,7 @@ import os
 import pytest
 import yaml
 
-from training import pareto
+from training.lab import pareto
 
 TINY = {
     "overrides": {"arch": "mobilevit_xxs", "input_size": 64, "crop_size": 64, "decoder_channels": 16,

@@ -19,13 +19,13 @@ COMMANDS = {
     "import-onnx": ("training.import_onnx", "copy a foreign ONNX segmentation model with this "
                     "project's metadata"),
     "prune": ("training.prune", "structured pruning with fine-tuning"),
-    "sweep": ("training.sweep", "sparsity sweep: prune, fine-tune, evaluate, plot"),
-    "ablation": ("training.ablation", "ablation table: baseline, +KD, +pruning, +fp16/int8"),
-    "pareto": ("training.pareto", "mIoU against ONNX Runtime latency: decoders x pruning x input size"),
+    "sweep": ("training.lab.sweep", "sparsity sweep: prune, fine-tune, evaluate, plot"),
+    "ablation": ("training.lab.ablation", "ablation table: baseline, +KD, +pruning, +fp16/int8"),
+    "pareto": ("training.lab.pareto", "mIoU against ONNX Runtime latency: decoders x pruning x input size"),
     "import-dataset": ("training.import_dataset",
                        "convert a colour/index-labelled UAV dataset into the LPCV layout"),
     "dataset-to-bag": ("training.dataset_to_bag", "write a dataset split as a rosbag2 flight"),
-    "default-model": ("training.default_model", "build the shipped default model end to end"),
+    "default-model": ("training.lab.default_model", "build the shipped default model end to end"),
     "demo": ("training.demo", "replay a synthetic flight through the node and summarise it"),
 }
 

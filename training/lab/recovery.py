@@ -20,8 +20,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from lpcv_segmentation.core.fileio import atomic_path, write_json_atomic
 
 from training import prune as prune_lib
-from training import sweep as sweep_lib
-from training.stages import StageRunner
+from training.lab import sweep as sweep_lib
+from training.lab.stages import StageRunner
 
 __all__ = ["RARE_CLASS_MIN_IOU", "RARE_CLASS_KEEP", "run_recovery", "plot_recovery",
            "class_comparison", "class_target", "judge_pair", "run_seeds", "summarise_runs"]

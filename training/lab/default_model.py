@@ -34,9 +34,9 @@ from typing import Any, Dict, List, Optional
 from lpcv_segmentation.core.fileio import copy_file_atomic, write_json_atomic, write_text_atomic
 from lpcv_segmentation.core.formatting import fmt
 from training.config import load_yaml_mapping
-from training.stages import StageRunner
+from training.lab.stages import StageRunner
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "training" / "configs" / "default_model.yaml"
 DEFAULT_OUT = ROOT / "models"
 DEFAULT_WORK = ROOT / "runs" / "default_model"

@@ -47,12 +47,12 @@ from lpcv_segmentation.core.fileio import write_json_atomic, write_yaml_atomic
 from lpcv_segmentation.core.formatting import fmt
 
 from training import prune as prune_lib
-from training import recovery as recovery_lib
-from training import sweep as sweep_lib
+from training.lab import recovery as recovery_lib
+from training.lab import sweep as sweep_lib
 from training.config import load_yaml_mapping
-from training.stages import StageRunner
+from training.lab.stages import StageRunner
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BEST = "best.safetensors"
 REPORT_MD = "ablation.md"
 REPORT_JSON = "ablation.json"

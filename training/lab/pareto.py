@@ -7,7 +7,7 @@ with the config's overrides and ``decoder=...``), prunes it at each amount with 
 (``training.prune.run_prune``), exports every model as fp32 ONNX at every input size
 (``training.export.export_onnx``) and evaluates each file on the val split with ONNX Runtime
 (``training.evaluate.evaluate``). The first seed's files are then timed together by the
-block-interleaved timer (``training.sweep.onnx_latency_ms``), so machine load touches them
+block-interleaved timer (``training.lab.sweep.onnx_latency_ms``), so machine load touches them
 alike. Writes:
 
   OUT/pareto.csv   one row per point: decoder, amount, input size, GMACs, params, mIoU (mean
@@ -77,7 +77,7 @@ def load_pareto_config(path: str) -> Dict[str, Any]:
 # The runs
 # --------------------------------------------------------------------------------------------
 def _overrides(config: Dict[str, Any], decoder: str, seed: int) -> List[str]:
-    from training.ablation import override_list
+    from training.lab.ablation import override_list
     return override_list(dict(config["overrides"], decoder=decoder, seed=int(seed)))
 
 
@@ -95,8 +95,8 @@ def run_pareto(config: Dict[str, Any], data: str, out: str, resume: bool = False
     from tqdm import tqdm
 
     from training import prune as prune_lib
-    from training.ablation import train_run
-    from training.stages import StageRunner
+    from training.lab.ablation import train_run
+    from training.lab.stages import StageRunner
     from training.evaluate import evaluate
     from training.export import export_onnx
 
@@ -153,7 +153,7 @@ def run_pareto(config: Dict[str, Any], data: str, out: str, resume: bool = False
 def time_first_seed(evals: Dict[Tuple[int, str, float, int], Dict[str, Any]], seed: int, out: str,
                     evaluation: Dict[str, Any], resume: bool) -> Dict[str, float]:
     """{point key: median ms} of the first seed's files, all timed in one interleaved run."""
-    from training.sweep import onnx_latency_ms
+    from training.lab.sweep import onnx_latency_ms
     path = os.path.join(out, LATENCY_JSON)
     files = {point_key(d, a, s): e["onnx"] for (sd, d, a, s), e in evals.items() if sd == seed}
     if resume and os.path.isfile(path):
@@ -263,7 +263,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from lpcv_segmentation.model.checkpoint import CheckpointError
-    from training.ablation import AblationError
+    from training.lab.ablation import AblationError
     from training.prune import PruneError
     try:
         config = load_pareto_config(args.config)
