@@ -743,11 +743,9 @@ def _finetune(init: str, meta: Dict[str, Any], data_dir: str, out_dir: str, iter
     from training.distributed import cleanup_distributed, init_distributed
     from training.train import Trainer
     config = finetune_config(meta, init, iters, teacher, config_path, overrides)
-    args = argparse.Namespace(config=config_path, data=data_dir, out=out_dir, teacher=teacher,
-                              resume=False, overrides=list(overrides))
     ctx = init_distributed(config["device"])
     try:
-        trainer = Trainer(args, config, ctx)
+        trainer = Trainer(config, data_dir, out_dir, ctx)
         hooks = keep_zeros_during_training(trainer.model, masks) if masks else []
         trainer.fit()
         for handle in hooks:

@@ -229,10 +229,9 @@ def pruning_teacher(prune: Dict[str, Any], teacher: str, student_kd: str) -> Opt
 def train_run(config_path: str, data: str, out: str, overrides: Sequence[str],
               teacher: Optional[str] = None) -> None:
     """One ``python -m training train`` run, in this process."""
-    from training.train import train
-    args = argparse.Namespace(config=config_path, data=data, out=out, teacher=teacher,
-                              resume=False, overrides=list(overrides))
-    status = train(args)
+    from training.train import resolve_config, train
+    teacher_override = ["teacher=%s" % teacher] if teacher else []
+    status = train(resolve_config(config_path, list(overrides) + teacher_override, out), data, out)
     if status:
         raise AblationError("training %s failed (exit status %s)" % (out, status))
 
