@@ -203,13 +203,17 @@ def test_class_target_holds_only_the_classes_the_control_segments_well():
     assert recovery.class_target(recovery.class_comparison(pruned, control))["met"] is True
 
 
-def test_pruning_teacher_is_the_teacher_the_unpruned_model_or_none():
-    prune = ablation.load_ablation_config(QUICK)["prune"]
-    assert ablation.pruning_teacher(prune, "teacher.st", "student_kd.st") == "teacher.st"
-    prune["distil_from"] = "unpruned"
-    assert ablation.pruning_teacher(prune, "teacher.st", "student_kd.st") == "student_kd.st"
-    prune["distil"] = False
-    assert ablation.pruning_teacher(prune, "teacher.st", "student_kd.st") is None
+def test_pruning_teacher_is_the_teacher_the_unpruned_model_or_none(synth_dataset):
+    config = ablation.load_ablation_config(QUICK)
+
+    def teacher_of(**prune):
+        config["prune"].update(prune)
+        settings = ablation.AblationSettings.from_config(config, str(synth_dataset))
+        return settings.pruning_teacher("teacher.st", "student_kd.st")
+
+    assert teacher_of() == "teacher.st"
+    assert teacher_of(distil_from="unpruned") == "student_kd.st"
+    assert teacher_of(distil=False) is None
 
 
 def test_resume_refuses_a_config_its_stages_were_not_made_with(synth_dataset, tmp_path):
@@ -218,7 +222,7 @@ def test_resume_refuses_a_config_its_stages_were_not_made_with(synth_dataset, tm
     seeds only adds runs and is accepted."""
     out = tmp_path / "out"
     config = ablation.load_ablation_config(QUICK)
-    ablation.check_config(config, str(synth_dataset))
+    ablation.AblationSettings.from_config(config, str(synth_dataset))
     out.mkdir()
     write_yaml_atomic(str(out / ablation.CONFIG_FILE), config)
     ablation.check_resume(config, str(out))  # the same config: nothing to refuse
