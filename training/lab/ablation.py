@@ -479,7 +479,7 @@ def compare(row: Dict[str, Any], ref: Dict[str, Any], what: str, goal: float) ->
 
 
 def targets(report: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """The issue's targets, measured on this run: pruning >= 1.5x faster on ONNX Runtime with
+    """The compression targets, measured on this run: pruning >= 1.5x faster on ONNX Runtime with
     at most 0.02 mIoU lost; int8 faster than fp32 with at most 0.02 mIoU lost."""
     out = []
     pairs = [("pruned", "student_kd", "+ KD + pruning vs + KD", TARGET_SPEEDUP),
