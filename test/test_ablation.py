@@ -72,6 +72,8 @@ def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
                   "+ KD + pruning |", "+ KD + pruning + fp16", "+ KD + pruning + int8"):
         assert label in table
     assert "Command: `python -m training ablation --config" in table
+    for line in ("- Date: ", "- Machine: ", "- Models: teacher `%s" % out):
+        assert "\n" + line in table, line  # the dated report's header
     assert report["eval_data"] == str(test_set)
     assert "evaluated on the val split of %s with ONNX Runtime" % test_set in table
     assert "%.2fM" % (rows["pruned"]["params"] / 1e6) in table
@@ -245,3 +247,19 @@ def test_resume_refuses_a_config_its_stages_were_not_made_with(synth_dataset, tm
         ablation.run_ablation(str(changed), str(synth_dataset), str(out), resume=True)
     assert sorted(os.listdir(out)) == [ablation.CONFIG_FILE, "teacher"]  # nothing ran
     assert ablation.load_ablation_config(str(out / ablation.CONFIG_FILE))["prune"]["amount"] == 0.5
+
+
+def test_sweep_report_is_dated_and_lists_every_point():
+    from training.lab import sweep
+    from training.lab.settings import EvaluationSettings
+    rows = [{"method": m, "amount": a, "params": p, "param_sparsity": 1 - p / 2e6, "gmacs": 0.5,
+             "miou": 0.3, "dice": 0.4, "latency_ms": 10.0, "speedup": 1.0}
+            for m, a, p in (("none", 0.0, 2e6), ("all", 0.5, 1e6), ("head", 0.5, 1.9e6))]
+    text = sweep.report_markdown(rows, "python -m training sweep --checkpoint c.safetensors",
+                                 "c.safetensors", "DATA", EvaluationSettings(threads=1))
+    assert text.startswith("# Sparsity sweep\n")
+    for line in ("- Date: ", "- Machine: ", "- Command: `python -m training sweep --checkpoint",
+                 "- Models: pruned `c.safetensors`"):
+        assert "\n" + line in text, line
+    assert "| all | 0.50 | 1.00M | 0.50 |" in text and "| head | 0.50 | 1.90M |" in text
+    assert all("![%s](%s)" % (name[:-4], name) in text for name in sweep.PLOTS)
