@@ -27,10 +27,11 @@ evaluation (rows, sweep, recovery, seeds) reads that dataset's val split instead
 that no run trains on or picks checkpoints with. On a machine with CUDA, a row for
 PyTorch half precision on the GPU is added.
 
-Writes OUT/ablation.md (the table, the per-class table of the pruned row against the control,
-the targets, the recovery curve, the seed runs, the plots), OUT/ablation.json and the plots OUT/sweep/*.png
-and OUT/recovery/recovery.png. The quick config runs the whole chain at tiny sizes in minutes (the test);
-its figures are real measurements of barely trained models, not of the method.
+Writes OUT/ablation.md (a dated report: date, machine, command and checkpoints, then the
+table, the per-class table of the pruned row against the control, the targets, the recovery
+curve, the seed runs, the plots), OUT/ablation.json and the plots OUT/sweep/*.png and
+OUT/recovery/recovery.png. The quick config runs the whole chain at tiny sizes in minutes (the
+test); its figures are real measurements of barely trained models, not of the method.
 """
 import argparse
 import json
