@@ -527,17 +527,18 @@ def markdown(report: Dict[str, Any]) -> str:
              for r in report["rows"]]),
         "",
     ]
-    for t in report["targets"]:
+    for target in report["targets"]:
         lines.append("- %s: %.2fx faster (target %s %.1fx): %s; mIoU %+.4f (target >= -%.2f): %s"
-                     % (t["what"], t["speedup"], ">=" if t["speedup_goal"] > 1 else ">",
-                        t["speedup_goal"], "met" if t["speedup_met"] else "**MISSED**",
-                        t["miou_change"], TARGET_MIOU_DROP,
-                        "met" if t["miou_met"] else "**MISSED**"))
+                     % (target["what"], target["speedup"],
+                        ">=" if target["speedup_goal"] > 1 else ">", target["speedup_goal"],
+                        "met" if target["speedup_met"] else "**MISSED**",
+                        target["miou_change"], TARGET_MIOU_DROP,
+                        "met" if target["miou_met"] else "**MISSED**"))
     if report.get("class_target"):
-        t = report["class_target"]
+        held = report["class_target"]
         lines.append("- %s (held: %s): %s" % (
-            t["what"], ", ".join(t["classes_held"]) or "none",
-            "met" if t["met"] else "**MISSED** by %s" % ", ".join(t["failed"])))
+            held["what"], ", ".join(held["classes_held"]) or "none",
+            "met" if held["met"] else "**MISSED** by %s" % ", ".join(held["failed"])))
         lines += ["", "## Per class: + KD + pruning against the control", "", markdown_table(
             ["class", "val images with it", "control IoU", "pruned IoU", "pruned / control",
              "held to the target"],

@@ -104,18 +104,20 @@ class DefaultModelSettings:
         for section in ("data", "teacher", "student", "prune", "export"):
             if not isinstance(mapping.get(section), dict):
                 raise DefaultModelError("%s: section %r missing" % (path, section))
-        d, p, e = mapping["data"], mapping["prune"], mapping["export"]
+        synth, pruning, export = mapping["data"], mapping["prune"], mapping["export"]
         latency = mapping.get("latency") or {}
         try:
-            data = SynthSettings(int(d["count"]), int(d["size"]), int(d["seed"]),
-                                 float(d["val_fraction"]))
-            prune = PruneSettings(method=p["method"], amount=p["amount"], target=p["target"],
-                                  finetune_iters=int(p["finetune_iters"])).validate()
+            data = SynthSettings(int(synth["count"]), int(synth["size"]), int(synth["seed"]),
+                                 float(synth["val_fraction"]))
+            prune = PruneSettings(method=pruning["method"], amount=pruning["amount"],
+                                  target=pruning["target"],
+                                  finetune_iters=int(pruning["finetune_iters"])).validate()
             settings = cls(
                 data=data, teacher=TrainSettings.from_section(mapping["teacher"]),
                 student=TrainSettings.from_section(mapping["student"]), prune=prune,
-                prune_overrides=tuple(override_list(p.get("overrides"))),
-                export_fp16=bool(e.get("fp16", True)), verify_images=int(e["verify_images"]),
+                prune_overrides=tuple(override_list(pruning.get("overrides"))),
+                export_fp16=bool(export.get("fp16", True)),
+                verify_images=int(export["verify_images"]),
                 latency_warmup=int(latency.get("warmup", 3)),
                 latency_threads=latency.get("threads"), threads=mapping.get("threads"),
                 mapping=mapping)

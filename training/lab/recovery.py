@@ -102,9 +102,9 @@ def run_recovery(stages: StageRunner, out: str, runs: PruningRuns, lengths: Sequ
             stages, replace(runs, settings=replace(runs.settings, finetune_iters=iters)),
             "recovery", "%d iterations" % iters, os.path.join(out, "iters_%d" % iters),
             reuse.get(iters))
-        p, c = scores["pruned"]["miou"], scores["control"]["miou"]
-        rows.append({"iters": iters, "pruned": p, "control": c,
-                     "recovery": (p / c) if p is not None and c else None})
+        pruned, control = scores["pruned"]["miou"], scores["control"]["miou"]
+        rows.append({"iters": iters, "pruned": pruned, "control": control,
+                     "recovery": (pruned / control) if pruned is not None and control else None})
     return rows
 
 

@@ -59,7 +59,7 @@ __all__ = ["format_summary", "add_arguments", "main"]
 
 def format_summary(report: Dict[str, Any]) -> str:
     """Before/after table of a ``prune_and_finetune`` report."""
-    b, a = report["before"], report["after"]
+    b, a = report["before"], report["after"]  # before and after pruning
     rows = [("parameters", "%.3fM" % (b["params"] / 1e6), "%.3fM" % (a["params"] / 1e6),
              a["params"] / max(b["params"], 1)),
             ("GMACs", "%.3f" % b["gmacs"], "%.3f" % a["gmacs"],
