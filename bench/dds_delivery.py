@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from lpcv_segmentation.core.formatting import markdown_header, markdown_row  # noqa: E402
 PROFILE = REPO / "config" / "fastdds_large_frames.xml"
 
 
@@ -152,16 +155,14 @@ def main(argv: List[str] = None) -> int:
     print("%d frames of %dx%d rgb8 (%d KiB) at %g Hz, publisher and subscriber in separate "
           "processes\n" % (args.frames, args.width, args.height,
                            args.width * args.height * 3 // 1024, args.rate))
-    print("| configuration | sent | delivered | share | median latency (ms) |")
-    print("|---|---|---|---|---|")
+    print(markdown_header(["configuration", "sent", "delivered", "share", "median latency (ms)"]))
     base_domain = random.randint(100, 200)
     for offset, setup in enumerate(SETUPS):
         result = run_setup(setup, args, base_domain + offset)
         latency = result["median_latency_ms"]
-        print("| %s | %d | %d | %.0f%% | %s |"
-              % (setup.name, result["sent"], result["delivered"],
-                 100.0 * result["delivered"] / result["sent"],
-                 "-" if latency is None else "%.1f" % latency), flush=True)
+        print(markdown_row([setup.name, result["sent"], result["delivered"],
+                            "%.0f%%" % (100.0 * result["delivered"] / result["sent"]),
+                            "-" if latency is None else "%.1f" % latency]), flush=True)
     return 0
 
 

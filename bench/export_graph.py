@@ -113,7 +113,7 @@ def save_ort_optimised(src: str, dst: str) -> None:
 def prepare(args: argparse.Namespace, work: str) -> Dict[str, str]:
     """{row name: ONNX file} of every model compared."""
     from lpcv_segmentation.model.checkpoint import read_metadata
-    from training.export import export_onnx
+    from training.export import OnnxGraph, export_onnx
     files: Dict[str, str] = {}
     meta = read_metadata(args.checkpoint)
     size = int(args.input_size or meta["input_size"])
@@ -121,7 +121,7 @@ def prepare(args: argparse.Namespace, work: str) -> Dict[str, str]:
         path = os.path.join(work, "default_%s.onnx" % ("timm" if timm_graph else "rewrite"))
         print("exporting %s (%s) ..." % (args.checkpoint, name), file=sys.stderr, flush=True)
         export_onnx(args.checkpoint, path, input_size=size, verify_images=1,
-                    timm_mobilevit=timm_graph)
+                    graph=OnnxGraph(timm_mobilevit=timm_graph))
         files[name] = path
     files["default, rewrite + ORT"] = os.path.join(work, "default_rewrite_ort.onnx")
     save_ort_optimised(files["default, rewrite"], files["default, rewrite + ORT"])

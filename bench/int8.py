@@ -6,7 +6,7 @@ For an fp32 ONNX file (exported by ``python -m training export``), every recipe 
 operator types are quantised; the rest stays fp32) is made with ``training.export.quantize_int8``
 calibrated on the dataset's train split, scored on its whole val split (mIoU and pixel agreement
 with fp32, ``training.export.evaluate_files``) and timed against fp32 side by side with the
-block-interleaved timer (``training.sweep.onnx_latency_ms``), at each
+block-interleaved timer (``training.lab.sweep.onnx_latency_ms``), at each
 thread count. Reported: each recipe's latency as a ratio to fp32 (below 1 = faster) and its
 mIoU change.
 
@@ -25,6 +25,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 from common import load_average  # noqa: E402
+from report import markdown_table  # noqa: E402
 
 MAX_MIOU_DROP = 0.01  # int8 within 0.01 mIoU of fp32, or its speed is not worth having
 
@@ -44,7 +45,7 @@ def run(fp32_path: str, data: str, recipes: Sequence[str], calib_images: int, ca
 
     from training.data import find_pairs
     from training.export import dataset_pairs, evaluate_files, quantize_int8
-    from training.sweep import onnx_latency_ms
+    from training.lab.sweep import onnx_latency_ms
 
     calib_pairs, _, _, _ = dataset_pairs(data, calib_images)
     eval_split = "val"
@@ -81,13 +82,14 @@ def markdown(result: Dict[str, Any]) -> str:
     head = ["variant", "mIoU", "change", "agreement"]
     for count in threads:
         head += ["ms (%dt)" % count, "x fp32 (%dt)" % count]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for r in result["rows"]:
         cells = [r["variant"], "%.4f" % r["miou"], "%+.4f" % r["miou_change"],
                  "%.2f%%" % (100 * r["agreement_with_fp32"])]
         for count in threads:
             cells += ["%.2f" % r["ms_%dt" % count], "%.2f" % r["ratio_%dt" % count]]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines = [markdown_table(head, rows)]
     ok = [r for r in result["rows"] if r["variant"] != "fp32"
           and r["miou_change"] >= -MAX_MIOU_DROP and all(r["ratio_%dt" % c] < 1.0 for c in threads)]
     best = min(ok, key=lambda r: sum(r["ratio_%dt" % c] for c in threads)) if ok else None

@@ -2,7 +2,7 @@
 
 For the student (default: the default arch, MobileViT-XXS with a 64-channel UPerNet decoder)
 at 288 and 512 input, side by side in one run: the unpruned model, the structured-pruned model
-(training.prune ``--method all --amount 0.5`` unless ``--pruned CKPT``), and the same
+(``python -m training prune`` ``--method all --amount 0.5`` unless ``--pruned CKPT``), and the same
 unpruned model with 50 % of its weights zeroed by unstructured magnitude pruning. For each:
 parameters, GMACs, PyTorch eager latency and ONNX Runtime (CPU) latency, and each as a ratio
 to the unpruned model. Latency is the median over block-interleaved rounds
@@ -49,7 +49,9 @@ def make_models(checkpoint: Optional[str], pruned: Optional[str], arch: str, met
     import torch
     from lpcv_segmentation.model.checkpoint import load_checkpoint
     from lpcv_segmentation.model.segmodel import build_model
-    from training import prune
+    from training.pruning.settings import DEFAULT_ROUND_TO
+    from training.pruning.structured import prune_by_ratio
+    from training.pruning.unstructured import prune_unstructured
     if checkpoint:
         base, _ = load_checkpoint(checkpoint)
     else:
@@ -58,10 +60,10 @@ def make_models(checkpoint: Optional[str], pruned: Optional[str], arch: str, met
     if pruned:
         structured, _ = load_checkpoint(pruned)
     else:
-        structured = prune.prune_step(copy.deepcopy(base), method, amount, importance="l2",
-                                      round_to=prune.DEFAULT_ROUND_TO)
+        structured = prune_by_ratio(copy.deepcopy(base), method, amount, importance="l2",
+                                    round_to=DEFAULT_ROUND_TO)
     unstructured = copy.deepcopy(base)
-    prune.prune_unstructured(unstructured, amount)
+    prune_unstructured(unstructured, amount)
     return {"unpruned": base.eval(), "structured": structured.eval(),
             "unstructured": unstructured.eval()}
 
@@ -164,7 +166,7 @@ def section(by_threads: Dict[int, Dict[int, Dict[str, Dict[str, float]]]],
     headers = ["threads", "input", "model", "params", "GMACs", "eager ms", "ORT ms",
                "params ratio", "MACs ratio", "eager speed-up", "ORT speed-up"]
     what = ("--pruned %s" % args.pruned) if args.pruned else (
-        "training.prune --method %s --amount %s (importance l2, per layer, widths rounded "
+        "python -m training prune --method %s --amount %s (importance l2, per layer, widths rounded "
         "to multiples of 8)" % (args.method, args.amount))
     body = "\n".join([
         "## Pruning: structured vs unstructured, %s" % (args.checkpoint or args.arch),
@@ -205,10 +207,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     peer = peer_lib.resolve(parser, args.peer)
 
-    from training import prune
+    from training.pruning.units import weight_sparsity
     models = make_models(args.checkpoint, args.pruned, args.arch, args.method, args.amount,
                          args.seed)
-    sparsity = prune.weight_sparsity(models["unstructured"])
+    sparsity = weight_sparsity(models["unstructured"])
     with tempfile.TemporaryDirectory(prefix="bench_pruning_") as work:
         onnx = export_all(models, args.sizes, work)
         results = {threads: measure(models, onnx, args.sizes, threads, args.rounds, peer.path)

@@ -10,6 +10,7 @@ import sys
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
 from lpcv_segmentation.core import formatting
+from lpcv_segmentation.core.formatting import markdown_table  # noqa: F401  (the benches' table writer)
 from lpcv_segmentation.core.fileio import write_json_atomic
 
 
@@ -22,12 +23,6 @@ class Target(NamedTuple):
     def line(self) -> str:
         verdict = {True: "met", False: "**MISSED**", None: "not measured"}[self.met]
         return "- %s: target %s, measured %s: %s" % (self.item, self.goal, self.measured, verdict)
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def fmt(value: Optional[float], pattern: str = "%.1f", missing: str = "-") -> str:

@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 
 from lpcv_segmentation.core.classes import CLASS_NAMES, NUM_CLASSES
 from lpcv_segmentation.core.fileio import write_yaml_atomic
-from training import ablation, recovery
+from training.lab import ablation, recovery
 from training.data import find_pairs, read_label
-from training.sweep import PLOTS
+from training.lab.sweep import PLOTS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.path.join(REPO, "training", "configs", "ablation_quick.yaml")
@@ -72,6 +72,8 @@ def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
                   "+ KD + pruning |", "+ KD + pruning + fp16", "+ KD + pruning + int8"):
         assert label in table
     assert "Command: `python -m training ablation --config" in table
+    for line in ("- Date: ", "- Machine: ", "- Models: teacher `%s" % out):
+        assert "\n" + line in table, line  # the dated report's header
     assert report["eval_data"] == str(test_set)
     assert "evaluated on the val split of %s with ONNX Runtime" % test_set in table
     assert "%.2fM" % (rows["pruned"]["params"] / 1e6) in table
@@ -203,13 +205,17 @@ def test_class_target_holds_only_the_classes_the_control_segments_well():
     assert recovery.class_target(recovery.class_comparison(pruned, control))["met"] is True
 
 
-def test_pruning_teacher_is_the_teacher_the_unpruned_model_or_none():
-    prune = ablation.load_ablation_config(QUICK)["prune"]
-    assert ablation.pruning_teacher(prune, "teacher.st", "student_kd.st") == "teacher.st"
-    prune["distil_from"] = "unpruned"
-    assert ablation.pruning_teacher(prune, "teacher.st", "student_kd.st") == "student_kd.st"
-    prune["distil"] = False
-    assert ablation.pruning_teacher(prune, "teacher.st", "student_kd.st") is None
+def test_pruning_teacher_is_the_teacher_the_unpruned_model_or_none(synth_dataset):
+    config = ablation.load_ablation_config(QUICK)
+
+    def teacher_of(**prune):
+        config["prune"].update(prune)
+        settings = ablation.AblationSettings.from_config(config, str(synth_dataset))
+        return settings.pruning_teacher("teacher.st", "student_kd.st")
+
+    assert teacher_of() == "teacher.st"
+    assert teacher_of(distil_from="unpruned") == "student_kd.st"
+    assert teacher_of(distil=False) is None
 
 
 def test_resume_refuses_a_config_its_stages_were_not_made_with(synth_dataset, tmp_path):
@@ -218,7 +224,7 @@ def test_resume_refuses_a_config_its_stages_were_not_made_with(synth_dataset, tm
     seeds only adds runs and is accepted."""
     out = tmp_path / "out"
     config = ablation.load_ablation_config(QUICK)
-    ablation.check_config(config, str(synth_dataset))
+    ablation.AblationSettings.from_config(config, str(synth_dataset))
     out.mkdir()
     write_yaml_atomic(str(out / ablation.CONFIG_FILE), config)
     ablation.check_resume(config, str(out))  # the same config: nothing to refuse
@@ -241,3 +247,19 @@ def test_resume_refuses_a_config_its_stages_were_not_made_with(synth_dataset, tm
         ablation.run_ablation(str(changed), str(synth_dataset), str(out), resume=True)
     assert sorted(os.listdir(out)) == [ablation.CONFIG_FILE, "teacher"]  # nothing ran
     assert ablation.load_ablation_config(str(out / ablation.CONFIG_FILE))["prune"]["amount"] == 0.5
+
+
+def test_sweep_report_is_dated_and_lists_every_point():
+    from training.lab import sweep
+    from training.lab.settings import EvaluationSettings
+    rows = [{"method": m, "amount": a, "params": p, "param_sparsity": 1 - p / 2e6, "gmacs": 0.5,
+             "miou": 0.3, "dice": 0.4, "latency_ms": 10.0, "speedup": 1.0}
+            for m, a, p in (("none", 0.0, 2e6), ("all", 0.5, 1e6), ("head", 0.5, 1.9e6))]
+    text = sweep.report_markdown(rows, "python -m training sweep --checkpoint c.safetensors",
+                                 "c.safetensors", "DATA", EvaluationSettings(threads=1))
+    assert text.startswith("# Sparsity sweep\n")
+    for line in ("- Date: ", "- Machine: ", "- Command: `python -m training sweep --checkpoint",
+                 "- Models: pruned `c.safetensors`"):
+        assert "\n" + line in text, line
+    assert "| all | 0.50 | 1.00M | 0.50 |" in text and "| head | 0.50 | 1.90M |" in text
+    assert all("![%s](%s)" % (name[:-4], name) in text for name in sweep.PLOTS)

@@ -76,10 +76,10 @@ def test_dataset_to_bag_writes_frames_and_ground_truth(mcap_bag, synth_dataset):
 
 
 def test_sqlite3_storage_and_limit(synth_dataset, tmp_path):
-    from training.dataset_to_bag import write_flight_bag
+    from training.dataset_to_bag import FlightClock, write_flight_bag
     out = tmp_path / "flight_db"
-    summary = write_flight_bag(synth_dataset, "val", out, rate_hz=10.0, storage="sqlite3",
-                               start_ns=START_NS, limit=3, progress=False)
+    summary = write_flight_bag(synth_dataset, "val", out, FlightClock(10.0, START_NS),
+                               storage="sqlite3", limit=3, progress=False)
     assert summary["frames"] == 3 and summary["duration_s"] == pytest.approx(0.2)
     assert [p.suffix for p in out.iterdir() if p.name != "metadata.yaml"] == [".db3"]
     frames = read_frames(out)
@@ -123,9 +123,9 @@ def storage_file(bag: Path) -> Path:
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
 def test_truncated_bag_is_a_clear_error(synth_dataset, tmp_path, storage):
-    from training.dataset_to_bag import write_flight_bag
+    from training.dataset_to_bag import FlightClock, write_flight_bag
     bag = tmp_path / "flight"
-    write_flight_bag(synth_dataset, "val", bag, storage=storage, start_ns=START_NS,
+    write_flight_bag(synth_dataset, "val", bag, FlightClock(start_ns=START_NS), storage=storage,
                      progress=False)
     data = storage_file(bag).read_bytes()
     storage_file(bag).write_bytes(data[:len(data) // 2])

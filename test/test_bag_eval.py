@@ -45,9 +45,9 @@ def assert_same_accuracy(report: dict, reference: dict) -> None:
 
 @pytest.fixture(scope="module")
 def flight(synth_dataset, tmp_path_factory) -> Path:
-    from training.dataset_to_bag import write_flight_bag
+    from training.dataset_to_bag import FlightClock, write_flight_bag
     bag = tmp_path_factory.mktemp("flight") / "flight"
-    write_flight_bag(synth_dataset, "val", bag, rate_hz=10.0, start_ns=START_NS, progress=False)
+    write_flight_bag(synth_dataset, "val", bag, FlightClock(10.0, START_NS), progress=False)
     return bag
 
 

@@ -15,8 +15,8 @@ from lpcv_segmentation.model.cost import count_macs
 from lpcv_segmentation.model.segmodel import build_model, main
 from lpcv_segmentation.runtime.segmenter import Segmenter
 from training import config as config_lib
-from training import prune as P
-from training.export import check_scenes, export_onnx
+from training.pruning.structured import prune_by_ratio
+from training.export import Calibration, check_scenes, export_onnx
 from training.train import build_step, teacher_forward
 
 SIZE = 64  # smallest input the MobileViT encoder takes
@@ -98,7 +98,7 @@ def test_pruned_lite_checkpoint_reloads_with_same_outputs(lite, tmp_path):
     """torch-pruning's dependency graph cuts the depthwise convs with the layers they couple
     to; the structure record rebuilds them (groups included)."""
     model = copy.deepcopy(lite)
-    P.prune_step(model, "all", 0.5, importance="l2")
+    prune_by_ratio(model, "all", 0.5, importance="l2")
     dw = model.decoder.fuse[0]
     assert dw.groups == dw.in_channels == dw.out_channels < lite.decoder.fuse[0].in_channels
     assert model.decoder.fpn_convs[0][3].out_channels < WIDTH  # decoder channels were cut
@@ -134,13 +134,13 @@ def test_lite_exports_in_every_precision_and_runs_on_each_back_end(tmp_path, syn
     torch.manual_seed(0)
     model = build_model("mobilevit_xxs", decoder_channels=WIDTH, input_size=SIZE,
                         decoder="upernet_lite")
-    P.prune_step(model.eval(), "channel", 0.3, importance="l2")  # a pruned lite model, as the pipeline ships
+    prune_by_ratio(model.eval(), "channel", 0.3, importance="l2")  # a pruned lite model, as the pipeline ships
     ckpt = tmp_path / "lite.safetensors"
     save_checkpoint(str(ckpt), model.eval())
     image = check_scenes(1, SIZE)[0]
     reference = Segmenter(str(ckpt), backend="pytorch").segment(image).labels
     for precision, extra in (("fp32", {}), ("fp16", {}),
-                             ("int8", {"calib_dir": str(synth_dataset), "calib_images": 4})):
+                             ("int8", {"calibration": Calibration(str(synth_dataset), 4)})):
         out = tmp_path / ("lite_%s.onnx" % precision)
         export_onnx(str(ckpt), str(out), precision=precision, verify_images=1, **extra)
         seg = Segmenter(str(out), backend="onnxruntime")

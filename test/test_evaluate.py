@@ -12,7 +12,7 @@ from lpcv_segmentation.model.checkpoint import load_checkpoint
 from training.__main__ import main as cli
 from training.data import EvalTransform, SegmentationDataset, find_pairs, read_label
 from training.distributed import DistContext
-from training.evaluate import MIN_PANEL_WIDTH, evaluate, overlay_panel
+from training.evaluate import MIN_PANEL_WIDTH, Runtime, evaluate, overlay_panel
 from training.train import val_loader, validate
 
 KEYS = ("miou", "dice", "pixel_acc", "per_class_iou", "params", "gmacs", "latency_ms", "score")
@@ -23,7 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 @pytest.fixture(scope="module")
 def checkpoint_result(tiny_checkpoint, synth_dataset):
-    return evaluate(str(tiny_checkpoint), str(synth_dataset), "val", warmup=1, progress=False)
+    return evaluate(str(tiny_checkpoint), str(synth_dataset), "val", Runtime(warmup=1),
+                    progress=False)
 
 
 def test_checkpoint_figures(checkpoint_result, tiny_checkpoint, synth_dataset):
@@ -57,7 +58,7 @@ def test_training_validation_reports_the_same_figures(checkpoint_result, tiny_ch
 
 
 def test_onnx_export_scores_like_its_checkpoint(checkpoint_result, tiny_onnx, synth_dataset):
-    r = evaluate(str(tiny_onnx), str(synth_dataset), "val", warmup=1, progress=False)
+    r = evaluate(str(tiny_onnx), str(synth_dataset), "val", Runtime(warmup=1), progress=False)
     assert r["backend"] == "onnxruntime"
     for key in ("miou", "dice", "pixel_acc"):
         assert r[key] == pytest.approx(checkpoint_result[key], abs=0.01), key

@@ -12,7 +12,7 @@ import pytest
 from lpcv_segmentation.core.classes import NUM_CLASSES, class_table
 from lpcv_segmentation.runtime.segmenter import METADATA_KEY, Segmenter
 from training.__main__ import main as training_main
-from training.export import ExportError, check_scenes, export_onnx
+from training.export import Calibration, ExportError, check_scenes, export_onnx
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_CHECKPOINT = REPO / "models" / "default.safetensors"
@@ -125,7 +125,7 @@ def test_int8_export_calibrates_on_a_dataset_and_keeps_the_accuracy(synth_datase
     zero, where no loss of accuracy could show."""
     out = tmp_path / "shipped_int8.onnx"
     report = export_onnx(str(SHIPPED_CHECKPOINT), str(out), precision="int8",
-                         calib_dir=str(synth_dataset), calib_images=6, verify_images=1)
+                         calibration=Calibration(str(synth_dataset), images=6), verify_images=1)
     int8 = report["int8"]
     assert (int8["calib_split"], int8["calib_images"]) == ("train", 6)
     assert int8["eval_split"] == "val" and int8["eval_images"] == 6

@@ -56,10 +56,10 @@ def test_outputs_equal_timm_on_random_inputs(arch, one_torch_thread):
 def test_pruned_model_heads_and_widths(one_torch_thread):
     """After head and width pruning (3 heads, narrower MLPs and convs) the rewrite reads the
     shapes the pruner left: the whole segmentation model still matches."""
-    from training import prune as P
+    from training.pruning.structured import prune_by_ratio
     torch.manual_seed(0)
     model = _randomise_batchnorm(build_model("mobilevit_xxs", input_size=64))
-    P.prune_step(model, "all", 0.3, importance="l2")
+    prune_by_ratio(model, "all", 0.3, importance="l2")
     heads = {m.num_heads for m in model.modules() if hasattr(m, "qkv")}
     assert heads == {3}
     x = torch.randn(1, 3, 64, 64)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training import pareto
+from training.lab import pareto
 
 TINY = {
     "overrides": {"arch": "mobilevit_xxs", "input_size": 64, "crop_size": 64, "decoder_channels": 16,
@@ -65,6 +65,15 @@ def test_pareto_writes_table_and_figure_and_resumes(synth_dataset, tmp_path):
     with open(os.path.join(out, pareto.CSV_NAME)) as handle:
         assert len(list(csv.DictReader(handle))) == len(rows)
     assert os.path.getsize(os.path.join(out, pareto.PNG_NAME)) > 10000
+    # the dated report: provenance lines, then one table row per point
+    from training.lab.report import stamp
+    text = pareto.markdown(rows, "python -m training pareto ...",
+                           pareto.trained_models(config, out), stamp())
+    assert text.startswith("# mIoU against ONNX Runtime latency\n")
+    for line in ("- Date: ", "- Machine: ", "- Command: `python -m training pareto ...`",
+                 "- Models: seed 0 upernet `%s" % out):
+        assert "\n" + line in text, line
+    assert sum(line.startswith("| upernet") for line in text.splitlines()) == len(rows)
     # Resuming reuses every stage (nothing retrained: the checkpoints keep their times).
     trained = os.path.join(pareto.model_dir(out, 0, "upernet_lite", 0.0), "best.safetensors")
     stamp = os.path.getmtime(trained)
@@ -75,7 +84,7 @@ def test_pareto_writes_table_and_figure_and_resumes(synth_dataset, tmp_path):
 
 @pytest.mark.parametrize("changes, message", [
     ({"decoders": ["segformer"]}, "decoder 'segformer' is not one of upernet, upernet_lite"),
-    ({"amounts": [1.5]}, "amount 1.5 is not strictly between 0 and 1"),
+    ({"amounts": [1.5]}, r"prune: --amount 1.5 is outside \(0, 1\)"),
     ({"seeds": []}, "seeds and input_sizes must not be empty"),
 ])
 def test_bad_config_is_refused_naming_the_key(tmp_path, changes, message):

@@ -14,7 +14,13 @@ from torch import nn
 from lpcv_segmentation.model.checkpoint import load_checkpoint, save_checkpoint
 from lpcv_segmentation.model.cost import count_params
 from lpcv_segmentation.model.segmodel import build_model
-from training import prune as P
+from training.pruning.request import prune_and_finetune, prune_schedule_step
+from training.pruning.settings import DEFAULT_IMPORTANCE, PruneError, PruneSettings, method_kinds
+from training.pruning.structured import prune_by_ratio
+from training.pruning.units import (attention_layers, calibration_images, count_units, describe,
+                                    heads_per_layer, macs_of, mlp_layers, width_to_keep,
+                                    widths_per_layer)
+from training.pruning.unstructured import prune_unstructured
 
 SIZE = 64  # smallest input the MobileViT encoder takes (output stride 32, patch 2)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,7 +35,7 @@ def base():
 def _pruned(base, method, amount=0.5, **kwargs):
     kwargs.setdefault("importance", "l2")  # the structural tests need no calibration data
     model = copy.deepcopy(base)
-    P.prune_step(model, method, amount, **kwargs)
+    prune_by_ratio(model, method, amount, **kwargs)
     return model
 
 
@@ -58,7 +64,7 @@ def test_filter_shrinks_encoder_convolutions_only(base):
         assert conv.out_channels == _convs(base.decoder)[name].out_channels
     laterals = model.decoder.lateral_convs  # ... but they read fewer encoder channels
     assert laterals[0][0].in_channels < base.decoder.lateral_convs[0][0].in_channels
-    b, a = P.count_units(base), P.count_units(model)
+    b, a = count_units(base), count_units(model)
     assert (a["heads"], a["mlp_neurons"]) == (b["heads"], b["mlp_neurons"])
     assert a["encoder_filters"] == b["encoder_filters"] // 2
     assert count_params(model) < count_params(base)
@@ -72,18 +78,18 @@ def test_channel_shrinks_decoder_and_keeps_the_classes(base):
     assert model.classifier.in_channels == 32 and model.classifier.out_channels == 14
     assert [m.out_channels for m in _convs(model.encoder).values()] == \
         [m.out_channels for m in _convs(base.encoder).values()]
-    assert P.macs_of(model) < P.macs_of(base)
+    assert macs_of(model) < macs_of(base)
     _runs(model)
 
 
 def test_neuron_shrinks_mlp_rows_and_matching_columns(base):
     model = _pruned(base, "neuron")
-    for name, mlp in P.mlp_layers(model).items():
+    for name, mlp in mlp_layers(model).items():
         original = dict(base.named_modules())[name]
         assert mlp.fc1.out_features == original.fc1.out_features // 2
         assert mlp.fc2.in_features == mlp.fc1.out_features
         assert mlp.fc2.out_features == original.fc2.out_features  # transformer width kept
-    b, a = P.count_units(base), P.count_units(model)
+    b, a = count_units(base), count_units(model)
     assert a["heads"] == b["heads"] and a["encoder_filters"] == b["encoder_filters"]
     assert a["mlp_neurons"] == b["mlp_neurons"] // 2
     _runs(model)
@@ -101,7 +107,7 @@ def test_head_removes_whole_heads_chosen_by_importance(base):
         attn.proj.weight[:, 3 * dim:4 * dim] *= 10
     q_head3 = attn.qkv.weight[3 * dim:4 * dim].clone()
     model = _pruned(start, "head", 0.5)
-    for name, a in P.attention_layers(model).items():
+    for name, a in attention_layers(model).items():
         assert a.num_heads == 2 and a.head_dim == dim if name.startswith("encoder.stages_2") \
             else a.num_heads == 2
         assert a.qkv.out_features == 3 * a.num_heads * a.head_dim
@@ -110,39 +116,39 @@ def test_head_removes_whole_heads_chosen_by_importance(base):
     assert pruned.qkv.in_features == width  # the transformer width is not touched
     kept_q = pruned.qkv.weight[:2 * dim]  # the q rows of the two heads left
     assert any(torch.equal(kept_q[i * dim:(i + 1) * dim], q_head3) for i in range(2))
-    assert P.count_units(model)["mlp_neurons"] == P.count_units(base)["mlp_neurons"]
+    assert count_units(model)["mlp_neurons"] == count_units(base)["mlp_neurons"]
     _runs(model)
 
 
 def test_head_rounding_keeps_at_least_one_head(base):
     model = _pruned(base, "head", 0.9)
-    assert all(a.num_heads == 1 for a in P.attention_layers(model).values())
+    assert all(a.num_heads == 1 for a in attention_layers(model).values())
     _runs(model)
 
 
 def test_kinds_joined_by_plus_prune_each_named_kind_only(base):
     model = _pruned(base, "filter+head", 0.5)
-    units, before = P.count_units(model), P.count_units(base)
+    units, before = count_units(model), count_units(base)
     assert units["encoder_filters"] == before["encoder_filters"] // 2
     assert units["heads"] == before["heads"] // 2
     assert units["decoder_channels"] == before["decoder_channels"]
     assert units["mlp_neurons"] == before["mlp_neurons"]
-    assert P.method_kinds("filter+head") == P.method_kinds("head+filter") == ("head", "filter")
+    assert method_kinds("filter+head") == method_kinds("head+filter") == ("head", "filter")
     _runs(model)
 
 
 @pytest.mark.parametrize("method", ["filter+bogus", "filter+filter", "filter+", "all+head",
                                     "unstructured+filter", "bogus"])
 def test_unknown_method_is_refused_with_the_choices(method):
-    with pytest.raises(P.PruneError, match="--method .*filter\\+head"):
-        P.PruneSettings(method=method, amount=0.5).validate()
+    with pytest.raises(PruneError, match="--method .*filter\\+head"):
+        PruneSettings(method=method, amount=0.5).validate()
 
 
 def test_all_with_macs_target_reaches_it(base):
     model = copy.deepcopy(base)
-    gmacs = P.macs_of(model)
-    settings = P.PruneSettings(method="all", amount=0.4, target="macs", importance="l2")
-    record = P.prune_model(model, settings, original=P.describe(model))
+    gmacs = macs_of(model)
+    settings = PruneSettings(method="all", amount=0.4, target="macs", importance="l2")
+    record = prune_schedule_step(model, settings, original=describe(model))
     assert record["gmacs"] <= 0.6 * gmacs + 1e-9
     assert record["gmacs"] > 0.45 * gmacs  # bisection: not far past the target
     _runs(model)
@@ -160,27 +166,27 @@ def test_importances_and_allocations(base, importance, allocation):
 
 def test_iterative_steps_reach_the_amount(base):
     model = copy.deepcopy(base)
-    settings = P.PruneSettings(method="all", amount=0.5, iterative=2, round_to=1, importance="l1")
-    original = P.describe(model)
-    first = P.prune_model(model, settings, step=0, original=original)
-    second = P.prune_model(model, settings, step=1, done=first["amount"], original=original)
+    settings = PruneSettings(method="all", amount=0.5, iterative=2, round_to=1, importance="l1")
+    original = describe(model)
+    first = prune_schedule_step(model, settings, step=0, original=original)
+    second = prune_schedule_step(model, settings, step=1, done=first["amount"], original=original)
     assert first["params"] > second["params"]
-    assert P.count_units(model)["encoder_filters"] == P.count_units(base)["encoder_filters"] // 2
-    assert P.count_units(model)["heads"] == P.count_units(base)["heads"] // 2
+    assert count_units(model)["encoder_filters"] == count_units(base)["encoder_filters"] // 2
+    assert count_units(model)["heads"] == count_units(base)["heads"] // 2
 
 
 def test_iterative_head_counts_follow_the_original_count(base):
     """0.6 of 4 heads in 3 steps leaves 4 - round(4 x 0.6) = 2 heads, as one step does;
     rounding a ratio of the current count at each step would leave 1."""
     model = copy.deepcopy(base)
-    original = P.describe(model)
-    settings = P.PruneSettings(method="head", amount=0.6, iterative=3, importance="l1")
+    original = describe(model)
+    settings = PruneSettings(method="head", amount=0.6, iterative=3, importance="l1")
     done = 0.0
     kept = []
     for step in range(3):
-        done = P.prune_model(model, settings, step=step, done=done,
-                             original=original)["amount"]
-        kept.append(set(P.heads_per_layer(model).values()))
+        done = prune_schedule_step(model, settings, step=step, done=done,
+                                   original=original)["amount"]
+        kept.append(set(heads_per_layer(model).values()))
     assert set(original["heads"].values()) == {4}
     assert kept == [{3}, {2}, {2}]  # round(0.8), round(1.6), round(2.4) heads removed
     _runs(model)
@@ -196,7 +202,7 @@ def test_iterative_head_counts_follow_the_original_count(base):
     (30, 0.5, 1, 15),
 ])
 def test_width_to_keep(width, amount, round_to, kept):
-    assert P.width_to_keep(width, amount, round_to) == kept
+    assert width_to_keep(width, amount, round_to) == kept
 
 
 @pytest.mark.parametrize("round_to", [8, 16])
@@ -206,19 +212,19 @@ def test_iterative_widths_end_where_one_step_does(base, round_to):
     every step, removed 75 % of a 64-channel layer (64 -> 48 -> 32 -> 16)."""
     ends = []
     for steps in (1, 3):
-        settings = P.PruneSettings(method="filter", amount=0.6, round_to=round_to,
-                                   importance="l1", iterative=steps)
+        settings = PruneSettings(method="filter", amount=0.6, round_to=round_to,
+                                 importance="l1", iterative=steps)
         model = copy.deepcopy(base)
-        original = P.describe(model)
+        original = describe(model)
         done = 0.0
         for step in range(steps):
-            done = P.prune_model(model, settings, step=step, done=done,
-                                 original=original)["amount"]
-        ends.append(P.widths_per_layer(model))
+            done = prune_schedule_step(model, settings, step=step, done=done,
+                                       original=original)["amount"]
+        ends.append(widths_per_layer(model))
     assert ends[0] == ends[1]
     convs = _convs(base.encoder)
     for name, conv in convs.items():
-        expected = P.width_to_keep(conv.out_channels, 0.6, round_to)
+        expected = width_to_keep(conv.out_channels, 0.6, round_to)
         assert ends[1]["encoder." + name] == expected, name
     assert ends[1]["encoder.stages_3.0.conv3_1x1.conv"] == {8: 24, 16: 32}[round_to]  # of 64
     _runs(model)
@@ -227,11 +233,11 @@ def test_iterative_widths_end_where_one_step_does(base, round_to):
 def test_round_to_leaves_widths_in_multiples_of_eight(base):
     model = copy.deepcopy(base)
     calib = (torch.randn(2, 3, SIZE, SIZE), torch.randint(0, 14, (2, SIZE, SIZE)))
-    P.prune_model(model, P.PruneSettings(method="all", amount=0.3), calib,  # taylor, round_to 8
-                  original=P.describe(model))
+    prune_schedule_step(model, PruneSettings(method="all", amount=0.3), calib,  # taylor, round_to 8
+                        original=describe(model))
     widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)
               and m is not model.classifier and m.groups == 1]
-    widths += [m.fc1.out_features for m in P.mlp_layers(model).values()]
+    widths += [m.fc1.out_features for m in mlp_layers(model).values()]
     assert all(w % 8 == 0 for w in widths), widths
     assert count_params(model) < 0.8 * count_params(base)
     _runs(model)
@@ -277,11 +283,11 @@ def test_pruning_a_channel_removes_exactly_its_contribution(base):
 
 def test_unstructured_zeroes_weights_without_changing_shapes(base):
     model = copy.deepcopy(base)
-    sparsity = P.prune_unstructured(model, 0.6)
+    sparsity = prune_unstructured(model, 0.6)
     assert abs(sparsity - 0.6) < 0.01
     shapes = {n: p.shape for n, p in model.named_parameters()}
     assert shapes == {n: p.shape for n, p in base.named_parameters()}
-    assert P.macs_of(model) == pytest.approx(P.macs_of(base))  # no fewer MACs: no speed-up
+    assert macs_of(model) == pytest.approx(macs_of(base))  # no fewer MACs: no speed-up
     assert not any(isinstance(m, torch.nn.utils.prune.BasePruningMethod)
                    for h in model.modules() for m in h._forward_pre_hooks.values())
 
@@ -289,13 +295,13 @@ def test_unstructured_zeroes_weights_without_changing_shapes(base):
 def test_pruned_checkpoint_reloads_with_same_outputs(base, tmp_path):
     model = _pruned(base, "all", 0.5)
     path = str(tmp_path / "pruned.safetensors")
-    heads = P.heads_per_layer(model)
+    heads = heads_per_layer(model)
     save_checkpoint(path, model, {"training": {"pruning": {"heads_after": heads}}})
     reloaded, meta = load_checkpoint(path)
     x = torch.randn(1, 3, SIZE, SIZE)
     with torch.no_grad():
         assert torch.allclose(model(x), reloaded(x), atol=1e-5)
-    assert P.heads_per_layer(reloaded) == P.heads_per_layer(model)
+    assert heads_per_layer(reloaded) == heads_per_layer(model)
     assert meta["params"] == count_params(model) < count_params(base)
 
 
@@ -304,8 +310,8 @@ def test_pruned_checkpoint_reloads_with_same_outputs(base, tmp_path):
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("amount", [0.0, 1.0, 1.5, -0.2])
 def test_amount_outside_open_interval_is_refused(amount):
-    with pytest.raises(P.PruneError, match="amount"):
-        P.PruneSettings(amount=amount).validate()
+    with pytest.raises(PruneError, match="amount"):
+        PruneSettings(amount=amount).validate()
 
 
 def test_amount_refused_by_the_command_line(tmp_path):
@@ -352,8 +358,8 @@ def test_head_pruning_refused_on_resnet18(tmp_path):
     data = _write_synthetic_pairs(tmp_path / "data")
     out = tmp_path / "run"
     for method in ("head", "neuron", "filter+head"):
-        with pytest.raises(P.PruneError, match="does not apply to resnet18"):
-            P.run_prune(path, data, str(out), P.PruneSettings(method=method, amount=0.5))
+        with pytest.raises(PruneError, match="does not apply to resnet18"):
+            prune_and_finetune(path, data, str(out), PruneSettings(method=method, amount=0.5))
     assert not out.exists()
 
 
@@ -362,8 +368,8 @@ def test_checkpoint_without_metadata_is_refused(tmp_path):
     path = str(tmp_path / "bare.safetensors")
     save_file({"w": torch.zeros(2)}, path)
     out = tmp_path / "run"
-    with pytest.raises(P.PruneError, match="bare.safetensors.*metadata"):
-        P.run_prune(path, str(tmp_path), str(out), P.PruneSettings(amount=0.5))
+    with pytest.raises(PruneError, match="bare.safetensors.*metadata"):
+        prune_and_finetune(path, str(tmp_path), str(out), PruneSettings(amount=0.5))
     assert not out.exists()
 
 
@@ -394,7 +400,7 @@ def test_prune_command_finetunes_and_runs_in_onnxruntime(tiny_checkpoint, synth_
     record = meta["training"]["pruning"]
     assert record["method"] == "all" and record["amount"] == 0.5
     assert meta["params"] == record["params_after"] < 0.5 * count_params(original)
-    assert record["heads_after"] == P.heads_per_layer(model)
+    assert record["heads_after"] == heads_per_layer(model)
     assert set(record["heads_after"].values()) == {2}  # 4 heads per layer before
     assert meta["training"]["iteration"] == 2  # the training loop fine-tuned it
     # distilling from the unpruned checkpoint by default, its score reported first
@@ -411,11 +417,11 @@ def test_prune_command_finetunes_and_runs_in_onnxruntime(tiny_checkpoint, synth_
     assert (onnx_labels == torch_labels).mean() > 0.99
 
 
-def test_prune_step_defaults_to_the_modules_importance(base):
+def test_prune_by_ratio_defaults_to_the_modules_importance(base):
     # the default is gradient-based (DEFAULT_IMPORTANCE), so without calibration data it refuses
-    assert P.DEFAULT_IMPORTANCE == "taylor"
-    with pytest.raises(P.PruneError, match="needs a labelled calibration batch"):
-        P.prune_step(copy.deepcopy(base), "filter", 0.5)
+    assert DEFAULT_IMPORTANCE == "taylor"
+    with pytest.raises(PruneError, match="needs a labelled calibration batch"):
+        prune_by_ratio(copy.deepcopy(base), "filter", 0.5)
 
 
 def test_calibration_images_cover_every_class_present(tmp_path):
@@ -428,11 +434,11 @@ def test_calibration_images_cover_every_class_present(tmp_path):
         label[2, 2] = 255  # ignored pixels are not a class
         paths.append(tmp_path / ("%02d.png" % i))
         cv2.imwrite(str(paths[-1]), label)
-    chosen = P.calibration_images(paths, count=4)
+    chosen = calibration_images(paths, count=4)
     assert 2 in chosen and 17 in chosen and len(chosen) == 4 == len(set(chosen))
     classes = set()
     for i in chosen:
         classes |= set(np.unique(cv2.imread(str(paths[i]), cv2.IMREAD_UNCHANGED)).tolist())
     assert classes - {255} == {0, 3, 9, 12}
     # more classes than count: the batch grows to hold them all
-    assert {2, 17} <= set(P.calibration_images(paths, count=1))
+    assert {2, 17} <= set(calibration_images(paths, count=1))

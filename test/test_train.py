@@ -164,7 +164,7 @@ def test_teacher_is_frozen_and_resized_to_its_input(tmp_path):
 # --------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_student_learns_far_above_all_background(synth_dataset, tmp_path):
-    from training.evaluate import evaluate
+    from training.evaluate import Runtime, evaluate
 
     run = tmp_path / "learn"
     rc = train_cli(synth_dataset, run, "arch=mobilevit_xxs", "decoder_channels=32",
@@ -191,8 +191,8 @@ def test_student_learns_far_above_all_background(synth_dataset, tmp_path):
     meta = read_metadata(str(run / "last.safetensors"))
     assert meta["training"]["iteration"] == 200
     assert meta["training"]["metrics"]["miou"] == pytest.approx(final["miou"])
-    result = evaluate(str(run / "last.safetensors"), str(synth_dataset), "val", warmup=1,
-                      progress=False)
+    result = evaluate(str(run / "last.safetensors"), str(synth_dataset), "val",
+                      Runtime(warmup=1), progress=False)
     assert result["miou"] == pytest.approx(final["miou"], abs=2e-3)
     assert result["dice"] == pytest.approx(final["dice"], abs=2e-3)
 

@@ -6,6 +6,7 @@ does not pay for the others' imports (torch, onnx, rosbags).
 """
 import argparse
 import importlib
+import shlex
 import sys
 from typing import List, Optional
 
@@ -20,14 +21,14 @@ COMMANDS = {
     "export": ("training.export", "export a checkpoint to ONNX (fp32/fp16/int8) or TensorRT"),
     "import-onnx": ("training.import_onnx", "copy a foreign ONNX segmentation model with this "
                     "project's metadata"),
-    "prune": ("training.prune", "structured pruning with fine-tuning"),
-    "sweep": ("training.sweep", "sparsity sweep: prune, fine-tune, evaluate, plot"),
-    "ablation": ("training.ablation", "ablation table: baseline, +KD, +pruning, +fp16/int8"),
-    "pareto": ("training.pareto", "mIoU against ONNX Runtime latency: decoders x pruning x input size"),
+    "prune": ("training.pruning.command", "structured pruning with fine-tuning"),
+    "sweep": ("training.lab.sweep", "sparsity sweep: prune, fine-tune, evaluate, plot"),
+    "ablation": ("training.lab.ablation", "ablation table: baseline, +KD, +pruning, +fp16/int8"),
+    "pareto": ("training.lab.pareto", "mIoU against ONNX Runtime latency: decoders x pruning x input size"),
     "import-dataset": ("training.import_dataset",
                        "convert a colour/index-labelled UAV dataset into the LPCV layout"),
     "dataset-to-bag": ("training.dataset_to_bag", "write a dataset split as a rosbag2 flight"),
-    "default-model": ("training.default_model", "build the shipped default model end to end"),
+    "default-model": ("training.lab.default_model", "build the shipped default model end to end"),
     "demo": ("training.demo", "replay a synthetic flight through the node and summarise it"),
 }
 
@@ -58,6 +59,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     module.add_arguments(parser)
     # Intermixed: `key=value` overrides may stand before or after the options.
     args = parser.parse_intermixed_args(argv[1:])
+    # the command as typed, for the reports that name the command that made them
+    args.command_line = " ".join(["python -m training"] + [shlex.quote(a) for a in argv])
     return int(module.main(args) or 0)
 
 

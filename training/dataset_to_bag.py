@@ -14,6 +14,7 @@ import argparse
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -25,16 +26,22 @@ DEFAULT_RATE_HZ = 5.0
 DEFAULT_FRAME_ID = "camera"
 
 
-def write_flight_bag(data: Path, split: str, out: Path, rate_hz: float = DEFAULT_RATE_HZ,
-                     storage: str = "mcap", start_ns: Optional[int] = None,
-                     limit: Optional[int] = None, frame_id: str = DEFAULT_FRAME_ID,
-                     progress: bool = True) -> Dict[str, object]:
-    """Write the split's (image, label) pairs to a new bag at ``out``; returns a summary.
+@dataclass(frozen=True)
+class FlightClock:
+    """The stamps of a written flight: frame i at ``start_ns + i / rate_hz`` (``start_ns``
+    None: now, as a recording would have)."""
+    rate_hz: float = DEFAULT_RATE_HZ
+    start_ns: Optional[int] = None
 
-    ``start_ns`` is the first stamp (default: now, as a recording would have); frame i is
-    stamped ``start_ns + i / rate_hz``. Raises DatasetError for a bad dataset, BagError for
-    a bag that cannot be written, ValueError for bad arguments.
+
+def write_flight_bag(data: Path, split: str, out: Path, clock: FlightClock = FlightClock(),
+                     storage: str = "mcap", limit: Optional[int] = None,
+                     frame_id: str = DEFAULT_FRAME_ID, progress: bool = True) -> Dict[str, object]:
+    """Write the split's (image, label) pairs to a new bag at ``out``, stamped by ``clock``;
+    returns a summary. Raises DatasetError for a bad dataset, BagError for a bag that cannot
+    be written, ValueError for bad arguments.
     """
+    rate_hz, start_ns = clock.rate_hz, clock.start_ns
     from training.data import find_pairs, read_image, read_label
 
     if not rate_hz > 0:
@@ -95,8 +102,9 @@ def main(args: argparse.Namespace) -> int:
 
     start_ns = None if args.start_sec is None else int(round(args.start_sec * 1e9))
     try:
-        summary = write_flight_bag(args.data, args.split, args.out, args.rate, args.storage,
-                                   start_ns, args.limit, args.frame_id)
+        summary = write_flight_bag(args.data, args.split, args.out,
+                                   FlightClock(args.rate, start_ns), args.storage, args.limit,
+                                   args.frame_id)
     except (DatasetError, BagError, ValueError, OSError) as error:
         print("dataset-to-bag: error: %s" % error, file=sys.stderr)
         return 1

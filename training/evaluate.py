@@ -26,6 +26,7 @@ import argparse
 import os
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -38,6 +39,17 @@ from lpcv_segmentation.core.metrics import SegmentationMetrics
 from lpcv_segmentation.replay.panels import MIN_PANEL_WIDTH, overlay_panel, write_panel  # noqa: F401
 
 WARMUP_DEFAULT = 3
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How ``evaluate`` runs the model: the Segmenter's back end, device, precision and
+    threads (None: the back end's own), and the untimed warm-up passes before timing."""
+    backend: str = "auto"
+    device: str = "cpu"
+    precision: str = "fp32"
+    threads: Optional[int] = None
+    warmup: int = WARMUP_DEFAULT
 
 
 class EvaluateError(RuntimeError):
@@ -72,9 +84,9 @@ def main(args: argparse.Namespace) -> int:
     from training.data import DatasetError
 
     try:
-        result = evaluate(args.checkpoint, args.data, args.split, backend=args.backend,
-                          device=args.device, precision=args.precision, threads=args.threads,
-                          warmup=args.warmup, limit=args.limit, overlays=args.overlays,
+        runtime = Runtime(args.backend, args.device, args.precision, args.threads, args.warmup)
+        result = evaluate(args.checkpoint, args.data, args.split, runtime, limit=args.limit,
+                          overlays=args.overlays,
                           overlay_dir=args.overlay_dir or _default_overlay_dir(args.json))
         write_json(result, args.json)
     except (RuntimeConfigError, DatasetError, EvaluateError, ValueError) as exc:
@@ -117,11 +129,11 @@ def write_overlay(path: Path, image: np.ndarray, label: np.ndarray,
 # --------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------
-def evaluate(model_path: str, data: str, split: str = "val", backend: str = "auto",
-             device: str = "cpu", precision: str = "fp32", threads: Optional[int] = None,
-             warmup: int = WARMUP_DEFAULT, limit: Optional[int] = None, overlays: int = 0,
-             overlay_dir: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
-    """Run ``model_path`` over a split with ``Segmenter`` and return the JSON-ready results."""
+def evaluate(model_path: str, data: str, split: str = "val", runtime: Runtime = Runtime(),
+             limit: Optional[int] = None, overlays: int = 0, overlay_dir: Optional[str] = None,
+             progress: bool = True) -> Dict[str, Any]:
+    """Run ``model_path`` over a split with ``Segmenter`` as ``runtime`` says and return the
+    JSON-ready results."""
     from tqdm import tqdm
 
     from lpcv_segmentation.runtime.segmenter import Segmenter
@@ -138,11 +150,11 @@ def evaluate(model_path: str, data: str, split: str = "val", backend: str = "aut
             raise EvaluateError("--limit must be >= 1, got %d" % limit)
         pairs = pairs[:limit]
     validate_pairs(pairs, progress=progress)
-    segmenter = Segmenter(model_path, backend=backend, device=device, precision=precision,
-                          threads=threads)
+    segmenter = Segmenter(model_path, backend=runtime.backend, device=runtime.device,
+                          precision=runtime.precision, threads=runtime.threads)
     if overlays and overlay_dir:
         os.makedirs(overlay_dir, exist_ok=True)
-    segmenter.warmup(warmup)
+    segmenter.warmup(runtime.warmup)
     metrics = SegmentationMetrics(segmenter.num_classes, IGNORE_INDEX)
     inference_ms: List[float] = []
     for index, (image_path, label_path) in enumerate(tqdm(pairs, desc="evaluate", unit="img",
@@ -174,7 +186,7 @@ def evaluate(model_path: str, data: str, split: str = "val", backend: str = "aut
         "device": segmenter.device,
         "precision": segmenter.precision,
         "input_size": segmenter.input_size,
-        "warmup": warmup,
+        "warmup": runtime.warmup,
         "model": os.path.abspath(model_path),
         "data": os.path.abspath(data),
         "split": split,

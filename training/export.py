@@ -312,19 +312,32 @@ def _load(checkpoint_path: str, input_size: Optional[int]) -> Tuple[Any, Dict[st
     return model, meta, size
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """Static int8 calibration: ``images`` of the train split of ``data`` (a dataset root in
+    the LPCV layout), ``method`` one of CALIB_METHODS, ``recipe`` one of INT8_RECIPES."""
+    data: str
+    images: int = DEFAULT_CALIB_IMAGES
+    method: str = "percentile"
+    recipe: str = DEFAULT_INT8_RECIPE
+
+
+@dataclass(frozen=True)
+class OnnxGraph:
+    """How the graph is written: the ONNX ``opset``, and ``timm_mobilevit`` to export timm's
+    MobileViT blocks as they are (see ``model_to_onnx``)."""
+    opset: int = DEFAULT_OPSET
+    timm_mobilevit: bool = False
+
+
 def export_onnx(checkpoint_path: str, out_path: str, input_size: Optional[int] = None,
-                precision: str = "fp32", calib_dir: Optional[str] = None,
-                verify_images: int = 4, calib_images: int = DEFAULT_CALIB_IMAGES,
-                opset: int = DEFAULT_OPSET, min_agreement: Optional[float] = None,
-                calib_method: str = "percentile", int8_recipe: str = DEFAULT_INT8_RECIPE,
-                timm_mobilevit: bool = False) -> Dict[str, Any]:
+                precision: str = "fp32", calibration: Optional[Calibration] = None,
+                verify_images: int = 4, min_agreement: Optional[float] = None,
+                graph: OnnxGraph = OnnxGraph()) -> Dict[str, Any]:
     """Export ``checkpoint_path`` to ``out_path`` and check it; returns the report.
 
-    ``precision``: fp32, fp16 or int8 (int8 needs ``calib_dir``, a dataset root in the LPCV
-    layout; ``calib_images`` of its train split, ``calib_method`` one of CALIB_METHODS,
-    ``int8_recipe`` one of INT8_RECIPES).
+    ``precision``: fp32, fp16 or int8 (int8 needs ``calibration``).
     ``min_agreement`` overrides the precision's threshold (``MIN_AGREEMENT``).
-    ``timm_mobilevit``: export timm's MobileViT blocks as they are (see ``model_to_onnx``).
     Raises CheckpointError for a refused checkpoint and ExportError for anything else; nothing
     is written to ``out_path`` unless the check passed.
     """
@@ -332,9 +345,9 @@ def export_onnx(checkpoint_path: str, out_path: str, input_size: Optional[int] =
 
     if precision not in PRECISIONS:
         raise ExportError("unknown precision %r; choose from %s" % (precision, ", ".join(PRECISIONS)))
-    if precision == "int8" and not calib_dir:
+    if precision == "int8" and not (calibration and calibration.data):
         raise ExportError("int8 export needs calibration images: pass --calib DIR (a dataset root)")
-    if calib_dir and precision != "int8":
+    if calibration and precision != "int8":
         raise ExportError("--calib is used by --int8 only")
     if verify_images < 1:
         raise ExportError("verify_images must be at least 1, got %d" % verify_images)
@@ -342,15 +355,16 @@ def export_onnx(checkpoint_path: str, out_path: str, input_size: Optional[int] =
     model, meta, size = _load(checkpoint_path, input_size)
     calib = None
     if precision == "int8":  # read the data first: a bad --calib fails before the slow export
-        calib = dataset_pairs(os.fspath(calib_dir), int(calib_images))
+        calib = dataset_pairs(os.fspath(calibration.data), int(calibration.images))
     report: Dict[str, Any] = {"checkpoint": os.fspath(checkpoint_path), "out": os.fspath(out_path),
                               "format": "onnx", "precision": precision, "input_size": size,
-                              "opset": int(opset), "arch": meta.get("arch"),
-                              "mobilevit_graph": "timm" if timm_mobilevit else "export-friendly"}
+                              "opset": int(graph.opset), "arch": meta.get("arch"),
+                              "mobilevit_graph": ("timm" if graph.timm_mobilevit
+                                                  else "export-friendly")}
     with tempfile.TemporaryDirectory(prefix="lpcv_export_") as tmp:
         fp32_path = os.path.join(tmp, "fp32.onnx")
         try:
-            proto = model_to_onnx(model, size, opset, timm_mobilevit=timm_mobilevit)
+            proto = model_to_onnx(model, size, graph.opset, timm_mobilevit=graph.timm_mobilevit)
         except Exception as error:  # noqa: BLE001  exporter errors are many types
             raise ExportError("ONNX export of %s failed: %s: %s"
                               % (checkpoint_path, type(error).__name__, error))
@@ -372,11 +386,11 @@ def export_onnx(checkpoint_path: str, out_path: str, input_size: Optional[int] =
             from training.data import read_image
             arrays = [preprocess(read_image(p), size, fp32_meta["mean"], fp32_meta["std"])
                       for p, _ in calib_pairs]
-            quantize_int8(fp32_path, final, arrays, calib_method, int8_recipe)
+            quantize_int8(fp32_path, final, arrays, calibration.method, calibration.recipe)
             accuracy = evaluate_files({"fp32": fp32_path, "int8": final}, eval_pairs)
             report["int8"] = {
-                "calib_dir": os.fspath(calib_dir), "calib_split": calib_split,
-                "calib_method": calib_method, "recipe": int8_recipe,
+                "calib_dir": os.fspath(calibration.data), "calib_split": calib_split,
+                "calib_method": calibration.method, "recipe": calibration.recipe,
                 "calib_images": len(calib_pairs), "eval_split": eval_split,
                 "eval_images": len(eval_pairs),
                 "agreement_with_fp32": accuracy["int8"]["agreement_with_fp32"],
@@ -420,7 +434,7 @@ def export_tensorrt(checkpoint_path: str, out_path: str, input_size: Optional[in
     with tempfile.TemporaryDirectory(prefix="lpcv_export_") as tmp:
         onnx_path = os.path.join(tmp, "model.onnx")
         report = export_onnx(checkpoint_path, onnx_path, input_size, "fp32",
-                             verify_images=verify_images, opset=opset)
+                             verify_images=verify_images, graph=OnnxGraph(opset))
         try:
             meta = build_engine(onnx_path, os.fspath(out_path), precision)
         except EngineError as error:
@@ -500,10 +514,11 @@ def main(args: argparse.Namespace) -> int:
             report = export_tensorrt(args.checkpoint, args.out, args.input_size, precision,
                                      args.verify_images, args.opset)
         else:
+            calibration = (Calibration(args.calib, args.calib_images, args.calib_method,
+                                       args.int8_recipe) if args.calib else None)
             report = export_onnx(args.checkpoint, args.out, args.input_size, precision,
-                                 args.calib, args.verify_images, args.calib_images, args.opset,
-                                 calib_method=args.calib_method, int8_recipe=args.int8_recipe,
-                                 timm_mobilevit=args.timm_mobilevit)
+                                 calibration, args.verify_images,
+                                 graph=OnnxGraph(args.opset, args.timm_mobilevit))
     except (CheckpointError, ExportError, RuntimeConfigError, DatasetError) as error:
         print("export: error: %s" % error, file=sys.stderr)
         return 1

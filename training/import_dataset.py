@@ -33,6 +33,7 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -201,13 +202,27 @@ def split_stems(stems: Sequence[str], val_fraction: float, seed: int) -> Dict[st
     return {stem: ("val" if i < n_val else "train") for i, stem in enumerate(order)}
 
 
+@dataclass(frozen=True)
+class ImportOptions:
+    """The command's options: the val share and the seed of its draw, the shorter side to
+    resize to (None: keep), what an unmapped label colour becomes (error or background), the
+    file stem suffixes (None: the mapping's) and the prefix of the written names."""
+    val_fraction: float = 0.2
+    size: Optional[int] = None
+    seed: int = 0
+    unknown: str = "error"
+    image_suffix: Optional[str] = None
+    label_suffix: Optional[str] = None
+    prefix: str = ""
+
+
 def import_dataset(images: str, labels: str, mapping_path: str, out: str,
-                   val_fraction: float = 0.2, size: Optional[int] = None, seed: int = 0,
-                   unknown: str = "error", image_suffix: Optional[str] = None,
-                   label_suffix: Optional[str] = None, prefix: str = "",
-                   progress: bool = True) -> Dict[str, int]:
+                   options: ImportOptions = ImportOptions(), progress: bool = True
+                   ) -> Dict[str, int]:
     """Convert and write the dataset; returns the number of pairs per split. On any error
     nothing is left under ``out``."""
+    val_fraction, size, unknown, prefix = (options.val_fraction, options.size, options.unknown,
+                                           options.prefix)
     if not 0.0 <= val_fraction < 1.0:
         raise DatasetImportError("--val-fraction must be in [0, 1), got %r" % val_fraction)
     if size is not None and size < 1:
@@ -219,9 +234,9 @@ def import_dataset(images: str, labels: str, mapping_path: str, out: str,
     if out_dir.exists() and any(out_dir.iterdir()):
         raise DatasetImportError("--out %s exists and is not empty; choose a new folder" % out_dir)
     pairs = pair_files(Path(images), Path(labels),
-                       mapping.image_suffix if image_suffix is None else image_suffix,
-                       mapping.label_suffix if label_suffix is None else label_suffix)
-    splits = split_stems([stem for stem, _, _ in pairs], val_fraction, seed)
+                       mapping.image_suffix if options.image_suffix is None else options.image_suffix,
+                       mapping.label_suffix if options.label_suffix is None else options.label_suffix)
+    splits = split_stems([stem for stem, _, _ in pairs], val_fraction, options.seed)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".%s.tmp-" % out_dir.name, dir=str(out_dir.parent)))
     counts = {"train": 0, "val": 0}
@@ -290,9 +305,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        counts = import_dataset(args.images, args.labels, args.mapping, args.out,
-                                args.val_fraction, args.size, args.seed, args.unknown,
-                                args.image_suffix, args.label_suffix, args.prefix)
+        counts = import_dataset(args.images, args.labels, args.mapping, args.out, ImportOptions(
+            args.val_fraction, args.size, args.seed, args.unknown, args.image_suffix,
+            args.label_suffix, args.prefix))
     except DatasetImportError as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 1

@@ -58,7 +58,8 @@ from training.config import ConfigError
 from training.data import DatasetError, EvalTransform, SegmentationDataset, TrainTransform
 from training.distributed import (DistContext, ResumableBatchSampler, SeededSamples,
                                   all_gather_objects, all_reduce_mean, barrier,
-                                  broadcast_buffers, cleanup_distributed, init_distributed)
+                                  broadcast_buffers, cleanup_distributed, init_distributed,
+                                  resolve_device)
 from training.losses import (FeatureDistillation, LogitKL, LogitMSE, build_supervised_loss)
 from training.onnx_teacher import OnnxTeacher, is_onnx_path
 from training.pretrained import EncoderWeights, WeightsError, resolve_encoder_weights
@@ -106,8 +107,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides) + (["teacher=%s" % args.teacher] if args.teacher else [])
     try:
-        return train(args)
+        config = resolve_config(args.config, overrides, args.out, args.resume)
+        return train(config, args.data, args.out, args.resume)
     except (ConfigError, TrainingError, DatasetError, CheckpointError, WeightsError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 1
@@ -119,12 +122,13 @@ def main(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------
 # Configuration of a new or resumed run
 # --------------------------------------------------------------------------------------
-def resolve_config(args: argparse.Namespace) -> Dict[str, Any]:
-    overrides = list(args.overrides)
-    if args.teacher:
-        overrides.append("teacher=%s" % args.teacher)
-    run_dir = Path(args.out)
-    if args.resume:
+def resolve_config(config_path: Optional[str], overrides: Sequence[str],
+                   run_dir: Union[str, Path], resume: bool = False) -> Dict[str, Any]:
+    """The effective config of a run: ``config_path`` with the ``key=value`` ``overrides``
+    for a new run (refused when ``run_dir`` already holds one); for ``resume``, the run's saved
+    config.yaml with the overrides (``config_path`` is not read again)."""
+    run_dir = Path(run_dir)
+    if resume:
         saved = run_dir / CONFIG_YAML
         if not saved.is_file():
             raise TrainingError("--resume: %s does not exist; nothing to resume in %s"
@@ -133,18 +137,18 @@ def resolve_config(args: argparse.Namespace) -> Dict[str, Any]:
         base["stop_after"] = None  # a one-off request of the interrupted invocation
         config = config_lib.load_config(None, overrides, base=base)
         if os.environ.get("RANK", "0") == "0":
-            if args.config:
-                print("resuming with %s (--config %s is not read again)" % (saved, args.config),
+            if config_path:
+                print("resuming with %s (--config %s is not read again)" % (saved, config_path),
                       file=sys.stderr)
             for change in config_lib.diff(base, config):
                 print("resume override: %s" % change, file=sys.stderr)
         return config
-    if not args.config:
+    if not config_path:
         raise ConfigError("--config is required for a new run (e.g. training/configs/student.yaml)")
     if (run_dir / STATE).exists():
         raise TrainingError("%s already holds a run (%s); pass --resume to continue it or "
                             "choose another --out" % (run_dir, STATE))
-    return config_lib.load_config(args.config, overrides)
+    return config_lib.load_config(config_path, overrides)
 
 
 # --------------------------------------------------------------------------------------
@@ -553,14 +557,25 @@ class ProgressWindow:
 # The run
 # --------------------------------------------------------------------------------------
 class Trainer:
-    """State of one run; ``fit`` is the loop."""
+    """State of one run; ``fit`` is the loop.
 
-    def __init__(self, args: argparse.Namespace, config: Dict[str, Any], ctx: DistContext) -> None:
-        self.args = args
+    ``Trainer(config, data, run_dir).fit()`` trains in this process: ``config`` is the full
+    effective config (``training.config.load_config``, or ``resolve_config`` as the command
+    does; its ``teacher`` key names the teacher, ``init`` a checkpoint to start from), ``data``
+    the dataset root (LPCV layout: train and val splits), ``run_dir`` the folder it writes
+    (config.yaml, metrics.csv, best/last checkpoints, last.state.pt). ``ctx``: the process
+    group (default: one process on ``config["device"]``; under torchrun pass
+    ``init_distributed``'s). ``resume``: continue ``run_dir`` from its last.state.pt. After
+    ``fit``, ``model`` holds the trained model.
+    """
+
+    def __init__(self, config: Dict[str, Any], data: str, run_dir: Union[str, Path],
+                 ctx: Optional[DistContext] = None, resume: bool = False) -> None:
+        ctx = ctx if ctx is not None else DistContext(device=resolve_device(config["device"]))
         self.config = config
         self.ctx = ctx
-        self.run_dir = Path(args.out)
-        self.data = os.path.abspath(args.data)
+        self.run_dir = Path(run_dir)
+        self.data = os.path.abspath(data)
         self.device = ctx.device
         self.start_time = time.time()
         for note in fit_schedule(config):
@@ -572,10 +587,10 @@ class Trainer:
         torch.manual_seed(seed + ctx.rank)
 
         # before the datasets are read: a missing weights file stops the run at once
-        weights = (None if args.resume or config["init"] else
+        weights = (None if resume or config["init"] else
                    resolve_encoder_weights(config["arch"], config["encoder_weights"]))
-        self.train_set, self.val_set = build_datasets(args.data, config, ctx)
-        state = read_state(self.run_dir, self.device) if args.resume else None
+        self.train_set, self.val_set = build_datasets(data, config, ctx)
+        state = read_state(self.run_dir, self.device) if resume else None
         if state is not None:
             self.model, last_meta = load_checkpoint(str(self.run_dir / LAST))
             self.model.train()
@@ -890,13 +905,15 @@ class Trainer:
                     self.run_dir / BEST, self.run_dir / LAST))
 
 
-def train(args: argparse.Namespace) -> int:
-    config = resolve_config(args)
+def train(config: Dict[str, Any], data: str, run_dir: Union[str, Path],
+          resume: bool = False) -> int:
+    """One run of ``config`` on ``data`` into ``run_dir`` (see Trainer), in this process or,
+    under torchrun, in each of its processes; returns the exit status."""
     ctx = init_distributed(config["device"])
     try:
         if ctx.device.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
             # torchrun sets OMP_NUM_THREADS=1; a single CPU process may use the cores it has
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.world_size))
-        return Trainer(args, config, ctx).fit()
+        return Trainer(config, data, run_dir, ctx, resume).fit()
     finally:
         cleanup_distributed()

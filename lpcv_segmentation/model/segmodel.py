@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lpcv_segmentation.core.classes import NUM_CLASSES
+from lpcv_segmentation.core.formatting import markdown_header, markdown_row
 from lpcv_segmentation.model.cost import count_macs, count_params
 from lpcv_segmentation.model.decoders import DECODERS, DEFAULT_DECODER, resize
 from lpcv_segmentation.model.weights import load_encoder_weights
@@ -193,19 +194,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--input-size", type=int, default=288, help="square input side (default 288)")
     parser.add_argument("--decoder-channels", type=int, default=64, help="decoder width (default 64)")
     args = parser.parse_args(argv)
-    print("| arch | role | input | decoder | width | params (M) | GMACs |")
-    print("|---|---|---|---|---|---|---|")
+    print(markdown_header(["arch", "role", "input", "decoder", "width", "params (M)", "GMACs"]))
     for arch in args.arch:
         for decoder in args.decoder:
-            row = "| %s | %s | %d | %s | %d |" % (
-                arch, ARCHS[arch].role, args.input_size, decoder, args.decoder_channels)
+            row = [arch, ARCHS[arch].role, args.input_size, decoder, args.decoder_channels]
             try:
                 model = build_model(arch, decoder_channels=args.decoder_channels,
                                     input_size=args.input_size, decoder=decoder)
             except ValueError as e:
-                print("%s - | - (%s) |" % (row, e))
+                print(markdown_row(row + ["-", "- (%s)" % e]))
                 continue
-            print("%s %.2f | %.2f |" % (row, count_params(model) / 1e6, count_macs(model)))
+            print(markdown_row(row + ["%.2f" % (count_params(model) / 1e6),
+                                      "%.2f" % count_macs(model)]))
     return 0
 
 

@@ -27,32 +27,35 @@ evaluation (rows, sweep, recovery, seeds) reads that dataset's val split instead
 that no run trains on or picks checkpoints with. On a machine with CUDA, a row for
 PyTorch half precision on the GPU is added.
 
-Writes OUT/ablation.md (the table, the per-class table of the pruned row against the control,
-the targets, the recovery curve, the seed runs, the plots), OUT/ablation.json and the plots OUT/sweep/*.png
-and OUT/recovery/recovery.png. The quick config runs the whole chain at tiny sizes in minutes (the test);
-its figures are real measurements of barely trained models, not of the method.
+Writes OUT/ablation.md (a dated report: date, machine, command and checkpoints, then the
+table, the per-class table of the pruned row against the control, the targets, the recovery
+curve, the seed runs, the plots), OUT/ablation.json and the plots OUT/sweep/*.png and
+OUT/recovery/recovery.png. The quick config runs the whole chain at tiny sizes in minutes (the
+test); its figures are real measurements of barely trained models, not of the method.
 """
 import argparse
 import json
 import os
 import sys
 import time
-from dataclasses import replace
-from typing import Any, Dict, List, Optional, Sequence, Tuple
-
-import yaml
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Dict, List, Optional, Tuple
 
 from lpcv_segmentation.core import timing
 from lpcv_segmentation.core.fileio import write_json_atomic, write_yaml_atomic
-from lpcv_segmentation.core.formatting import fmt
+from lpcv_segmentation.core.formatting import fmt, markdown_table
 
-from training import prune as prune_lib
-from training import recovery as recovery_lib
-from training import sweep as sweep_lib
 from training.config import load_yaml_mapping
-from training.stages import StageRunner
+from training.lab import recovery as recovery_lib
+from training.lab import report as report_lib
+from training.lab import sweep as sweep_lib
+from training.lab.recovery import PruningRuns
+from training.lab.settings import ROOT, EvaluationSettings, TrainSettings, override_list
+from training.lab.stages import StageRunner
+from training.lab.sweep import SweepSettings
+from training.pruning.settings import (DEFAULT_IMPORTANCE, DEFAULT_ROUND_TO, FinetuneSettings,
+                                       PruneError, PruneSettings, importance_for)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEST = "best.safetensors"
 REPORT_MD = "ablation.md"
 REPORT_JSON = "ablation.json"
@@ -68,8 +71,8 @@ SCHEMA: Dict[str, Dict[str, Any]] = {
     "baseline": {"config": "training/configs/baseline.yaml", "distil": True, "overrides": {}},
     "student": {"config": "training/configs/student.yaml", "overrides": {}},
     "prune": {"method": "all", "target": "sparsity", "amount": 0.5,
-              "importance": prune_lib.DEFAULT_IMPORTANCE,
-              "allocation": "local", "iterative": 1, "round_to": prune_lib.DEFAULT_ROUND_TO,
+              "importance": DEFAULT_IMPORTANCE,
+              "allocation": "local", "iterative": 1, "round_to": DEFAULT_ROUND_TO,
               "finetune_iters": 200, "distil": True, "distil_from": "teacher", "overrides": {}},
     "quantise": {"fp16": True, "int8": True, "calib_images": 32},
     "sweep": {"enabled": True, "methods": ["filter", "channel", "neuron", "head", "all",
@@ -110,85 +113,117 @@ def load_ablation_config(path: str) -> Dict[str, Dict[str, Any]]:
     return config
 
 
-def override_list(overrides: Dict[str, Any]) -> List[str]:
-    """{"iters": 2, "fm_stages": [0, 1]} -> ["iters=2", "fm_stages=[0, 1]"] (YAML values)."""
-    out = []
-    for key, value in (overrides or {}).items():
-        text = value if isinstance(value, str) else yaml.safe_dump(
-            value, default_flow_style=True).strip()
-        if text.endswith("\n...") or text.endswith("..."):
-            text = text.split("\n")[0]
-        out.append("%s=%s" % (key, text))
-    return out
+@dataclass(frozen=True)
+class QuantiseSettings:
+    """Which reduced-precision rows the ablation adds, and the int8 calibration size."""
+    fp16: bool = True
+    int8: bool = True
+    calib_images: int = 32
 
 
-def _train_config_path(section: Dict[str, Any]) -> str:
-    path = section["config"]
-    return path if os.path.isabs(path) else os.path.join(ROOT, path)
+@dataclass(frozen=True)
+class AblationSettings:
+    """The ablation config as typed settings, built and checked once (``from_config``).
+    ``prune_recipe`` has no teacher yet: the pruned model distils from the teacher or the
+    unpruned + KD student (``distil_from``), known once they are trained."""
+    teacher: TrainSettings
+    baseline: TrainSettings
+    baseline_distil: bool
+    student: TrainSettings
+    prune: PruneSettings
+    prune_recipe: FinetuneSettings
+    prune_distil: bool
+    distil_from: str
+    quantise: QuantiseSettings
+    sweep: Optional[SweepSettings]  # None: no sweep
+    sweep_recipe: FinetuneSettings
+    recovery_lengths: Tuple[int, ...]
+    recovery_seeds: Tuple[int, ...]
+    evaluation: EvaluationSettings
 
-
-def prune_settings(section: Dict[str, Any], amount: Optional[float] = None,
-                   method: Optional[str] = None) -> prune_lib.PruneSettings:
-    return prune_lib.PruneSettings(
-        method=method or section["method"],
-        amount=float(section["amount"] if amount is None else amount),
-        target=section["target"],
-        importance=prune_lib.importance_for(method or section["method"], section["importance"]),
-        allocation=section["allocation"], iterative=int(section["iterative"]),
-        finetune_iters=int(section["finetune_iters"]), round_to=int(section["round_to"]))
-
-
-def check_config(config: Dict[str, Dict[str, Any]], data: str) -> None:
-    """Every train config loads with its overrides, every pruning request is valid and the
-    dataset has its splits: before the first (long) stage."""
-    from training import config as config_lib
-    from training.data import DatasetError, find_pairs
-    for name in ("teacher", "baseline", "student"):
-        path = _train_config_path(config[name])
+    @classmethod
+    def from_config(cls, config: Dict[str, Dict[str, Any]], data: str) -> "AblationSettings":
+        """Every train config loads with its overrides, every pruning request is valid and
+        the datasets have their splits: before the first (long) stage. AblationError names
+        the section and key."""
+        train = {}
+        for name in ("teacher", "baseline", "student"):
+            train[name] = TrainSettings.from_section(config[name]).validate(
+                AblationError, "section %r: " % name)
+        recovery = config["recovery"]
+        for key, what in (("lengths", "fine-tuning iteration counts"),
+                          ("seeds", "fine-tuning seeds")):
+            value = recovery[key]
+            if not isinstance(value, list) or not all(
+                    isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value):
+                raise AblationError("section 'recovery': %s must be a list of %s >= 0, got %r"
+                                    % (key, what, value))
+        prune, sweep, quantise = config["prune"], config["sweep"], config["quantise"]
+        if prune["distil_from"] not in DISTIL_FROM:
+            raise AblationError("section 'prune': distil_from must be one of %s, got %r"
+                                % (", ".join(DISTIL_FROM), prune["distil_from"]))
+        if recovery["seeds"] and int(prune["finetune_iters"]) <= 0:
+            raise AblationError("section 'recovery': seeds need a fine-tune to vary "
+                                "(prune.finetune_iters is %r)" % prune["finetune_iters"])
         try:
-            config_lib.load_config(path, override_list(config[name]["overrides"]))
-        except config_lib.ConfigError as e:
-            raise AblationError("section %r: %s" % (name, e))
-    lengths, seeds = config["recovery"]["lengths"], config["recovery"]["seeds"]
-    for key, value, what in (("lengths", lengths, "fine-tuning iteration counts"),
-                             ("seeds", seeds, "fine-tuning seeds")):
-        if not isinstance(value, list) or not all(
-                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value):
-            raise AblationError("section 'recovery': %s must be a list of %s >= 0, got %r"
-                                % (key, what, value))
-    if config["prune"]["distil_from"] not in DISTIL_FROM:
-        raise AblationError("section 'prune': distil_from must be one of %s, got %r"
-                            % (", ".join(DISTIL_FROM), config["prune"]["distil_from"]))
-    if seeds and int(config["prune"]["finetune_iters"]) <= 0:
-        raise AblationError("section 'recovery': seeds need a fine-tune to vary "
-                            "(prune.finetune_iters is %r)" % config["prune"]["finetune_iters"])
-    try:
-        settings = prune_settings(config["prune"])
-        settings.validate()
-        for key in ("prune", "sweep"):
-            config_lib.parse_overrides(override_list(config[key]["overrides"]))
-        if config["sweep"]["enabled"]:  # the sweep prunes in one step (sweep.run_sweep)
-            for method in config["sweep"]["methods"]:
-                for amount in config["sweep"]["amounts"]:
-                    replace(prune_settings(config["prune"], amount, method), iterative=1,
-                            finetune_iters=int(config["sweep"]["finetune_iters"])).validate()
-    except (prune_lib.PruneError, config_lib.ConfigError) as e:
-        raise AblationError("%s (in the ablation config)" % e)
-    for length in lengths:
-        try:
-            replace(settings, finetune_iters=length).validate()
-        except prune_lib.PruneError as e:
-            raise AblationError("section 'recovery': length %d: %s" % (length, e))
-    for split in ("train", "val"):
-        try:
-            find_pairs(data, split)
-        except DatasetError as e:
-            raise AblationError("--data: %s" % e)
-    if config["evaluate"]["data"] is not None:
-        try:
-            find_pairs(str(config["evaluate"]["data"]), "val")
-        except DatasetError as e:
-            raise AblationError("section 'evaluate': data: %s" % e)
+            pruning = PruneSettings(
+                method=prune["method"], amount=prune["amount"], target=prune["target"],
+                importance=importance_for(prune["method"], prune["importance"]),
+                allocation=prune["allocation"], iterative=int(prune["iterative"]),
+                finetune_iters=int(prune["finetune_iters"]),
+                round_to=int(prune["round_to"])).validate()
+            prune_recipe = FinetuneSettings.of(overrides=override_list(prune["overrides"]))
+            sweep_recipe = FinetuneSettings.of(overrides=override_list(sweep["overrides"]))
+            prune_recipe.validate()
+            sweep_recipe.validate()
+            sweeping = None
+            if sweep["enabled"]:  # each point pruned in one step with the prune section's ranking
+                sweeping = SweepSettings(
+                    tuple(sweep["methods"]), tuple(float(a) for a in sweep["amounts"]),
+                    pruning.target, pruning.importance, pruning.allocation, pruning.round_to,
+                    int(sweep["finetune_iters"]))
+                sweeping.points()
+        except PruneError as e:
+            raise AblationError("%s (in the ablation config)" % e)
+        for length in recovery["lengths"]:
+            try:
+                replace(pruning, finetune_iters=length).validate()
+            except PruneError as e:
+                raise AblationError("section 'recovery': length %d: %s" % (length, e))
+        for split in ("train", "val"):
+            from training.data import DatasetError, find_pairs
+            try:
+                find_pairs(data, split)
+            except DatasetError as e:
+                raise AblationError("--data: %s" % e)
+        evaluation = EvaluationSettings(**config["evaluate"]).validate(
+            AblationError, lambda key: "section 'evaluate': %s" % key)
+        return cls(teacher=train["teacher"], baseline=train["baseline"],
+                   baseline_distil=bool(config["baseline"]["distil"]), student=train["student"],
+                   prune=pruning, prune_recipe=prune_recipe, prune_distil=bool(prune["distil"]),
+                   distil_from=prune["distil_from"],
+                   quantise=QuantiseSettings(bool(quantise["fp16"]), bool(quantise["int8"]),
+                                             int(quantise["calib_images"])),
+                   sweep=sweeping, sweep_recipe=sweep_recipe,
+                   recovery_lengths=tuple(recovery["lengths"]),
+                   recovery_seeds=tuple(recovery["seeds"]), evaluation=evaluation)
+
+    def pruning_teacher(self, teacher: str, student_kd: str) -> Optional[str]:
+        """What the pruned model and its control distil from while fine-tuning: the
+        ablation's teacher, or the unpruned + KD student itself (the usual recovery: the
+        model being pruned teaches what it knew), or nothing."""
+        if not self.prune_distil:
+            return None
+        return student_kd if self.distil_from == "unpruned" else teacher
+
+    def sweep_shares_point(self) -> bool:
+        """The sweep holds the pruned row's point: same method, amount, fine-tuning length
+        and overrides, one step."""
+        return (self.sweep is not None and self.prune.method in self.sweep.methods
+                and self.prune.amount in self.sweep.amounts
+                and self.sweep.finetune_iters == self.prune.finetune_iters
+                and self.prune.iterative == 1
+                and self.sweep_recipe.overrides == self.prune_recipe.overrides)
 
 
 def check_resume(config: Dict[str, Dict[str, Any]], out: str) -> None:
@@ -217,43 +252,19 @@ def check_resume(config: Dict[str, Dict[str, Any]], out: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Stages
 # --------------------------------------------------------------------------------------------
-def pruning_teacher(prune: Dict[str, Any], teacher: str, student_kd: str) -> Optional[str]:
-    """What the pruned model and its control distil from while fine-tuning: the ablation's
-    teacher, or the unpruned + KD student itself (the usual recovery: the model being pruned
-    teaches what it knew), or nothing."""
-    if not prune["distil"]:
-        return None
-    return student_kd if prune["distil_from"] == "unpruned" else teacher
-
-
-def train_run(config_path: str, data: str, out: str, overrides: Sequence[str],
-              teacher: Optional[str] = None) -> None:
-    """One ``python -m training train`` run, in this process."""
-    from training.train import train
-    args = argparse.Namespace(config=config_path, data=data, out=out, teacher=teacher,
-                              resume=False, overrides=list(overrides))
-    status = train(args)
-    if status:
-        raise AblationError("training %s failed (exit status %s)" % (out, status))
-
-
 def measure_row(stages: StageRunner, name: str, checkpoint: str, data: str, out: str,
-                evaluation: Dict[str, Any], precision: str = "fp32",
+                evaluation: EvaluationSettings, precision: str = "fp32",
                 calib_images: int = 32) -> Dict[str, Any]:
-    """Export ``checkpoint`` at ``precision`` (int8 calibrated on the train split of ``data``),
-    evaluate it with ONNX Runtime on the val split of ``evaluation["data"]`` (else of
-    ``data``); cached in OUT/<name>/eval.json."""
+    """Export ``checkpoint`` at ``precision`` (int8 calibrated on the train split of ``data``)
+    and evaluate it with ONNX Runtime as ``evaluation`` says; cached in OUT/<name>/eval.json."""
     row_dir = os.path.join(out, name)
     path = os.path.join(row_dir, EVAL_JSON)
 
     def work() -> None:
         os.makedirs(row_dir, exist_ok=True)
         result = sweep_lib.export_and_evaluate(
-            checkpoint, evaluation["data"] or data, os.path.join(row_dir, "model.onnx"),
-            precision=precision,
-            calib_dir=data if precision == "int8" else None, threads=evaluation["threads"],
-            eval_limit=evaluation["eval_limit"], latency_runs=evaluation["latency_runs"],
-            calib_images=calib_images)
+            checkpoint, data, os.path.join(row_dir, "model.onnx"), evaluation,
+            precision=precision, calib_images=calib_images)
         result["checkpoint"] = os.path.abspath(checkpoint)
         write_json_atomic(path, result)
 
@@ -263,19 +274,19 @@ def measure_row(stages: StageRunner, name: str, checkpoint: str, data: str, out:
 
 
 def measure_cuda_fp16(stages: StageRunner, checkpoint: str, data: str, out: str,
-                      evaluation: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+                      evaluation: EvaluationSettings) -> Optional[Dict[str, Any]]:
     """PyTorch half precision on the GPU (only where CUDA is available)."""
     import torch
     if not torch.cuda.is_available():
         return None
-    from training.evaluate import evaluate
+    from training.evaluate import Runtime, evaluate
     row_dir = os.path.join(out, "fp16_cuda")
     path = os.path.join(row_dir, EVAL_JSON)
 
     def work() -> None:
         os.makedirs(row_dir, exist_ok=True)
-        result = evaluate(checkpoint, evaluation["data"] or data, "val", backend="pytorch",
-                          device="cuda", precision="fp16", limit=evaluation["eval_limit"],
+        result = evaluate(checkpoint, evaluation.dataset(data), "val",
+                          Runtime("pytorch", "cuda", "fp16"), limit=evaluation.eval_limit,
                           progress=False)
         write_json_atomic(path, result)
 
@@ -284,33 +295,30 @@ def measure_cuda_fp16(stages: StageRunner, checkpoint: str, data: str, out: str,
         return json.load(handle)
 
 
-def measure_control(stages: StageRunner, config: Dict[str, Dict[str, Any]],
-                    settings: prune_lib.PruneSettings, from_sweep: bool, student_kd: str,
-                    teacher: Optional[str], data: str, out: str) -> Optional[Dict[str, Any]]:
+def measure_control(stages: StageRunner, runs: PruningRuns, from_sweep: bool, out: str
+                    ) -> Optional[Dict[str, Any]]:
     """The control for pruning: the unpruned + KD student fine-tuned exactly as the pruned one
     (same iterations, config and teacher), so that the pruned row is not credited with the
     extra training. The sweep's reference point when the sweep shares the pruned point."""
-    if settings.finetune_iters <= 0:
+    from training.pruning.finetune import finetune_unpruned
+    if runs.settings.finetune_iters <= 0:
         return None
     if from_sweep:
         path = os.path.join(out, "sweep", sweep_lib.BASE_NAME + "_0", sweep_lib.EVAL_JSON)
         with open(path, "r", encoding="utf-8") as handle:
             return json.load(handle)
     control_dir = os.path.join(out, "control")
-
-    def fine_tune() -> None:
-        sweep_lib.finetune_only(student_kd, data, control_dir, settings.finetune_iters, teacher,
-                                None, override_list(config["prune"]["overrides"]))
-
-    control = stages.run("control", os.path.join(control_dir, BEST), fine_tune)
-    return measure_row(stages, "eval_control", control, data, out, config["evaluate"])
+    control = stages.run("control", os.path.join(control_dir, BEST), lambda: finetune_unpruned(
+        runs.unpruned, runs.data, control_dir, runs.settings.finetune_iters, runs.recipe))
+    return measure_row(stages, "eval_control", control, runs.data, out, runs.evaluation)
 
 
 def run_ablation(config_path: str, data: str, out: str, resume: bool = False
                  ) -> Dict[str, Any]:
     """Every stage, then the report; returns the JSON report."""
+    from training.pruning.request import prune_and_finetune
     config = load_ablation_config(config_path)
-    check_config(config, data)
+    settings = AblationSettings.from_config(config, data)
     if os.path.isdir(out) and os.listdir(out) and not resume:
         raise AblationError("%s already holds runs; pass --resume to reuse its finished stages, "
                             "or choose another --out" % out)
@@ -321,101 +329,86 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
     stages = StageRunner(resume, error=AblationError)
     run_dir = lambda name: os.path.join(out, name)  # noqa: E731
     best = lambda name: os.path.join(out, name, BEST)  # noqa: E731
-    t, b, s, p = config["teacher"], config["baseline"], config["student"], config["prune"]
 
-    teacher = stages.run("teacher", best("teacher"), lambda: train_run(
-        _train_config_path(t), data, run_dir("teacher"), override_list(t["overrides"])))
-    stages.run("baseline", best("baseline"), lambda: train_run(
-        _train_config_path(b), data, run_dir("baseline"), override_list(b["overrides"]),
-        teacher if b["distil"] else None))
-    stages.run("student", best("student"), lambda: train_run(
-        _train_config_path(s), data, run_dir("student"), override_list(s["overrides"])))
-    student_kd = stages.run("student_kd", best("student_kd"), lambda: train_run(
-        _train_config_path(s), data, run_dir("student_kd"), override_list(s["overrides"]),
-        teacher))
-    prune_teacher = pruning_teacher(p, teacher, student_kd)
+    teacher = stages.run("teacher", best("teacher"), lambda: settings.teacher.run(
+        data, run_dir("teacher")))
+    stages.run("baseline", best("baseline"), lambda: settings.baseline.run(
+        data, run_dir("baseline"), teacher if settings.baseline_distil else None))
+    stages.run("student", best("student"), lambda: settings.student.run(
+        data, run_dir("student")))
+    student_kd = stages.run("student_kd", best("student_kd"), lambda: settings.student.run(
+        data, run_dir("student_kd"), teacher))
+    prune_teacher = settings.pruning_teacher(teacher, student_kd)
+    pruning = settings.prune
+    runs = PruningRuns(student_kd, data, pruning,
+                       replace(settings.prune_recipe, teacher=prune_teacher),
+                       settings.evaluation)
 
     # The sweep (the plots); its point for the ablation's method and amount is the pruned row.
-    sw = config["sweep"]
     sweep_rows: List[Dict[str, Any]] = []
     pruned_ckpt = None
-    settings = prune_settings(p)
-    sweep_shares_point = (sw["enabled"] and settings.method in sw["methods"]
-                          and settings.amount in [float(a) for a in sw["amounts"]]
-                          and int(sw["finetune_iters"]) == settings.finetune_iters
-                          and settings.iterative == 1 and sw["overrides"] == p["overrides"])
-    if sw["enabled"]:
+    sweep_shares_point = settings.sweep_shares_point()
+    if settings.sweep is not None:
         sweep_dir = run_dir("sweep")
-
-        def run_the_sweep() -> None:
-            sweep_lib.run_sweep(
-                student_kd, data, sweep_dir, sw["methods"], [float(a) for a in sw["amounts"]],
-                settings.target, settings.importance, settings.allocation,
-                int(sw["finetune_iters"]), prune_teacher, None, override_list(sw["overrides"]),
-                config["evaluate"]["threads"], config["evaluate"]["eval_limit"],
-                config["evaluate"]["latency_runs"], resume=resume, round_to=settings.round_to,
-                eval_data=config["evaluate"]["data"])
-
-        stages.run("sweep", os.path.join(sweep_dir, sweep_lib.CSV_NAME), run_the_sweep)
+        stages.run("sweep", os.path.join(sweep_dir, sweep_lib.CSV_NAME), lambda: sweep_lib.run_sweep(
+            student_kd, data, sweep_dir, settings.sweep,
+            replace(settings.sweep_recipe, teacher=prune_teacher), settings.evaluation,
+            resume=resume))
         sweep_rows = sweep_lib.read_csv(os.path.join(sweep_dir, sweep_lib.CSV_NAME))
         if sweep_shares_point:
             pruned_ckpt = os.path.join(sweep_dir, sweep_lib.point_name(
-                settings.method, settings.amount), BEST)
+                pruning.method, pruning.amount), BEST)
     if pruned_ckpt is None:
-        pruned_ckpt = stages.run("pruned", best("pruned"), lambda: prune_lib.run_prune(
-            student_kd, data, run_dir("pruned"), settings, teacher=prune_teacher,
-            overrides=override_list(p["overrides"]), progress=False))
+        pruned_ckpt = stages.run("pruned", best("pruned"), lambda: prune_and_finetune(
+            student_kd, data, run_dir("pruned"), pruning, runs.recipe, progress=False))
 
-    ev, q = config["evaluate"], config["quantise"]
+    evaluation, quantise = settings.evaluation, settings.quantise
     rows: List[Tuple[str, str, Dict[str, Any]]] = []  # (key, label, measurement)
     rows.append(("teacher", "Teacher (reference)",
-                 measure_row(stages, "eval_teacher", teacher, data, out, ev)))
-    rows.append(("baseline", "ResNet18%s (reference)" % (" + KD" if b["distil"] else ""),
-                 measure_row(stages, "eval_baseline", best("baseline"), data, out, ev)))
+                 measure_row(stages, "eval_teacher", teacher, data, out, evaluation)))
+    rows.append(("baseline", "ResNet18%s (reference)" % (" + KD" if settings.baseline_distil
+                                                         else ""),
+                 measure_row(stages, "eval_baseline", best("baseline"), data, out, evaluation)))
     rows.append(("student", "Student",
-                 measure_row(stages, "eval_student", best("student"), data, out, ev)))
+                 measure_row(stages, "eval_student", best("student"), data, out, evaluation)))
     rows.append(("student_kd", "+ KD",
-                 measure_row(stages, "eval_student_kd", student_kd, data, out, ev)))
+                 measure_row(stages, "eval_student_kd", student_kd, data, out, evaluation)))
     if sweep_shares_point:  # measured by the sweep already: the same file, the same way
-        point = os.path.join(run_dir("sweep"), sweep_lib.point_name(settings.method,
-                                                                    settings.amount))
+        point = os.path.join(run_dir("sweep"), sweep_lib.point_name(pruning.method,
+                                                                    pruning.amount))
         with open(os.path.join(point, sweep_lib.EVAL_JSON), "r", encoding="utf-8") as handle:
             pruned_row = json.load(handle)
     else:
-        pruned_row = measure_row(stages, "eval_pruned", pruned_ckpt, data, out, ev)
+        pruned_row = measure_row(stages, "eval_pruned", pruned_ckpt, data, out, evaluation)
     rows.append(("pruned", "+ KD + pruning", pruned_row))
-    control_row = measure_control(stages, config, settings, sweep_shares_point, student_kd,
-                                  prune_teacher, data, out)
+    control_row = measure_control(stages, runs, sweep_shares_point, out)
     recovery_rows: List[Dict[str, Any]] = []
-    if config["recovery"]["lengths"]:
-        reuse = {settings.finetune_iters: {"pruned": pruned_ckpt}}
+    if settings.recovery_lengths:
+        reuse = {pruning.finetune_iters: {"pruned": pruned_ckpt}}
         if control_row is not None:
-            reuse[settings.finetune_iters]["control"] = control_row["checkpoint"]
-        recovery_rows = recovery_lib.run_recovery(
-            stages, run_dir("recovery"), student_kd, data, settings,
-            config["recovery"]["lengths"], prune_teacher, override_list(p["overrides"]), reuse,
-            config["evaluate"]["eval_limit"], config["evaluate"]["data"])
+            reuse[pruning.finetune_iters]["control"] = control_row["checkpoint"]
+        recovery_rows = recovery_lib.run_recovery(stages, run_dir("recovery"), runs,
+                                                  settings.recovery_lengths, reuse)
         recovery_lib.plot_recovery(recovery_rows, os.path.join(run_dir("recovery"),
                                                                recovery_lib.PLOT))
     seed_rows: List[Dict[str, Any]] = []
-    if config["recovery"]["seeds"]:
-        seed_rows = recovery_lib.run_seeds(
-            stages, run_dir("seeds"), student_kd, data, settings, config["recovery"]["seeds"],
-            prune_teacher, override_list(p["overrides"]), config["evaluate"]["eval_limit"],
-            TARGET_MIOU_DROP, config["evaluate"]["data"])
+    if settings.recovery_seeds:
+        seed_rows = recovery_lib.run_seeds(stages, run_dir("seeds"), runs,
+                                           settings.recovery_seeds, TARGET_MIOU_DROP)
     if control_row is not None:
         rows.append(("control", "+ KD, fine-tuned %d more iterations, unpruned (control)"
-                     % settings.finetune_iters, control_row))
-    if q["fp16"]:
+                     % pruning.finetune_iters, control_row))
+    if quantise.fp16:
         rows.append(("fp16", "+ KD + pruning + fp16 (ONNX, CPU)",
-                     measure_row(stages, "eval_fp16", pruned_ckpt, data, out, ev, "fp16")))
-        cuda = measure_cuda_fp16(stages, pruned_ckpt, data, out, ev)
+                     measure_row(stages, "eval_fp16", pruned_ckpt, data, out, evaluation,
+                                 "fp16")))
+        cuda = measure_cuda_fp16(stages, pruned_ckpt, data, out, evaluation)
         if cuda is not None:
             rows.append(("fp16_cuda", "+ KD + pruning + fp16 (PyTorch, CUDA)", cuda))
-    if q["int8"]:
+    if quantise.int8:
         rows.append(("int8", "+ KD + pruning + int8 (ONNX, CPU)",
-                     measure_row(stages, "eval_int8", pruned_ckpt, data, out, ev, "int8",
-                                 int(q["calib_images"]))))
+                     measure_row(stages, "eval_int8", pruned_ckpt, data, out, evaluation, "int8",
+                                 quantise.calib_images)))
 
     # One interleaved timing pass over every ONNX file of the report: latencies measured one
     # file after another drift with the load of a shared machine; these compare.
@@ -425,7 +418,7 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
                   for i, r in enumerate(sweep_rows)})
     print("== timing %d ONNX files, interleaved" % len(files), file=sys.stderr, flush=True)
     for (kind, i), latency in sweep_lib.onnx_latency_ms(
-            files, ev["threads"], ev["latency_runs"]).items():
+            files, evaluation.threads, evaluation.latency_runs).items():
         sweep_lib.set_latency(rows[i][2] if kind == "row" else sweep_rows[i], latency)
     if sweep_rows:
         sweep_lib.finish_rows(sweep_rows)
@@ -442,22 +435,23 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
                       else config_path, data, out),
         "config": config,
         "archs": archs,
-        "eval_data": config["evaluate"]["data"] or data,  # every mIoU, Dice and IoU below
-        "pruning": {"settings": vars(settings), "checkpoint": os.path.abspath(pruned_ckpt)},
+        "eval_data": evaluation.dataset(data),  # every mIoU, Dice and IoU below
+        "pruning": {"settings": asdict(pruning), "checkpoint": os.path.abspath(pruned_ckpt)},
         "rows": [{"key": k, "label": label, **measurement} for k, label, measurement in rows],
         "sweep": sweep_rows,
         "recovery": recovery_rows,
         "seeds": seed_rows,
-        "plots": [os.path.join("sweep", name) for name in sweep_lib.PLOTS] if sw["enabled"] else [],
+        "plots": [os.path.join("sweep", n) for n in sweep_lib.PLOTS] if settings.sweep else [],
         "stage_seconds": stages.seconds,
         "seconds": round(time.time() - started, 1),
+        "made": report_lib.stamp(),
     }
     report["targets"] = targets(report)
     if control_row is not None:
         # the fair comparison: the unpruned + KD model fine-tuned exactly as the pruned one
         report["targets"].append(compare(
             pruned_row, control_row, "+ KD + pruning vs the control (+ KD fine-tuned the same "
-            "%d iterations, unpruned)" % settings.finetune_iters, TARGET_SPEEDUP))
+            "%d iterations, unpruned)" % pruning.finetune_iters, TARGET_SPEEDUP))
         report["classes"] = recovery_lib.class_comparison(pruned_row, control_row)
         report["class_target"] = recovery_lib.class_target(report["classes"])
         if seed_rows:  # every run of the recipe: the pruned row, then each other seed
@@ -486,7 +480,7 @@ def compare(row: Dict[str, Any], ref: Dict[str, Any], what: str, goal: float) ->
 
 
 def targets(report: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """The issue's targets, measured on this run: pruning >= 1.5x faster on ONNX Runtime with
+    """The compression targets, measured on this run: pruning >= 1.5x faster on ONNX Runtime with
     at most 0.02 mIoU lost; int8 faster than fp32 with at most 0.02 mIoU lost."""
     out = []
     pairs = [("pruned", "student_kd", "+ KD + pruning vs + KD", TARGET_SPEEDUP),
@@ -508,10 +502,9 @@ def _distillation(prune: Dict[str, Any]) -> str:
 def markdown(report: Dict[str, Any]) -> str:
     archs, pruning = report["archs"], report["pruning"]["settings"]
     lines = [
-        "# Ablation (the paper's table 2)",
-        "",
-        "Command: `%s`" % report["command"],
-        "",
+        report_lib.header("Ablation (the paper's table 2)", report["command"],
+                          ["%s `%s`" % (r["key"], r["checkpoint"]) for r in report["rows"]
+                           if r.get("checkpoint")], report.get("made")),
         "Teacher %s, student %s, baseline %s. Every model is exported to ONNX and evaluated on "
         "the val split of %s with ONNX Runtime on the CPU (%s); latency is the median of %d timed "
         "forward passes (ms), taken in rounds in which every ONNX file of this report (sweep "
@@ -525,48 +518,43 @@ def markdown(report: Dict[str, Any]) -> str:
                pruning["importance"], pruning["allocation"]),
            pruning["finetune_iters"], _distillation(report["config"]["prune"])),
         "",
-        "| model | input | params | GMACs | mIoU | Dice | ORT latency (ms) | score |",
-        "|---|---|---|---|---|---|---|---|",
+        markdown_table(
+            ["model", "input", "params", "GMACs", "mIoU", "Dice", "ORT latency (ms)", "score"],
+            [[r["label"], r.get("input_size", "-"),
+              fmt(r["params"] and r["params"] / 1e6, "%.2fM", "-"), fmt(r["gmacs"], "%.3f", "-"),
+              fmt(r["miou"], "%.4f", "-"), fmt(r["dice"], "%.4f", "-"),
+              fmt(r["latency_ms"], "%.1f", "-"), fmt(r["score"], "%.2f", "-")]
+             for r in report["rows"]]),
+        "",
     ]
-    for r in report["rows"]:
-        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            r["label"], r.get("input_size", "-"),
-            fmt(r["params"] and r["params"] / 1e6, "%.2fM", "-"),
-            fmt(r["gmacs"], "%.3f", "-"), fmt(r["miou"], "%.4f", "-"), fmt(r["dice"], "%.4f", "-"),
-            fmt(r["latency_ms"], "%.1f", "-"), fmt(r["score"], "%.2f", "-")))
-    lines.append("")
-    for t in report["targets"]:
+    for target in report["targets"]:
         lines.append("- %s: %.2fx faster (target %s %.1fx): %s; mIoU %+.4f (target >= -%.2f): %s"
-                     % (t["what"], t["speedup"], ">=" if t["speedup_goal"] > 1 else ">",
-                        t["speedup_goal"], "met" if t["speedup_met"] else "**MISSED**",
-                        t["miou_change"], TARGET_MIOU_DROP,
-                        "met" if t["miou_met"] else "**MISSED**"))
+                     % (target["what"], target["speedup"],
+                        ">=" if target["speedup_goal"] > 1 else ">", target["speedup_goal"],
+                        "met" if target["speedup_met"] else "**MISSED**",
+                        target["miou_change"], TARGET_MIOU_DROP,
+                        "met" if target["miou_met"] else "**MISSED**"))
     if report.get("class_target"):
-        t = report["class_target"]
+        held = report["class_target"]
         lines.append("- %s (held: %s): %s" % (
-            t["what"], ", ".join(t["classes_held"]) or "none",
-            "met" if t["met"] else "**MISSED** by %s" % ", ".join(t["failed"])))
-        lines += ["", "## Per class: + KD + pruning against the control", "",
-                  "| class | val images with it | control IoU | pruned IoU | pruned / control "
-                  "| held to the target |",
-                  "|---|---|---|---|---|---|"]
-        for r in report["classes"]:
-            lines.append("| %s | %s | %.4f | %s | %s | %s |" % (
-                r["class"], fmt(r.get("images"), "%d", "-"), r["control"],
-                fmt(r["pruned"], "%.4f", "-"),
-                fmt(r["ratio"], "%.2f", "-"),
-                ("yes, %s" % ("met" if r["met"] else "**MISSED**")) if r["held"] else "no"))
+            held["what"], ", ".join(held["classes_held"]) or "none",
+            "met" if held["met"] else "**MISSED** by %s" % ", ".join(held["failed"])))
+        lines += ["", "## Per class: + KD + pruning against the control", "", markdown_table(
+            ["class", "val images with it", "control IoU", "pruned IoU", "pruned / control",
+             "held to the target"],
+            [[r["class"], fmt(r.get("images"), "%d", "-"), "%.4f" % r["control"],
+              fmt(r["pruned"], "%.4f", "-"), fmt(r["ratio"], "%.2f", "-"),
+              ("yes, %s" % ("met" if r["met"] else "**MISSED**")) if r["held"] else "no"]
+             for r in report["classes"]])]
     if report.get("recovery"):
         lines += ["", "## Recovery against fine-tuning length", "",
                   "Each point is its own run: the + KD student pruned as above and fine-tuned "
                   "that many iterations, and the control fine-tuned as long (0: the pruned model "
                   "before fine-tuning against + KD itself); val mIoU with PyTorch on the CPU.",
-                  "", "| fine-tuning iterations | pruned mIoU | control mIoU | pruned / control |",
-                  "|---|---|---|---|"]
-        for r in report["recovery"]:
-            lines.append("| %d | %s | %s | %s |" % (
-                r["iters"], fmt(r["pruned"], "%.4f", "-"), fmt(r["control"], "%.4f", "-"),
-                fmt(r["recovery"], "%.2f", "-")))
+                  "", markdown_table(
+                      ["fine-tuning iterations", "pruned mIoU", "control mIoU", "pruned / control"],
+                      [[r["iters"], fmt(r["pruned"], "%.4f", "-"), fmt(r["control"], "%.4f", "-"),
+                        fmt(r["recovery"], "%.2f", "-")] for r in report["recovery"]])]
         lines += ["", "![recovery](recovery/%s)" % recovery_lib.PLOT]
     if report.get("seeds"):
         seeds, summary = report["seeds"], report["seed_summary"]
@@ -575,25 +563,17 @@ def markdown(report: Dict[str, Any]) -> str:
                   "seed (the same pruning, so the same shapes and speed); val mIoU with PyTorch "
                   "on the CPU. Met: at most %.2f mIoU lost and no held class below %.1fx of "
                   "its control." % (TARGET_MIOU_DROP, recovery_lib.RARE_CLASS_KEEP), "",
-                  "| seed | pruned mIoU | control mIoU | change | held classes lost | met |",
-                  "|---|---|---|---|---|---|"]
-        for r in seeds:
-            lines.append("| %d | %s | %s | %+.4f | %s | %s |" % (
-                r["seed"], fmt(r["pruned"], "%.4f", "-"), fmt(r["control"], "%.4f", "-"),
-                r["change"], ", ".join(r["classes_lost"]) or "none",
-                "yes" if r["met"] else "**no**"))
+                  markdown_table(
+                      ["seed", "pruned mIoU", "control mIoU", "change", "held classes lost", "met"],
+                      [[r["seed"], fmt(r["pruned"], "%.4f", "-"), fmt(r["control"], "%.4f", "-"),
+                        "%+.4f" % r["change"], ", ".join(r["classes_lost"]) or "none",
+                        "yes" if r["met"] else "**no**"] for r in seeds])]
         lines += ["", "With the pruned row above, the accuracy and class targets hold on %d of %d "
                   "runs; mean change against the control %+.4f (from %+.4f to %+.4f)." % (
                       summary["met"], summary["runs"], summary["mean_change"],
                       summary["min_change"], summary["max_change"])]
     if report["sweep"]:
-        lines += ["", "## Sparsity sweep (from + KD)", "",
-                  "| method | amount | params | param. sparsity | GMACs | mIoU | Dice | ORT ms "
-                  "| speed-up |", "|---|---|---|---|---|---|---|---|---|"]
-        for r in report["sweep"]:
-            lines.append("| %s | %.2f | %.2fM | %.2f | %.3f | %.4f | %.4f | %.1f | %.2fx |" % (
-                r["method"], r["amount"], r["params"] / 1e6, r["param_sparsity"], r["gmacs"],
-                r["miou"] or 0.0, r["dice"] or 0.0, r["latency_ms"], r["speedup"]))
+        lines += ["", "## Sparsity sweep (from + KD)", "", sweep_lib.markdown(report["sweep"])]
         lines += ["", "Unstructured pruning zeroes weights but keeps every shape: it gives no "
                   "speed-up in dense inference (its latency is the unpruned model's).", ""]
         lines += ["![%s](%s)" % (os.path.splitext(os.path.basename(p))[0], p)
@@ -624,7 +604,7 @@ def main(args: argparse.Namespace) -> int:
     from training.train import TrainingError
     try:
         run_ablation(args.config, args.data, args.out, args.resume)
-    except (AblationError, prune_lib.PruneError, sweep_lib.SweepError, ConfigError,
+    except (AblationError, PruneError, sweep_lib.SweepError, ConfigError,
             DatasetError, CheckpointError, ExportError, TrainingError) as e:
         print("error: %s" % e, file=sys.stderr)
         return 2

@@ -4,15 +4,15 @@
 
 For every seed and decoder of the config it trains a student (``python -m training train``
 with the config's overrides and ``decoder=...``), prunes it at each amount with fine-tuning
-(``training.prune.run_prune``), exports every model as fp32 ONNX at every input size
+(``training.pruning.request.prune_and_finetune``), exports every model as fp32 ONNX at every input size
 (``training.export.export_onnx``) and evaluates each file on the val split with ONNX Runtime
 (``training.evaluate.evaluate``). The first seed's files are then timed together by the
-block-interleaved timer (``training.sweep.onnx_latency_ms``), so machine load touches them
+block-interleaved timer (``training.lab.sweep.onnx_latency_ms``), so machine load touches them
 alike. Writes:
 
   OUT/pareto.csv   one row per point: decoder, amount, input size, GMACs, params, mIoU (mean
                    over seeds, and each seed's), ONNX Runtime latency, on the Pareto front?
-  OUT/pareto.md    the same as a Markdown table, with the command that made it
+  OUT/pareto.md    the same as a Markdown table under a dated header (machine, command, models)
   OUT/pareto.png   mIoU against latency, one colour per decoder, one marker per amount
 
 Every stage writes its result before the next starts; --resume reuses what OUT holds, so an
@@ -29,7 +29,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
 from lpcv_segmentation.core.fileio import atomic_path, write_json_atomic, write_text_atomic
+from lpcv_segmentation.core.formatting import markdown_table
 from training.config import load_yaml_mapping
+from training.lab import report as report_lib
+from training.lab.settings import EvaluationSettings, TrainSettings, override_list
+from training.pruning.settings import FinetuneSettings, PruneError, PruneSettings
 
 CSV_NAME, MD_NAME, PNG_NAME, LATENCY_JSON = "pareto.csv", "pareto.md", "pareto.png", "latency.json"
 CSV_COLUMNS = ("decoder", "amount", "input_size", "params", "gmacs", "miou", "miou_seeds",
@@ -65,20 +69,34 @@ def load_pareto_config(path: str) -> Dict[str, Any]:
     for name in config["decoders"]:
         if name not in DECODERS:
             raise ParetoError("%s: decoder %r is not one of %s" % (path, name, ", ".join(DECODERS)))
-    for amount in config["amounts"]:
-        if not 0.0 < float(amount) < 1.0:
-            raise ParetoError("%s: amount %r is not strictly between 0 and 1" % (path, amount))
+    try:
+        for amount in config["amounts"]:
+            prune_settings(config, amount)
+    except (PruneError, TypeError) as e:  # TypeError: a key PruneSettings does not have
+        raise ParetoError("%s: prune: %s" % (path, e))
+    evaluation_settings(config).validate(ParetoError, lambda key: "%s: evaluate: %s" % (path, key))
     if not config["seeds"] or not config["input_sizes"]:
         raise ParetoError("%s: seeds and input_sizes must not be empty" % path)
     return config
 
 
+def prune_settings(config: Dict[str, Any], amount: float) -> PruneSettings:
+    """The config's pruning request at ``amount``, checked (PruneError)."""
+    return PruneSettings(amount=amount, **config["prune"]).validate()
+
+
+def evaluation_settings(config: Dict[str, Any]) -> EvaluationSettings:
+    """How every point is measured (the config's ``evaluate`` section)."""
+    return EvaluationSettings(**config["evaluate"])
+
+
 # --------------------------------------------------------------------------------------------
 # The runs
 # --------------------------------------------------------------------------------------------
-def _overrides(config: Dict[str, Any], decoder: str, seed: int) -> List[str]:
-    from training.ablation import override_list
-    return override_list(dict(config["overrides"], decoder=decoder, seed=int(seed)))
+def train_settings(config: Dict[str, Any], decoder: str, seed: int) -> TrainSettings:
+    """The student of ``decoder`` with ``seed``: the config's train config and overrides."""
+    return TrainSettings(config["train_config"], tuple(override_list(
+        dict(config["overrides"], decoder=decoder, seed=int(seed)))))
 
 
 def model_dir(out: str, seed: int, decoder: str, amount: float) -> str:
@@ -94,37 +112,36 @@ def run_pareto(config: Dict[str, Any], data: str, out: str, resume: bool = False
     """Train, prune, export and evaluate every point (see the module doc); returns the rows."""
     from tqdm import tqdm
 
-    from training import prune as prune_lib
-    from training.ablation import train_run
-    from training.stages import StageRunner
-    from training.evaluate import evaluate
+    from training.evaluate import Runtime, evaluate
     from training.export import export_onnx
+    from training.lab.stages import StageRunner
+    from training.pruning.request import prune_and_finetune
 
     stages = StageRunner(resume)
     seeds, decoders = [int(s) for s in config["seeds"]], list(config["decoders"])
     amounts = [0.0] + [float(a) for a in config["amounts"]]
     sizes = [int(s) for s in config["input_sizes"]]
-    evaluation = config["evaluate"]
+    evaluation = evaluation_settings(config)
     total = len(seeds) * len(decoders) * (len(amounts) + len(amounts) * len(sizes))
     bar = tqdm(total=total, desc="pareto", unit="stage", disable=not progress)
     evals: Dict[Tuple[int, str, float, int], Dict[str, Any]] = {}
     for seed in seeds:
         for decoder in decoders:
             trained = os.path.join(model_dir(out, seed, decoder, 0.0), "best.safetensors")
-            stages.run("train seed %d %s" % (seed, decoder), trained, lambda: train_run(
-                config["train_config"], data, os.path.dirname(trained),
-                _overrides(config, decoder, seed)))
+            stages.run("train seed %d %s" % (seed, decoder), trained, lambda: train_settings(
+                config, decoder, seed).run(data, os.path.dirname(trained)))
             bar.update()
             for amount in amounts:
                 ckpt = trained
                 if amount:
                     prune_dir = model_dir(out, seed, decoder, amount)
                     ckpt = os.path.join(prune_dir, "best.safetensors")
-                    settings = prune_lib.PruneSettings(amount=amount, **config["prune"])
+                    settings = prune_settings(config, amount)
                     stages.run("prune seed %d %s %g" % (seed, decoder, amount), ckpt,
-                               lambda: prune_lib.run_prune(
-                                   trained, data, prune_dir, settings, config_path=None,
-                                   overrides=["seed=%d" % seed], progress=False))
+                               lambda: prune_and_finetune(
+                                   trained, data, prune_dir, settings,
+                                   FinetuneSettings.of(overrides=["seed=%d" % seed]),
+                                   progress=False))
                     bar.update()
                 for size in sizes:
                     point_dir = os.path.join(model_dir(out, seed, decoder, amount), "px%d" % size)
@@ -134,9 +151,9 @@ def run_pareto(config: Dict[str, Any], data: str, out: str, resume: bool = False
                                 result_path=result_path) -> None:
                         onnx_path = os.path.join(point_dir, "model.onnx")
                         report = export_onnx(ckpt, onnx_path, input_size=size, verify_images=1)
-                        result = evaluate(onnx_path, data, "val", backend="onnxruntime",
-                                          threads=evaluation["threads"],
-                                          limit=evaluation["eval_limit"], progress=False)
+                        result = evaluate(onnx_path, data, "val", Runtime(
+                            "onnxruntime", threads=evaluation.threads),
+                            limit=evaluation.eval_limit, progress=False)
                         result.update(onnx=os.path.abspath(onnx_path), export=report)
                         write_json_atomic(result_path, result)
 
@@ -147,13 +164,13 @@ def run_pareto(config: Dict[str, Any], data: str, out: str, resume: bool = False
                     bar.update()
     bar.close()
     latency = time_first_seed(evals, seeds[0], out, evaluation, resume)
-    return table_rows(evals, latency, seeds, decoders, amounts, sizes, evaluation["threads"])
+    return table_rows(evals, latency, seeds, decoders, amounts, sizes, evaluation.threads)
 
 
 def time_first_seed(evals: Dict[Tuple[int, str, float, int], Dict[str, Any]], seed: int, out: str,
-                    evaluation: Dict[str, Any], resume: bool) -> Dict[str, float]:
+                    evaluation: EvaluationSettings, resume: bool) -> Dict[str, float]:
     """{point key: median ms} of the first seed's files, all timed in one interleaved run."""
-    from training.sweep import onnx_latency_ms
+    from training.lab.sweep import onnx_latency_ms
     path = os.path.join(out, LATENCY_JSON)
     files = {point_key(d, a, s): e["onnx"] for (sd, d, a, s), e in evals.items() if sd == seed}
     if resume and os.path.isfile(path):
@@ -162,9 +179,8 @@ def time_first_seed(evals: Dict[Tuple[int, str, float, int], Dict[str, Any]], se
         if set(latency) == set(files):  # timed together with exactly these files
             return latency
     print("== timing %d files interleaved (%s thread(s), %d runs each)"
-          % (len(files), evaluation["threads"], evaluation["latency_runs"]), file=sys.stderr)
-    latency = onnx_latency_ms(files, threads=evaluation["threads"],
-                              runs=int(evaluation["latency_runs"]))
+          % (len(files), evaluation.threads, evaluation.latency_runs), file=sys.stderr)
+    latency = onnx_latency_ms(files, threads=evaluation.threads, runs=evaluation.latency_runs)
     write_json_atomic(path, latency)
     return latency
 
@@ -213,16 +229,25 @@ def write_csv(rows: Sequence[Dict[str, Any]], path: str) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
-def markdown(rows: Sequence[Dict[str, Any]], command: str) -> str:
-    lines = ["| decoder | pruned | input | params (M) | GMACs | mIoU (mean of seeds) | mIoU per seed "
-             "| ORT latency (ms) | Pareto |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append("| %s | %g | %d | %.2f | %.3f | %.4f | %s | %.2f | %s |"
-                     % (r["decoder"], r["amount"], r["input_size"], (r["params"] or 0) / 1e6,
-                        r["gmacs"] or 0.0, r["miou"], r["miou_seeds"], r["latency_ms"],
-                        "yes" if r["pareto"] else ""))
-    return "Made by `%s`; latency: ONNX Runtime CPU, %s thread(s), interleaved.\n\n%s\n" % (
-        command, rows[0]["threads"] if rows else "?", "\n".join(lines))
+def markdown(rows: Sequence[Dict[str, Any]], command: str, models: Sequence[str],
+             made: Optional[Dict[str, Any]] = None) -> str:
+    """OUT/pareto.md: the dated report header (``training.lab.report``) over the table."""
+    table = markdown_table(
+        ["decoder", "pruned", "input", "params (M)", "GMACs", "mIoU (mean of seeds)",
+         "mIoU per seed", "ORT latency (ms)", "Pareto"],
+        [[r["decoder"], "%g" % r["amount"], r["input_size"], "%.2f" % ((r["params"] or 0) / 1e6),
+          "%.3f" % (r["gmacs"] or 0.0), "%.4f" % r["miou"], r["miou_seeds"],
+          "%.2f" % r["latency_ms"], "yes" if r["pareto"] else ""] for r in rows])
+    return "%s\nLatency: ONNX Runtime CPU, %s thread(s), interleaved.\n\n%s\n" % (
+        report_lib.header("mIoU against ONNX Runtime latency", command, models, made),
+        rows[0]["threads"] if rows else "?", table)
+
+
+def trained_models(config: Dict[str, Any], out: str) -> List[str]:
+    """The students the run trained (each pruned and exported at every point), for the report."""
+    return ["seed %d %s `%s`" % (seed, decoder, os.path.join(model_dir(out, int(seed), decoder, 0.0),
+                                                             "best.safetensors"))
+            for seed in config["seeds"] for decoder in config["decoders"]]
 
 
 def plot(rows: Sequence[Dict[str, Any]], path: str, title: str = "") -> None:
@@ -263,20 +288,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from lpcv_segmentation.model.checkpoint import CheckpointError
-    from training.ablation import AblationError
-    from training.prune import PruneError
+    from training.train import TrainingError
     try:
         config = load_pareto_config(args.config)
         if not os.path.isdir(args.data):
             raise ParetoError("--data %s is not a folder" % args.data)
         rows = run_pareto(config, args.data, args.out, resume=args.resume)
-    except (ParetoError, CheckpointError, AblationError, PruneError) as exc:
+    except (ParetoError, CheckpointError, PruneError, TrainingError) as exc:
         print("pareto: %s" % exc, file=sys.stderr)
         return 1
     command = "python -m training pareto " + " ".join(
         shlex.quote(a) for a in ("--config", args.config, "--data", args.data, "--out", args.out))
     write_csv(rows, os.path.join(args.out, CSV_NAME))
-    text = markdown(rows, command)
+    text = markdown(rows, command, trained_models(config, args.out), report_lib.stamp())
     write_text_atomic(os.path.join(args.out, MD_NAME), text)
     plot(rows, os.path.join(args.out, PNG_NAME))
     print(text)

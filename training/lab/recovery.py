@@ -1,6 +1,6 @@
 """What pruning costs, class by class, and how much fine-tuning buys back.
 
-Three parts of the ablation report (``training/ablation.py``):
+Three parts of the ablation report (``training/lab/ablation.py``):
 
 - the recovery curve: the pruned model and its control (the unpruned model, fine-tuned the same
   way) each fine-tuned for several lengths, one run per length (each with its own schedule, as a
@@ -14,17 +14,18 @@ Three parts of the ablation report (``training/ablation.py``):
 """
 import json
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence
 
 from lpcv_segmentation.core.fileio import atomic_path, write_json_atomic
 
-from training import prune as prune_lib
-from training import sweep as sweep_lib
-from training.stages import StageRunner
+from training.lab.settings import EvaluationSettings
+from training.lab.stages import StageRunner
+from training.pruning.settings import FinetuneSettings, PruneSettings
 
-__all__ = ["RARE_CLASS_MIN_IOU", "RARE_CLASS_KEEP", "run_recovery", "plot_recovery",
-           "class_comparison", "class_target", "judge_pair", "run_seeds", "summarise_runs"]
+__all__ = ["RARE_CLASS_MIN_IOU", "RARE_CLASS_KEEP", "PruningRuns", "run_recovery",
+           "plot_recovery", "class_comparison", "class_target", "judge_pair", "run_seeds",
+           "summarise_runs"]
 
 RARE_CLASS_MIN_IOU = 0.3  # classes the control segments at least this well are held to...
 RARE_CLASS_KEEP = 0.8  # ...at least this fraction of their control IoU after pruning
@@ -32,14 +33,27 @@ PLOT = "recovery.png"
 BEST = "best.safetensors"
 
 
-def _evaluate_cached(stages: StageRunner, what: str, checkpoint: str, data: str, path: str,
-                     eval_limit: Optional[int]) -> Dict[str, Any]:
+@dataclass(frozen=True)
+class PruningRuns:
+    """What every pruned run and its control start from and how: ``unpruned`` (the + KD
+    student) is pruned as ``settings`` say and fine-tuned on ``data`` as ``recipe`` says (the
+    control: fine-tuned the same, unpruned), and both are evaluated as ``evaluation`` says."""
+    unpruned: str
+    data: str
+    settings: PruneSettings
+    recipe: FinetuneSettings
+    evaluation: EvaluationSettings
+
+
+def _evaluate_cached(stages: StageRunner, what: str, checkpoint: str, path: str,
+                     runs: PruningRuns) -> Dict[str, Any]:
     """mIoU and per-class IoU of ``checkpoint`` on the val split (PyTorch, CPU), cached at
     ``path``: accuracy only, the curve needs no latency."""
-    from training.evaluate import evaluate
+    from training.evaluate import Runtime, evaluate
 
     def work() -> None:
-        result = evaluate(checkpoint, data, "val", backend="pytorch", limit=eval_limit,
+        result = evaluate(checkpoint, runs.evaluation.dataset(runs.data), "val",
+                          Runtime(backend="pytorch"), limit=runs.evaluation.eval_limit,
                           progress=False)
         keep = ("miou", "dice", "per_class_iou", "images", "class_images")
         write_json_atomic(path, {k: result[k] for k in keep})
@@ -49,52 +63,48 @@ def _evaluate_cached(stages: StageRunner, what: str, checkpoint: str, data: str,
         return json.load(handle)
 
 
-def _pruned_and_control(stages: StageRunner, kind: str, what: str, point: str,
-                        student_kd: str, data: str, settings: prune_lib.PruneSettings,
-                        teacher: Optional[str], overrides: Sequence[str],
-                        eval_limit: Optional[int], given: Optional[Dict[str, str]] = None,
-                        eval_data: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
-    """Prune ``student_kd`` as ``settings`` say and fine-tune it on ``data``; fine-tune the
-    unpruned model as long (the control; ``student_kd`` itself at 0 iterations); evaluate both
-    on the val split of ``eval_data`` (default ``data``), all cached under ``point``.
-    ``given`` names checkpoints already trained ({"pruned", "control"}). Returns {"pruned":
-    evaluation, "control": evaluation}; stages are named "KIND: ..., WHAT"."""
+def _pruned_and_control(stages: StageRunner, runs: PruningRuns, kind: str, what: str,
+                        point: str, given: Optional[Dict[str, str]] = None
+                        ) -> Dict[str, Dict[str, Any]]:
+    """Prune and fine-tune as ``runs`` say; fine-tune the unpruned model as long (the
+    control; ``runs.unpruned`` itself at 0 iterations); evaluate both, all cached under
+    ``point``. ``given`` names checkpoints already trained ({"pruned", "control"}). Returns
+    {"pruned": evaluation, "control": evaluation}; stages are named "KIND: ..., WHAT"."""
+    from training.pruning.finetune import finetune_unpruned
+    from training.pruning.request import prune_and_finetune
     given = given or {}
-    iters = settings.finetune_iters
+    iters = runs.settings.finetune_iters
     pruned = given.get("pruned") or stages.run(
         "%s: pruned, %s" % (kind, what), os.path.join(point, "pruned", BEST),
-        lambda: prune_lib.run_prune(student_kd, data, os.path.join(point, "pruned"), settings,
-                                    teacher=teacher, overrides=overrides, progress=False))
-    control = given.get("control") or (student_kd if iters == 0 else stages.run(
+        lambda: prune_and_finetune(runs.unpruned, runs.data, os.path.join(point, "pruned"),
+                                   runs.settings, runs.recipe, progress=False))
+    control = given.get("control") or (runs.unpruned if iters == 0 else stages.run(
         "%s: control, %s" % (kind, what), os.path.join(point, "control", BEST),
-        lambda: sweep_lib.finetune_only(student_kd, data, os.path.join(point, "control"),
-                                        iters, teacher, None, overrides)))
+        lambda: finetune_unpruned(runs.unpruned, runs.data, os.path.join(point, "control"),
+                                  iters, runs.recipe)))
     return {name: _evaluate_cached(
-        stages, "%s: evaluate %s, %s" % (kind, name, what), checkpoint, eval_data or data,
-        os.path.join(point, "%s_eval.json" % name), eval_limit)
+        stages, "%s: evaluate %s, %s" % (kind, name, what), checkpoint,
+        os.path.join(point, "%s_eval.json" % name), runs)
         for name, checkpoint in (("pruned", pruned), ("control", control))}
 
 
-def run_recovery(stages: StageRunner, out: str, student_kd: str, data: str,
-                 settings: prune_lib.PruneSettings, lengths: Sequence[int],
-                 teacher: Optional[str], overrides: Sequence[str],
-                 reuse: Dict[int, Dict[str, str]], eval_limit: Optional[int],
-                 eval_data: Optional[str] = None) -> List[Dict[str, Any]]:
-    """For each fine-tuning length: prune ``student_kd`` as ``settings`` say and fine-tune that
-    long; fine-tune the unpruned model as long (the control); evaluate both (on ``eval_data``'s
-    val split, default ``data``'s). ``reuse`` maps a length to the {"pruned", "control"}
-    checkpoints the ablation already trained at it. Length 0 is the pruned model before any
-    fine-tuning against ``student_kd`` itself. Returns one row per length: ``{"iters",
-    "pruned", "control", "recovery"}`` with recovery = pruned mIoU / control mIoU."""
+def run_recovery(stages: StageRunner, out: str, runs: PruningRuns, lengths: Sequence[int],
+                 reuse: Dict[int, Dict[str, str]]) -> List[Dict[str, Any]]:
+    """For each fine-tuning length: prune as ``runs`` say and fine-tune that long; fine-tune
+    the unpruned model as long (the control); evaluate both. ``reuse`` maps a length to the
+    {"pruned", "control"} checkpoints the ablation already trained at it. Length 0 is the
+    pruned model before any fine-tuning against the unpruned model itself. Returns one row
+    per length: ``{"iters", "pruned", "control", "recovery"}`` with recovery = pruned mIoU /
+    control mIoU."""
     rows = []
     for iters in sorted(set(int(n) for n in lengths)):
         scores = _pruned_and_control(
-            stages, "recovery", "%d iterations" % iters, os.path.join(out, "iters_%d" % iters),
-            student_kd, data, replace(settings, finetune_iters=iters), teacher, overrides,
-            eval_limit, reuse.get(iters), eval_data)
-        p, c = scores["pruned"]["miou"], scores["control"]["miou"]
-        rows.append({"iters": iters, "pruned": p, "control": c,
-                     "recovery": (p / c) if p is not None and c else None})
+            stages, replace(runs, settings=replace(runs.settings, finetune_iters=iters)),
+            "recovery", "%d iterations" % iters, os.path.join(out, "iters_%d" % iters),
+            reuse.get(iters))
+        pruned, control = scores["pruned"]["miou"], scores["control"]["miou"]
+        rows.append({"iters": iters, "pruned": pruned, "control": control,
+                     "recovery": (pruned / control) if pruned is not None and control else None})
     return rows
 
 
@@ -109,20 +119,17 @@ def judge_pair(pruned: Dict[str, Any], control: Dict[str, Any], miou_drop: float
             "classes_lost": lost, "met": change >= -miou_drop and not lost}
 
 
-def run_seeds(stages: StageRunner, out: str, student_kd: str, data: str,
-              settings: prune_lib.PruneSettings, seeds: Sequence[int], teacher: Optional[str],
-              overrides: Sequence[str], eval_limit: Optional[int], miou_drop: float,
-              eval_data: Optional[str] = None) -> List[Dict[str, Any]]:
-    """For each seed: prune ``student_kd`` as ``settings`` say and fine-tune with ``seed=N``;
-    fine-tune the unpruned model as long with the same seed (its control); evaluate both on the
-    val split of ``eval_data`` (default ``data``; PyTorch, CPU). One row per seed: ``{"seed"}``
-    and ``judge_pair``'s verdict."""
+def run_seeds(stages: StageRunner, out: str, runs: PruningRuns, seeds: Sequence[int],
+              miou_drop: float) -> List[Dict[str, Any]]:
+    """For each seed: prune and fine-tune as ``runs`` say with ``seed=N``; fine-tune the
+    unpruned model as long with the same seed (its control); evaluate both (PyTorch, CPU).
+    One row per seed: ``{"seed"}`` and ``judge_pair``'s verdict."""
     rows = []
     for seed in seeds:
-        scores = _pruned_and_control(
-            stages, "seeds", "seed %d" % seed, os.path.join(out, "seed_%d" % seed), student_kd,
-            data, settings, teacher, list(overrides) + ["seed=%d" % seed],  # later ones win
-            eval_limit, eval_data=eval_data)
+        seeded = replace(runs.recipe, overrides=runs.recipe.overrides + ("seed=%d" % seed,))
+        scores = _pruned_and_control(  # the seed override comes last, so it wins
+            stages, replace(runs, recipe=seeded), "seeds", "seed %d" % seed,
+            os.path.join(out, "seed_%d" % seed))
         rows.append({"seed": int(seed),
                      **judge_pair(scores["pruned"], scores["control"], miou_drop)})
     return rows

@@ -22,26 +22,29 @@ import argparse
 import copy
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional
-
+from typing import Any, Dict, List, Optional, Tuple
 
 from lpcv_segmentation.core.fileio import copy_file_atomic, write_json_atomic, write_text_atomic
-from lpcv_segmentation.core.formatting import fmt
+from lpcv_segmentation.core.formatting import fmt, markdown_table
 from training.config import load_yaml_mapping
-from training.stages import StageRunner
+from training.lab import report as report_lib
+from training.lab.settings import TrainSettings, override_list
+from training.lab.stages import StageRunner
+from training.pruning.settings import PruneError, PruneSettings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "training" / "configs" / "default_model.yaml"
 DEFAULT_OUT = ROOT / "models"
 DEFAULT_WORK = ROOT / "runs" / "default_model"
 REPORT_NAME = "default_model.json"
 CARD_NAME = "README.md"
+CARD_TEMPLATE = Path(__file__).resolve().parent / "model_card_template.md"  # str.format fields
 BEST = "best.safetensors"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -64,23 +67,82 @@ def _merge(base: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def load_settings(path: Path, quick: bool = False) -> Dict[str, Any]:
+@dataclass(frozen=True)
+class SynthSettings:
+    """The ``data`` section: ``python -m training synth`` options."""
+    count: int
+    size: int
+    seed: int
+    val_fraction: float
+
+    def arguments(self) -> List[Any]:
+        return ["--count", self.count, "--size", self.size, "--seed", self.seed,
+                "--val-fraction", self.val_fraction]
+
+
+@dataclass(frozen=True)
+class DefaultModelSettings:
+    """The default-model YAML as typed settings, built and checked once (``from_mapping``).
+    ``mapping`` is the YAML as read (with ``quick`` merged): what the report and card record."""
+    data: SynthSettings
+    teacher: TrainSettings
+    student: TrainSettings
+    prune: PruneSettings
+    prune_overrides: Tuple[str, ...]
+    export_fp16: bool
+    verify_images: int
+    latency_warmup: int
+    latency_threads: Optional[int]
+    threads: Optional[int]
+    mapping: Dict[str, Any] = field(compare=False)
+
+    @classmethod
+    def from_mapping(cls, mapping: Dict[str, Any], path: Any = "settings"
+                     ) -> "DefaultModelSettings":
+        """DefaultModelError naming ``path`` and the section when a section is missing or a
+        value cannot be used."""
+        for section in ("data", "teacher", "student", "prune", "export"):
+            if not isinstance(mapping.get(section), dict):
+                raise DefaultModelError("%s: section %r missing" % (path, section))
+        synth, pruning, export = mapping["data"], mapping["prune"], mapping["export"]
+        latency = mapping.get("latency") or {}
+        try:
+            data = SynthSettings(int(synth["count"]), int(synth["size"]), int(synth["seed"]),
+                                 float(synth["val_fraction"]))
+            prune = PruneSettings(method=pruning["method"], amount=pruning["amount"],
+                                  target=pruning["target"],
+                                  finetune_iters=int(pruning["finetune_iters"])).validate()
+            settings = cls(
+                data=data, teacher=TrainSettings.from_section(mapping["teacher"]),
+                student=TrainSettings.from_section(mapping["student"]), prune=prune,
+                prune_overrides=tuple(override_list(pruning.get("overrides"))),
+                export_fp16=bool(export.get("fp16", True)),
+                verify_images=int(export["verify_images"]),
+                latency_warmup=int(latency.get("warmup", 3)),
+                latency_threads=latency.get("threads"), threads=mapping.get("threads"),
+                mapping=mapping)
+        except KeyError as error:
+            raise DefaultModelError("%s: key %s missing" % (path, error))
+        except (PruneError, TypeError, ValueError) as error:
+            raise DefaultModelError("%s: %s" % (path, error))
+        for name in ("teacher", "student"):
+            getattr(settings, name).validate(DefaultModelError, "%s: section %r: " % (path, name))
+        return settings
+
+    def with_threads(self, threads: Optional[int]) -> "DefaultModelSettings":
+        """These settings with ``threads`` per stage (the command's --threads), if given."""
+        if not threads:
+            return self
+        return replace(self, threads=threads, mapping=dict(self.mapping, threads=threads))
+
+
+def load_settings(path: Path, quick: bool = False) -> DefaultModelSettings:
     """The YAML settings, with its ``quick`` section merged on top when asked."""
-    settings = load_yaml_mapping(os.fspath(path), DefaultModelError, "settings")
-    quick_settings = settings.pop("quick", {}) or {}
+    mapping = load_yaml_mapping(os.fspath(path), DefaultModelError, "settings")
+    quick_settings = mapping.pop("quick", {}) or {}
     if quick:
-        settings = _merge(settings, quick_settings)
-    for section in ("data", "teacher", "student", "prune", "export"):
-        if not isinstance(settings.get(section), dict):
-            raise DefaultModelError("%s: section %r missing" % (path, section))
-    return settings
-
-
-def _overrides(section: Dict[str, Any]) -> List[str]:
-    """``{key: value}`` -> ``["key=value", ...]`` as the train/prune commands take them."""
-    return ["%s=%s" % (key, json.dumps(value) if isinstance(value, (list, dict, bool))
-                       or value is None else value)
-            for key, value in (section.get("overrides") or {}).items()]
+        mapping = _merge(mapping, quick_settings)
+    return DefaultModelSettings.from_mapping(mapping, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,7 +257,7 @@ def _shell_word(word: str) -> str:
 # --------------------------------------------------------------------------------------------
 # The chain
 # --------------------------------------------------------------------------------------------
-def build(settings: Dict[str, Any], out: Path, work: Path, resume: bool = False,
+def build(settings: DefaultModelSettings, out: Path, work: Path, resume: bool = False,
           quick: bool = False, echo: bool = True) -> Dict[str, Any]:
     """Run every stage; returns the report written to OUT/default_model.json."""
     if work.exists() and any(work.iterdir()) and not resume:
@@ -203,40 +265,37 @@ def build(settings: Dict[str, Any], out: Path, work: Path, resume: bool = False,
                                 "stages, or choose another --work" % work)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    chain = Chain(work, resume, echo, settings.get("threads"))
+    chain = Chain(work, resume, echo, settings.threads)
     started = time.time()
     data = work / "data"
     teacher, student, pruned = work / "teacher", work / "student", work / "pruned"
-    d, p, e = settings["data"], settings["prune"], settings["export"]
+    prune = settings.prune
 
-    chain.run("data", ["synth", "--out", data, "--count", d["count"], "--size", d["size"],
-                       "--seed", d["seed"], "--val-fraction", d["val_fraction"]],
+    chain.run("data", ["synth", "--out", data] + settings.data.arguments(),
               data / "synthetic.json")
-    chain.run("teacher", ["train", "--config", ROOT / settings["teacher"]["config"],
-                          "--data", data, "--out", teacher] + _overrides(settings["teacher"]),
-              teacher / BEST)
-    chain.run("student", ["train", "--config", ROOT / settings["student"]["config"],
-                          "--data", data, "--out", student, "--teacher", teacher / BEST]
-              + _overrides(settings["student"]), student / BEST)
+    chain.run("teacher", ["train", "--config", settings.teacher.config_path, "--data", data,
+                          "--out", teacher] + list(settings.teacher.overrides), teacher / BEST)
+    chain.run("student", ["train", "--config", settings.student.config_path, "--data", data,
+                          "--out", student, "--teacher", teacher / BEST]
+              + list(settings.student.overrides), student / BEST)
     chain.run("prune", ["prune", "--checkpoint", student / BEST, "--data", data, "--out", pruned,
-                        "--method", p["method"], "--target", p["target"], "--amount", p["amount"],
-                        "--finetune-iters", p["finetune_iters"], "--teacher", teacher / BEST]
-              + _overrides(p), pruned / "prune.json")
+                        "--method", prune.method, "--target", prune.target, "--amount",
+                        prune.amount, "--finetune-iters", prune.finetune_iters, "--teacher",
+                        teacher / BEST] + list(settings.prune_overrides), pruned / "prune.json")
 
     models = {"fp32": work / "default.onnx"}
     chain.run("export_fp32", ["export", "--checkpoint", pruned / BEST, "--format", "onnx",
-                              "--out", models["fp32"], "--verify-images", e["verify_images"],
+                              "--out", models["fp32"], "--verify-images", settings.verify_images,
                               "--json", work / "export_fp32.json"], models["fp32"],
               in_process=True)
-    if e.get("fp16", True):
+    if settings.export_fp16:
         models["fp16"] = work / "default_fp16.onnx"
         chain.run("export_fp16", ["export", "--checkpoint", pruned / BEST, "--format", "onnx",
                                   "--fp16", "--out", models["fp16"], "--verify-images",
-                                  e["verify_images"], "--json", work / "export_fp16.json"],
+                                  settings.verify_images, "--json", work / "export_fp16.json"],
                   models["fp16"], in_process=True)
 
     # Every stage's model on the same val images; latency of the ONNX files on this CPU.
-    latency = settings.get("latency") or {}
     evaluated = {"teacher": teacher / BEST, "student": student / BEST, "pruned": pruned / BEST,
                  "onnx_fp32": models["fp32"]}
     if "fp16" in models:
@@ -245,9 +304,9 @@ def build(settings: Dict[str, Any], out: Path, work: Path, resume: bool = False,
     for name, model in evaluated.items():
         result = work / ("eval_%s.json" % name)
         args = ["evaluate", "--checkpoint", model, "--data", data, "--split", "val",
-                "--json", result, "--warmup", latency.get("warmup", 3)]
-        if latency.get("threads"):
-            args += ["--threads", latency["threads"]]
+                "--json", result, "--warmup", settings.latency_warmup]
+        if settings.latency_threads:
+            args += ["--threads", settings.latency_threads]
         chain.run("evaluate_%s" % name, args, result, in_process=True)
         evaluations[name] = json.loads(result.read_text())
 
@@ -261,13 +320,13 @@ def build(settings: Dict[str, Any], out: Path, work: Path, resume: bool = False,
         "command": "python -m training default-model" + (" --quick" if quick else ""),
         "quick": quick,
         "work": _relative(work),
-        "settings": settings,
+        "settings": settings.mapping,
         "files": {name: {"bytes": (out / name).stat().st_size} for name in sorted(shipped)},
         "prune": json.loads((pruned / "prune.json").read_text()),
         "export": {"fp32": json.loads((work / "export_fp32.json").read_text())},
         "evaluations": evaluations,
         "stages": chain.stages,
-        "machine": machine_description(),
+        "machine": report_lib.machine_description(),
         "seconds": round(time.time() - started, 1),
         "built": time.strftime("%Y-%m-%d"),
     }
@@ -286,23 +345,6 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
-def machine_description() -> Dict[str, Any]:
-    import onnxruntime
-    import torch
-    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 # --------------------------------------------------------------------------------------------
 # The model card
 # --------------------------------------------------------------------------------------------
@@ -312,152 +354,86 @@ def _student_title(overrides: Dict[str, Any]) -> str:
                                  overrides.get("arch", "?"))
 
 
+def _results_table(report: Dict[str, Any]) -> str:
+    """Every stage's model on the synthetic val split: the card's results table."""
+    settings, evaluations = report["settings"], report["evaluations"]
+    teacher = settings["teacher"].get("overrides", {})
+    student = settings["student"].get("overrides", {})
+    rows = [("teacher", "UPerNet-Swin-v2-T, %s-ch decoder, %s px"
+             % (teacher.get("decoder_channels", "?"), teacher.get("input_size", "?")), "teacher"),
+            ("student (distilled)", "%s, %s-ch decoder, %s px"
+             % (_student_title(student), student.get("decoder_channels", "?"),
+                student.get("input_size", "?")), "student"),
+            ("pruned + distilled fine-tune", "%s pruning, amount %s"
+             % (settings["prune"]["method"], settings["prune"]["amount"]), "pruned"),
+            ("**default.onnx** (fp32)", "ONNX Runtime, CPU", "onnx_fp32")]
+    if "onnx_fp16" in evaluations:
+        rows.append(("default_fp16.onnx", "ONNX Runtime, CPU (fp16 arithmetic is slow on "
+                     "CPUs; time it on a GPU)", "onnx_fp16"))
+    cells = []
+    for title, what, key in rows:
+        r = evaluations[key]
+        params = r.get("params")
+        cells.append([title, what, fmt(r.get("miou"), "%.3f"), fmt(r.get("dice"), "%.3f"),
+                      "n/a" if params is None else "%.2fM" % (params / 1e6),
+                      fmt(r.get("gmacs"), "%.2f"), fmt(r.get("latency_ms"), "%.1f")])
+    return markdown_table(["model", "what", "mIoU", "Dice", "params", "GMACs", "latency ms"],
+                          cells)
+
+
 def trained_on_table() -> str:
     """The card's table of every shipped and zoo model and the data it was trained on."""
     from lpcv_segmentation.zoo import MODELS
-    rows = ["| model | where it comes from | trained on |", "|---|---|---|",
-            "| `default.onnx`, `default_fp16.onnx`, `default.safetensors` | shipped in `models/` "
-            "| drawn synthetic scenes only (`python -m training synth`); never a real image |"]
-    rows += ["| `%s` | model zoo: `python -m lpcv_segmentation.zoo fetch %s` (%s; docs/zoo.md) "
-             "| %s |" % (m.spec, m.name, m.licence, m.trained_on) for m in MODELS.values()]
-    rows.append("| a student of `python -m training distill` | your run folder | your frames, "
-                "labelled by its teacher (docs/zoo.md) |")
-    return "\n".join(rows)
+    rows = [("`default.onnx`, `default_fp16.onnx`, `default.safetensors`", "shipped in `models/`",
+             "drawn synthetic scenes only (`python -m training synth`); never a real image")]
+    rows += [("`%s`" % m.spec, "model zoo: `python -m lpcv_segmentation.zoo fetch %s` (%s; docs/zoo.md)"
+              % (m.name, m.licence), m.trained_on) for m in MODELS.values()]
+    rows.append(("a student of `python -m training distill`", "your run folder",
+                 "your frames, labelled by its teacher (docs/zoo.md)"))
+    return markdown_table(("model", "where it comes from", "trained on"), rows)
+
+
+def card_fields(report: Dict[str, Any]) -> Dict[str, Any]:
+    """The values the model card template (CARD_TEMPLATE) names, from the build's report."""
+    settings, machine, prune = report["settings"], report["machine"], report["prune"]
+    teacher = settings["teacher"].get("overrides", {})
+    student = settings["student"].get("overrides", {})
+    data = settings["data"]
+    n_val = int(round(data["count"] * data["val_fraction"]))
+    iou = report["evaluations"]["onnx_fp32"].get("per_class_iou") or {}
+    good = [name for name, value in iou.items() if value is not None and value >= 0.3]
+    return {
+        "quick_warning": ("\n> **This card was written by a `--quick` run (a test of the chain at "
+                          "tiny sizes): the model is not usable.**\n" if report["quick"] else ""),
+        "minutes": report["seconds"] / 60.0, "work": report.get("work", "runs/default_model"),
+        "threads_train": settings.get("threads") or "default", "cpu": machine["cpu"],
+        "cores": machine["cores"], "command": report["command"],
+        "count": data["count"], "size": data["size"], "seed": data["seed"],
+        "n_train": data["count"] - n_val, "n_val": n_val,
+        "t_size": teacher.get("input_size", "?"), "t_iters": teacher.get("iters", "?"),
+        "s_title": _student_title(student), "s_dec": student.get("decoder_channels", "?"),
+        "s_size": student.get("input_size", "?"), "s_crop": student.get("crop_size", "?"),
+        "s_iters": student.get("iters", "?"),
+        "p_method": settings["prune"]["method"], "p_target": settings["prune"]["target"],
+        "p_amount": settings["prune"]["amount"], "p_iters": settings["prune"]["finetune_iters"],
+        "p_before": prune["before"]["params"] / 1e6, "p_after": prune["after"]["params"] / 1e6,
+        "g_before": prune["before"]["gmacs"], "g_after": prune["after"]["gmacs"],
+        "table": _results_table(report), "trained_on": trained_on_table(),
+        "found": ("Classes `default.onnx` segments with an IoU of at least 0.3 on these scenes: "
+                  "%s; it misses the others (per-class IoU in `default_model.json`)."
+                  % (", ".join(good) if good else "none")),
+        "threads": (settings.get("latency") or {}).get("threads", "default"),
+        "files": "\n".join("- `%s` (%.1f MB)" % (name, info["bytes"] / 1e6)
+                           for name, info in report["files"].items()),
+        "built": report["built"], "python": machine["python"], "torch": machine["torch"],
+        "ort": machine["onnxruntime"],
+    }
 
 
 def model_card(report: Dict[str, Any]) -> str:
-    """models/README.md: what the model is, how it was made, what it scores, and its limits."""
-    s = report["settings"]
-    ev = report["evaluations"]
-    fp32 = ev["onnx_fp32"]
-    prune = report["prune"]
-    t_over, s_over = s["teacher"].get("overrides", {}), s["student"].get("overrides", {})
-    data = s["data"]
-    n_val = int(round(data["count"] * data["val_fraction"]))
-    rows = [("teacher", "UPerNet-Swin-v2-T, %s-ch decoder, %s px"
-             % (t_over.get("decoder_channels", "?"), t_over.get("input_size", "?")), "teacher"),
-            ("student (distilled)", "%s, %s-ch decoder, %s px"
-             % (_student_title(s_over), s_over.get("decoder_channels", "?"),
-                s_over.get("input_size", "?")), "student"),
-            ("pruned + distilled fine-tune", "%s pruning, amount %s"
-             % (s["prune"]["method"], s["prune"]["amount"]), "pruned"),
-            ("**default.onnx** (fp32)", "ONNX Runtime, CPU", "onnx_fp32")]
-    if "onnx_fp16" in ev:
-        rows.append(("default_fp16.onnx", "ONNX Runtime, CPU (fp16 arithmetic is slow on "
-                     "CPUs; time it on a GPU)", "onnx_fp16"))
-    table = ["| model | what | mIoU | Dice | params | GMACs | latency ms |",
-             "|---|---|---|---|---|---|---|"]
-    for title, what, key in rows:
-        r = ev[key]
-        params = r.get("params")
-        table.append("| %s | %s | %s | %s | %s | %s | %s |"
-                     % (title, what, fmt(r.get("miou"), "%.3f"), fmt(r.get("dice"), "%.3f"),
-                        "n/a" if params is None else "%.2fM" % (params / 1e6),
-                        fmt(r.get("gmacs"), "%.2f"), fmt(r.get("latency_ms"), "%.1f")))
-    iou = fp32.get("per_class_iou") or {}
-    good = [name for name, value in iou.items() if value is not None and value >= 0.3]
-    found = ("Classes `default.onnx` segments with an IoU of at least 0.3 on these scenes: %s; "
-             "it misses the others (per-class IoU in `default_model.json`)."
-             % (", ".join(good) if good else "none"))
-    files = "\n".join("- `%s` (%.1f MB)" % (name, info["bytes"] / 1e6)
-                      for name, info in report["files"].items())
-    machine = report["machine"]
-    quick_warning = ("\n> **This card was written by a `--quick` run (a test of the chain at "
-                     "tiny sizes): the model is not usable.**\n" if report["quick"] else "")
-    return """# Default model
-{quick_warning}
-`default.onnx` is what `segmentation_node` and `bag_eval` load when no model is given.
-
-**It was trained on synthetic scenes only** (`python -m training synth`: drawn UAV views of
-floods, fires, volcanoes, earthquakes, snow and landslides with all 14 LPCV classes). It has
-never seen a real image. Use it to run the demo, the node and the replay tools end to end;
-do not expect it to segment real UAV footage. Its figures below are on synthetic validation
-scenes and say nothing about the real task.
-
-## What each model was trained on
-
-{trained_on}
-
-## How it was made
-
-One command, {minutes:.0f} minutes on this machine ({cpu}, {cores} cores, shared with other
-work while it ran; {threads_train} thread(s) per stage):
-
-    {command}
-
-Settings: `training/configs/default_model.yaml`. The stages (each a repository command; logs
-and run folders in `{work}/`):
-
-1. data: `python -m training synth --count {count} --size {size} --seed {seed}`:
-   {n_train} train + {n_val} val synthetic scenes of {size} px.
-2. teacher: UPerNet-Swin-v2-T (`training/configs/teacher.yaml`) at {t_size} px, {t_iters}
-   iterations from scratch (no pretrained weights can be downloaded here). This is a very
-   short run on a CPU: a weak teacher.
-3. student: {s_title}, {s_dec}-channel decoder, {s_size} px input, trained on
-   {s_crop} px crops for {s_iters} iterations with OHEM cross-entropy plus distillation
-   from the teacher's logits (`training/configs/student.yaml`).
-4. pruning: `python -m training prune --method {p_method} --target {p_target} --amount
-   {p_amount}` (torch-pruning removes heads, MLP neurons, encoder filters and decoder channels
-   for real), then {p_iters} iterations of distilled fine-tuning. Parameters {p_before:.2f}M ->
-   {p_after:.2f}M, GMACs {g_before:.3f} -> {g_after:.3f} at {s_size} px.
-5. export: `python -m training export --format onnx` (fp32) and `--fp16`, each checked against
-   PyTorch before it is written.
-6. evaluation: `python -m training evaluate --data <the synthetic data> --split val`.
-
-## Results (synthetic val split, {n_val} scenes of {size} px)
-
-{table}
-
-{found}
-
-mIoU: dataset-level confusion matrix; Dice: the LPCV 2023 challenge's per-image mean Dice.
-Latency: median forward pass per image after warm-up on this CPU with {threads} thread(s)
-(`python -m training evaluate`), model only (no pre/post-processing); PyTorch eager for the
-checkpoints, ONNX Runtime for the `.onnx` files.
-Exact figures: `models/default_model.json`.
-
-## Files
-
-{files}
-
-## Train on the real LPCV 2023 data
-
-The real dataset (not reachable from the machines this was built on) uses the organisers'
-layout (`IMG/train`, `GT_Updated/train`, `IMG/val`, `GT/val`). With it at `DATA`:
-
-    python -m training train --config training/configs/teacher.yaml --data DATA --out runs/teacher
-    python -m training train --config training/configs/student.yaml --data DATA \\
-        --out runs/student --teacher runs/teacher/best.safetensors
-    python -m training prune --checkpoint runs/student/best.safetensors --data DATA \\
-        --out runs/pruned --method all --target sparsity --amount 0.3 --finetune-iters 2000 \\
-        --teacher runs/teacher/best.safetensors
-    python -m training export --checkpoint runs/pruned/best.safetensors --format onnx \\
-        --out models/default.onnx
-    python -m training evaluate --checkpoint models/default.onnx --data DATA --split val \\
-        --json val.json
-
-Those configs use the paper's settings (512 px, 40k iterations: a GPU is needed).
-Built {built} with Python {python}, torch {torch}, onnxruntime {ort}.
-""".format(
-        quick_warning=quick_warning, minutes=report["seconds"] / 60.0,
-        trained_on=trained_on_table(),
-        work=report.get("work", "runs/default_model"),
-        threads_train=s.get("threads") or "default",
-        cpu=machine["cpu"],
-        cores=machine["cores"], command=report["command"], count=data["count"],
-        size=data["size"], seed=data["seed"], n_train=data["count"] - n_val, n_val=n_val,
-        t_size=t_over.get("input_size", "?"), t_iters=t_over.get("iters", "?"),
-        s_title=_student_title(s_over),
-        s_dec=s_over.get("decoder_channels", "?"), s_size=s_over.get("input_size", "?"),
-        s_crop=s_over.get("crop_size", "?"), s_iters=s_over.get("iters", "?"),
-        p_method=s["prune"]["method"], p_target=s["prune"]["target"],
-        p_amount=s["prune"]["amount"], p_iters=s["prune"]["finetune_iters"],
-        p_before=prune["before"]["params"] / 1e6, p_after=prune["after"]["params"] / 1e6,
-        g_before=prune["before"]["gmacs"], g_after=prune["after"]["gmacs"], table="\n".join(table),
-        found=found,
-        threads=(s.get("latency") or {}).get("threads", "default"), files=files,
-        built=report["built"], python=machine["python"], torch=machine["torch"],
-        ort=machine["onnxruntime"])
+    """models/README.md: what the model is, how it was made, what it scores, and its limits
+    (CARD_TEMPLATE filled from the build's report)."""
+    return CARD_TEMPLATE.read_text(encoding="utf-8").format(**card_fields(report))
 
 
 # --------------------------------------------------------------------------------------------
@@ -500,9 +476,7 @@ def main(args: argparse.Namespace) -> int:
         print("wrote %s" % (args.out / CARD_NAME))
         return 0
     try:
-        settings = load_settings(args.config, args.quick)
-        if args.threads:
-            settings["threads"] = args.threads
+        settings = load_settings(args.config, args.quick).with_threads(args.threads)
         report = build(settings, args.out, work, resume=args.resume, quick=args.quick)
     except DefaultModelError as error:
         print("default-model: error: %s" % error, file=sys.stderr)

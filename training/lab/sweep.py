@@ -11,6 +11,7 @@ CPU, so accuracy and latency are measured on the same file. The reference point 
 the unpruned model fine-tuned for the same number of iterations, so no pruned point gains from
 training the reference did not get. Writes:
 
+  OUT/sweep.md                  the dated report: machine, command, model, the table, the plots
   OUT/sweep.csv                 one row per point (method, amount, params, GMACs, sparsity,
                                 mIoU, Dice, latency, speed-up, score)
   OUT/miou_vs_sparsity.png      the paper's figures 3 and 5: mean IoU against sparsity
@@ -28,13 +29,22 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from lpcv_segmentation.core import timing
-from lpcv_segmentation.core.fileio import atomic_path, write_csv_atomic, write_json_atomic
-from training import prune as prune_lib
+from lpcv_segmentation.core.fileio import (atomic_path, write_csv_atomic, write_json_atomic,
+                                           write_text_atomic)
+from lpcv_segmentation.core.formatting import markdown_table
+from training.lab import report as report_lib
+from training.lab.settings import EvaluationSettings
+from training.pruning.settings import (ALLOCATIONS, DEFAULT_IMPORTANCE, DEFAULT_ROUND_TO,
+                                       IMPORTANCES, KIND_JOINER, TARGETS, UNSTRUCTURED,
+                                       FinetuneSettings, PruneError, PruneSettings, check_inputs,
+                                       importance_for)
 
 CSV_NAME = "sweep.csv"
+MD_NAME = "sweep.md"  # the dated report (python -m training sweep)
 POINT_JSON = "point.json"  # the CSV row of a point
 EVAL_JSON = "eval.json"  # its full evaluation (training.evaluate + latency + export report)
 BASE_NAME = "none"  # the reference point: no pruning, same fine-tuning
@@ -49,8 +59,37 @@ METHOD_STYLE = {  # colour and marker per method, the same in every plot
 }
 
 
+# EvaluationSettings' fields as this command's options
+CLI_NAMES = {"threads": "--threads", "eval_limit": "--eval-limit", "latency_runs": "--latency-runs",
+             "data": "--eval-data"}
+
+
 class SweepError(ValueError):
     """A sweep request that cannot run; the message names the option."""
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """The points of a sweep: every method at every amount, each pruned in one step with the
+    same target, importance (``importance_for`` each method), allocation, rounding and
+    fine-tuning length."""
+    methods: Tuple[str, ...]
+    amounts: Tuple[float, ...]
+    target: str = "sparsity"
+    importance: Optional[str] = DEFAULT_IMPORTANCE
+    allocation: str = "local"
+    round_to: int = DEFAULT_ROUND_TO
+    finetune_iters: int = 0
+
+    def points(self) -> List[PruneSettings]:
+        """Each point's pruning request, checked (PruneError names the first bad option)."""
+        if not self.methods or not self.amounts:
+            raise PruneError("--methods and --amounts must each name at least one value")
+        return [PruneSettings(method=m, amount=a, target=self.target,
+                              importance=importance_for(m, self.importance),
+                              allocation=self.allocation, finetune_iters=self.finetune_iters,
+                              round_to=self.round_to).validate()
+                for m in self.methods for a in self.amounts]
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,39 +121,30 @@ def set_latency(row: Dict[str, Any], latency_ms: float) -> None:
     row["score"] = None if dice in (None, "") else float(dice) / (latency_ms / 1000.0)
 
 
-def export_and_evaluate(checkpoint: str, data: str, onnx_path: str, precision: str = "fp32",
-                        calib_dir: Optional[str] = None, threads: Optional[int] = None,
-                        eval_limit: Optional[int] = None, latency_runs: int = 20,
+def export_and_evaluate(checkpoint: str, data: str, onnx_path: str,
+                        evaluation: EvaluationSettings, precision: str = "fp32",
                         calib_images: int = 32) -> Dict[str, Any]:
-    """Export ``checkpoint`` to ONNX (``precision``; int8 calibrated on ``calib_dir``) with
-    training.export, evaluate that file on the val split with ONNX Runtime on the CPU
-    (training.evaluate), and time it (``onnx_latency_ms``). Returns the evaluation with
+    """Export ``checkpoint`` to ONNX (``precision``; int8 calibrated on ``calib_images`` of
+    ``data``'s train split) with training.export, evaluate that file with ONNX Runtime on the
+    CPU (training.evaluate) on the val split of ``evaluation.dataset(data)`` as
+    ``evaluation`` says, and time it (``onnx_latency_ms``). Returns the evaluation with
     ``latency_ms`` and ``score`` from that timing (the evaluation's own per-image median is
     kept as ``eval_latency_ms``) plus ``export``, the export's report."""
-    from training.evaluate import evaluate
-    from training.export import export_onnx
-    report = export_onnx(checkpoint, onnx_path, precision=precision, calib_dir=calib_dir,
-                         verify_images=1, calib_images=calib_images)
-    result = evaluate(onnx_path, data, "val", backend="onnxruntime", device="cpu",
-                      precision=precision, threads=threads, limit=eval_limit, progress=False)
+    from training.evaluate import Runtime, evaluate
+    from training.export import Calibration, export_onnx
+    report = export_onnx(checkpoint, onnx_path, precision=precision,
+                         calibration=Calibration(data, calib_images) if precision == "int8"
+                         else None, verify_images=1)
+    result = evaluate(onnx_path, evaluation.dataset(data), "val",
+                      Runtime("onnxruntime", "cpu", precision, evaluation.threads),
+                      limit=evaluation.eval_limit, progress=False)
     result["eval_latency_ms"] = result["latency_ms"]
-    result["latency_ms"] = onnx_latency_ms({"model": onnx_path}, threads, latency_runs)["model"]
+    result["latency_ms"] = onnx_latency_ms({"model": onnx_path}, evaluation.threads,
+                                           evaluation.latency_runs)["model"]
     result["score"] = (None if result["dice"] is None
                        else result["dice"] / (result["latency_ms"] / 1000.0))
     result["export"] = report
     return result
-
-
-def finetune_only(checkpoint: str, data: str, out_dir: str, iters: int, teacher: Optional[str],
-                  config_path: Optional[str], overrides: Sequence[str]) -> str:
-    """Fine-tune the unpruned model as a pruned one would be (the sweep's reference); returns
-    the checkpoint to measure (the checkpoint itself when ``iters`` is 0)."""
-    if iters <= 0:
-        return checkpoint
-    from lpcv_segmentation.model.checkpoint import read_metadata
-    prune_lib._finetune(os.path.abspath(checkpoint), read_metadata(checkpoint), data, out_dir,
-                        iters, teacher, config_path, overrides)
-    return os.path.join(out_dir, "best.safetensors")
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,46 +154,36 @@ def point_name(method: str, amount: float) -> str:
     return "%s_%g" % (method, amount)
 
 
-def run_sweep(checkpoint: str, data: str, out: str, methods: Sequence[str],
-              amounts: Sequence[float], target: str = "sparsity",
-              importance: str = prune_lib.DEFAULT_IMPORTANCE,
-              allocation: str = "local", finetune_iters: int = 0, teacher: Optional[str] = None,
-              config_path: Optional[str] = None, overrides: Sequence[str] = (),
-              threads: Optional[int] = None, eval_limit: Optional[int] = None,
-              latency_runs: int = 20, resume: bool = False, progress: bool = True,
-              round_to: int = prune_lib.DEFAULT_ROUND_TO, eval_data: Optional[str] = None
-              ) -> List[Dict[str, Any]]:
-    """Every (method, amount) point plus the reference, fine-tuned on ``data`` and evaluated
-    on the val split of ``eval_data`` (default ``data``); writes the CSV and the plots."""
+def run_sweep(checkpoint: str, data: str, out: str, sweep: SweepSettings,
+              recipe: FinetuneSettings = FinetuneSettings(),
+              evaluation: EvaluationSettings = EvaluationSettings(), resume: bool = False,
+              progress: bool = True) -> List[Dict[str, Any]]:
+    """Every point of ``sweep`` plus the reference, fine-tuned on ``data`` as ``recipe`` says
+    and measured as ``evaluation`` says (``export_and_evaluate``); writes the CSV and the
+    plots into ``out``. ``resume`` reuses the points ``out`` holds."""
+    from training.pruning.finetune import finetune_unpruned
+    from training.pruning.request import prune_and_finetune
     # Check the whole request before the first (slow) point.
-    if not methods or not amounts:
-        raise SweepError("--methods and --amounts must each name at least one value")
-    settings = [prune_lib.PruneSettings(method=m, amount=a, target=target,
-                                        importance=prune_lib.importance_for(m, importance),
-                                        allocation=allocation,
-                                        finetune_iters=finetune_iters, round_to=round_to)
-                for m in methods for a in amounts]
     try:
-        for s in settings:
-            s.validate()
-        prune_lib.check_inputs(checkpoint, data, teacher)
-        if eval_data is not None:
-            from training.data import find_pairs
-            find_pairs(eval_data, "val")  # DatasetError names the folder
+        points = sweep.points()
+        check_inputs(checkpoint, data)
+        recipe.validate()
+        evaluation.validate(SweepError, CLI_NAMES.get)
         from lpcv_segmentation.model.checkpoint import load_checkpoint
+        from training.pruning.units import check_method_applies
         model, _ = load_checkpoint(checkpoint)
-        for method in methods:
-            prune_lib.check_method_applies(model, method)
-    except prune_lib.PruneError as e:
+        for method in sweep.methods:
+            check_method_applies(model, method)
+    except PruneError as e:
         raise SweepError(str(e))
     del model
     os.makedirs(out, exist_ok=True)
 
     rows: List[Dict[str, Any]] = []
     started = time.time()
-    total = len(settings) + 1
-    for index, s in enumerate([None] + settings):
-        name = BASE_NAME + "_0" if s is None else point_name(s.method, s.amount)
+    total = len(points) + 1
+    for index, point in enumerate([None] + points):
+        name = BASE_NAME + "_0" if point is None else point_name(point.method, point.amount)
         point_dir = os.path.join(out, name)
         point_json = os.path.join(point_dir, POINT_JSON)
         if resume and os.path.isfile(point_json):
@@ -174,27 +194,22 @@ def run_sweep(checkpoint: str, data: str, out: str, methods: Sequence[str],
             print("[%d/%d] %s (%.0f s so far)" % (index + 1, total, name, time.time() - started),
                   file=sys.stderr, flush=True)
         os.makedirs(point_dir, exist_ok=True)
-        if s is None:
-            measured = finetune_only(checkpoint, data, point_dir, finetune_iters, teacher,
-                                     config_path, overrides)
+        if point is None:
+            measured = finetune_unpruned(checkpoint, data, point_dir, sweep.finetune_iters, recipe)
             pruning: Dict[str, Any] = {}
         else:
-            prune_lib.run_prune(checkpoint, data, point_dir, s, teacher=teacher,
-                                config_path=config_path, overrides=overrides, progress=False)
+            pruning = prune_and_finetune(checkpoint, data, point_dir, point, recipe,
+                                         progress=False)["pruning"]
             measured = os.path.join(point_dir, "best.safetensors")
-            with open(os.path.join(point_dir, "prune.json"), "r", encoding="utf-8") as handle:
-                pruning = json.load(handle)["pruning"]
-        result = export_and_evaluate(measured, eval_data or data,
-                                     os.path.join(point_dir, "model.onnx"),
-                                     threads=threads, eval_limit=eval_limit,
-                                     latency_runs=latency_runs)
+        result = export_and_evaluate(measured, data, os.path.join(point_dir, "model.onnx"),
+                                     evaluation)
         result["checkpoint"] = os.path.abspath(measured)
         write_json_atomic(os.path.join(point_dir, EVAL_JSON), result)
         row = {
-            "method": BASE_NAME if s is None else s.method,
-            "amount": 0.0 if s is None else s.amount,
-            "target": target, "importance": importance, "allocation": allocation,
-            "finetune_iters": finetune_iters,
+            "method": BASE_NAME if point is None else point.method,
+            "amount": 0.0 if point is None else point.amount,
+            "target": sweep.target, "importance": sweep.importance,
+            "allocation": sweep.allocation, "finetune_iters": sweep.finetune_iters,
             "params": result["params"], "gmacs": result["gmacs"],
             "weight_sparsity": pruning.get("weight_sparsity", 0.0),
             "miou": result["miou"], "dice": result["dice"], "latency_ms": result["latency_ms"],
@@ -203,7 +218,7 @@ def run_sweep(checkpoint: str, data: str, out: str, methods: Sequence[str],
         }
         write_json_atomic(point_json, row)
         rows.append(row)
-    retime(rows, out, threads, latency_runs)
+    retime(rows, out, evaluation.threads, evaluation.latency_runs)
     finish_rows(rows)
     write_csv(rows, os.path.join(out, CSV_NAME))
     plot(rows, out)
@@ -228,6 +243,31 @@ def finish_rows(rows: List[Dict[str, Any]]) -> None:
 
 def write_csv(rows: Sequence[Dict[str, Any]], path: str) -> None:
     write_csv_atomic(path, rows, CSV_COLUMNS, float_format="%.6g")
+
+
+def markdown(rows: Sequence[Dict[str, Any]]) -> str:
+    """The sweep's table (finished rows: ``finish_rows``)."""
+    return markdown_table(
+        ["method", "amount", "params", "param. sparsity", "GMACs", "mIoU", "Dice", "ORT ms",
+         "speed-up"],
+        [[r["method"], "%.2f" % r["amount"], "%.2fM" % (r["params"] / 1e6),
+          "%.2f" % r["param_sparsity"], "%.3f" % r["gmacs"], "%.4f" % (r["miou"] or 0.0),
+          "%.4f" % (r["dice"] or 0.0), "%.1f" % r["latency_ms"], "%.2fx" % r["speedup"]]
+         for r in rows])
+
+
+def report_markdown(rows: Sequence[Dict[str, Any]], command: str, checkpoint: str,
+                    eval_data: str, evaluation: EvaluationSettings) -> str:
+    """OUT/sweep.md: the dated report (``training.lab.report``), the table and the plots."""
+    return "\n".join([
+        report_lib.header("Sparsity sweep", command, ["pruned `%s`" % checkpoint],
+                          report_lib.stamp()),
+        "Every point exported to fp32 ONNX and evaluated on the val split of %s with ONNX "
+        "Runtime on the CPU (%s thread(s)); latency: median of %d timed runs per file, all "
+        "files interleaved." % (eval_data, evaluation.threads or "default",
+                                evaluation.latency_runs),
+        "", markdown(rows), ""] + ["![%s](%s)" % (os.path.splitext(p)[0], p) for p in PLOTS]
+        + [""])
 
 
 def read_csv(path: str) -> List[Dict[str, Any]]:
@@ -278,7 +318,7 @@ def plot(rows: Sequence[Dict[str, Any]], out: str, title: str = "") -> List[str]
             color, marker = METHOD_STYLE.get(method, ("tab:brown", "o"))
             xs = [float(p[x_key]) for p in points]
             ys = [float(p[y_key]) if p[y_key] not in (None, "") else float("nan") for p in points]
-            linestyle = ":" if method == prune_lib.UNSTRUCTURED else "-"
+            linestyle = ":" if method == UNSTRUCTURED else "-"
             ax.plot(xs, ys, marker=marker, color=color, linestyle=linestyle, label=method)
         base = [r for r in rows if r["method"] == BASE_NAME]
         if base and x_key == "amount":
@@ -310,17 +350,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                          "all", "unstructured"],
                         metavar="METHOD",
                         help="methods to sweep (default: all six); kinds joined by %s "
-                             "(filter%shead) make one more" % (prune_lib.KIND_JOINER,
-                                                               prune_lib.KIND_JOINER))
-    parser.add_argument("--amounts", nargs="+", type=prune_lib._amount,
+                             "(filter%shead) make one more" % (KIND_JOINER, KIND_JOINER))
+    parser.add_argument("--amounts", nargs="+", type=float,
                         default=[0.2, 0.4, 0.6], metavar="A", help="amounts in (0, 1)")
-    parser.add_argument("--target", choices=prune_lib.TARGETS, default="sparsity")
-    parser.add_argument("--importance", choices=prune_lib.IMPORTANCES,
-                        default=prune_lib.DEFAULT_IMPORTANCE)
-    parser.add_argument("--allocation", choices=prune_lib.ALLOCATIONS, default="local")
-    parser.add_argument("--round-to", type=int, default=prune_lib.DEFAULT_ROUND_TO, metavar="N",
+    parser.add_argument("--target", choices=TARGETS, default="sparsity")
+    parser.add_argument("--importance", choices=IMPORTANCES, default=DEFAULT_IMPORTANCE)
+    parser.add_argument("--allocation", choices=ALLOCATIONS, default="local")
+    parser.add_argument("--round-to", type=int, default=DEFAULT_ROUND_TO, metavar="N",
                         help="round layer widths to a multiple of N, at least N (default %d)"
-                             % prune_lib.DEFAULT_ROUND_TO)
+                             % DEFAULT_ROUND_TO)
     parser.add_argument("--finetune-iters", type=int, default=0, metavar="N",
                         help="fine-tuning iterations per point (and for the reference)")
     parser.add_argument("--teacher", metavar="CKPT", help="distil while fine-tuning")
@@ -344,13 +382,15 @@ def main(args: argparse.Namespace) -> int:
     from training.config import ConfigError
     from training.data import DatasetError
     from training.export import ExportError
+    sweep = SweepSettings(tuple(args.methods), tuple(args.amounts), args.target, args.importance,
+                          args.allocation, args.round_to, args.finetune_iters)
+    recipe = FinetuneSettings.of(args.teacher, args.config, args.overrides)
+    evaluation = EvaluationSettings(args.threads, args.eval_limit, args.latency_runs,
+                                    args.eval_data)
     try:
-        rows = run_sweep(args.checkpoint, args.data, args.out, args.methods, args.amounts,
-                         args.target, args.importance, args.allocation, args.finetune_iters,
-                         args.teacher, args.config, args.overrides, args.threads,
-                         args.eval_limit, args.latency_runs, args.resume,
-                         round_to=args.round_to, eval_data=args.eval_data)
-    except (SweepError, prune_lib.PruneError, ConfigError, DatasetError, CheckpointError,
+        rows = run_sweep(args.checkpoint, args.data, args.out, sweep, recipe, evaluation,
+                         args.resume)
+    except (SweepError, PruneError, ConfigError, DatasetError, CheckpointError,
             ExportError) as e:
         print("error: %s" % e, file=sys.stderr)
         return 2
@@ -360,6 +400,10 @@ def main(args: argparse.Namespace) -> int:
         print("%-14s %7.2f %8.3fM %8.3f %8.4f %8.4f %10.1f %7.2fx"
               % (r["method"], r["amount"], r["params"] / 1e6, r["gmacs"], r["miou"] or 0,
                  r["dice"] or 0, r["latency_ms"], r["speedup"]))
-    print("wrote %s and %s" % (os.path.join(args.out, CSV_NAME),
-                               ", ".join(os.path.join(args.out, p) for p in PLOTS)))
+    report = os.path.join(args.out, MD_NAME)
+    write_text_atomic(report, report_markdown(
+        rows, getattr(args, "command_line", "python -m training sweep"), args.checkpoint,
+        evaluation.dataset(args.data), evaluation))
+    print("wrote %s, %s and %s" % (os.path.join(args.out, CSV_NAME), report,
+                                   ", ".join(os.path.join(args.out, p) for p in PLOTS)))
     return 0
