@@ -191,8 +191,8 @@ def test_student_distilled_from_an_image_folder_agrees_with_the_teacher(scenes, 
     np.testing.assert_array_equal(read_label(run / "frames" / "GT" / "train" / image.name),
                                   teacher.segment(read_image(image)).labels)
     # the result is a checkpoint like any other: it evaluates (and so prunes and exports)
-    from training.evaluate import evaluate
-    held = evaluate(str(run / "best.safetensors"), str(run / "frames"), "val", warmup=0,
+    from training.evaluate import Runtime, evaluate
+    held = evaluate(str(run / "best.safetensors"), str(run / "frames"), "val", Runtime(warmup=0),
                     progress=False)
     assert held["miou"] == pytest.approx(report["student"]["miou"])
 

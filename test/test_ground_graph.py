@@ -167,7 +167,7 @@ def test_detections_on_the_ground_tracks_geojson_capture_and_link(tmp_path):
 
     # Captured frames: a dataset the training reader and import-dataset take.
     from training.data import find_pairs, validate_pairs
-    from training.import_dataset import import_dataset
+    from training.import_dataset import ImportOptions, import_dataset
     pairs = find_pairs(capture_dir, "train")
     assert len(pairs) == 1  # the scene's frames are certain, the noise is not
     validate_pairs(pairs, progress=False)
@@ -175,5 +175,6 @@ def test_detections_on_the_ground_tracks_geojson_capture_and_link(tmp_path):
     assert meta["frame_id"] == "unsure" and meta["low_confidence_share"] > 0.01
     counts = import_dataset(str(capture_dir / "IMG"), str(capture_dir / "GT"),
                             str(REPO / "training" / "mappings" / "lpcv.yaml"),
-                            str(tmp_path / "imported"), val_fraction=0.0, progress=False)
+                            str(tmp_path / "imported"), ImportOptions(val_fraction=0.0),
+                            progress=False)
     assert counts == {"train": len(pairs), "val": 0}

@@ -51,7 +51,7 @@ def _finish(process: subprocess.Popen, log: Path) -> None:
 
 
 def test_pruning_keeps_accuracy_and_beats_random_importance(tmp_path):
-    from training.evaluate import evaluate
+    from training.evaluate import Runtime, evaluate
     from training.synth import write_dataset
 
     data = write_dataset(tmp_path / "data", count=64, size=256, seed=7, val_fraction=0.5,
@@ -70,8 +70,8 @@ def test_pruning_keeps_accuracy_and_beats_random_importance(tmp_path):
     _finish(control, tmp_path / "control.log")
 
     def score(checkpoint: Path) -> float:
-        return evaluate(str(checkpoint), str(data), "val", backend="pytorch", threads=1,
-                        warmup=0, progress=False)["miou"]
+        return evaluate(str(checkpoint), str(data), "val",
+                        Runtime(backend="pytorch", threads=1, warmup=0), progress=False)["miou"]
     miou = {name: score(tmp_path / name / "best.safetensors")
             for name in ("default", "random", "control")}
     pruned = {name: score(tmp_path / name / "pruned.safetensors") for name in ("default", "random")}

@@ -146,8 +146,9 @@ def test_install_from_then_consumers_take_the_zoo_name(cache, tmp_path, synth_da
     replay = evaluate_offline(bag, "zoo:" + NAME, progress=False)
     assert replay["model"] == path and replay["frames"] == 2, replay
 
-    from training.evaluate import evaluate
-    result = evaluate("zoo:" + NAME, str(synth_dataset), "val", warmup=0, limit=2, progress=False)
+    from training.evaluate import Runtime, evaluate
+    result = evaluate("zoo:" + NAME, str(synth_dataset), "val", Runtime(warmup=0), limit=2,
+                      progress=False)
     assert result["model"] == path and result["input_size"] == 288 and result["images"] == 2
 
     from training.train import load_teacher

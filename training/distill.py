@@ -107,13 +107,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from lpcv_segmentation.model.weights import CheckpointError
     from training.config import ConfigError
     from training.data import DatasetError
+    from training.pretrained import WeightsError
     from training.train import TrainingError
 
     try:
         return distill(args)
-    except (DistillError, FrameSourceError, ConfigError, TrainingError, DatasetError) as error:
+    except (DistillError, FrameSourceError, ConfigError, TrainingError, DatasetError, CheckpointError,
+            WeightsError) as error:
         print("error: %s" % error, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -263,8 +266,8 @@ def majority_baseline(teacher_labels: Sequence[np.ndarray]) -> Dict[str, Any]:
 def agreement(model: str, frames_dir: Path) -> Dict[str, Any]:
     """The student's labels against the teacher's on the held-out frames, through the runtime
     (as ``training evaluate`` scores a model)."""
-    from training.evaluate import evaluate
-    result = evaluate(model, str(frames_dir), HELD_OUT_SPLIT, warmup=0, progress=False)
+    from training.evaluate import Runtime, evaluate
+    result = evaluate(model, str(frames_dir), HELD_OUT_SPLIT, Runtime(warmup=0), progress=False)
     return {"model": result["model"], "frames": result["images"], "miou": result["miou"],
             "pixel_agreement": result["pixel_acc"], "per_class_iou": result["per_class_iou"]}
 
@@ -292,7 +295,7 @@ def _student_config(student: str) -> List[str]:
 
 
 def distill(args: argparse.Namespace) -> int:
-    from training.train import CONFIG_YAML, STATE, train
+    from training.train import CONFIG_YAML, STATE, resolve_config, train
 
     run_dir = Path(args.out)
     resume = bool(args.resume)
@@ -331,11 +334,10 @@ def distill(args: argparse.Namespace) -> int:
              manifest["flights"], (", plus %d labelled images" % manifest["labelled_train_images"])
              if manifest["labelled_train_images"] else "", run_dir / FRAMES), file=sys.stderr)
 
-    train_args = argparse.Namespace(
-        config=config, data=str(run_dir / FRAMES), out=str(run_dir), teacher=args.teacher,
-        resume=resume, overrides=student_overrides + list(args.overrides) + [
-            "train_split=%s" % TRAIN_SPLIT, "val_split=%s" % HELD_OUT_SPLIT])
-    rc = train(train_args)
+    overrides = student_overrides + list(args.overrides) + [
+        "train_split=%s" % TRAIN_SPLIT, "val_split=%s" % HELD_OUT_SPLIT, "teacher=%s" % args.teacher]
+    rc = train(resolve_config(config, overrides, run_dir, resume), str(run_dir / FRAMES), run_dir,
+               resume)
     if rc != 0 or not (run_dir / "best.safetensors").is_file():
         return rc
     stopped = _stopped_early(run_dir / CONFIG_YAML, run_dir)

@@ -104,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fine-tuning iterations in all (split over --iterative steps)")
     parser.add_argument("--teacher", default=None, metavar="CKPT",
                         help="distil from this teacher while fine-tuning (default: the "
-                             "unpruned --checkpoint itself; a checkpoint or an ONNX file)")
+                             "unpruned --checkpoint itself; a checkpoint, an ONNX file or zoo:NAME)")
     parser.add_argument("--no-distil", action="store_true",
                         help="fine-tune on the labels alone (no teacher)")
     parser.add_argument("--iterative", type=int, default=1, metavar="K",

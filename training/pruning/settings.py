@@ -128,8 +128,8 @@ class FinetuneSettings:
     """How a model is fine-tuned after pruning (and its unpruned control the same way): the
     training loop of ``training.train`` from the checkpoint's own training config with
     fine-tuning changes (``training.pruning.finetune``), then ``config`` (a YAML file) and the
-    ``key=value`` ``overrides``; distilled from ``teacher`` (a checkpoint or ONNX file) if
-    given. The length is the request's (``PruneSettings.finetune_iters``)."""
+    ``key=value`` ``overrides``; distilled from ``teacher`` (a checkpoint, an ONNX file or
+    ``zoo:NAME``) if given. The length is the request's (``PruneSettings.finetune_iters``)."""
     teacher: Optional[str] = None
     config: Optional[str] = None
     overrides: Tuple[str, ...] = ()
@@ -149,13 +149,18 @@ class FinetuneSettings:
             parse_overrides(list(self.overrides))
         except ConfigError as e:
             raise PruneError(str(e))
-        if self.teacher and self.teacher.lower().endswith(".onnx"):
-            if not os.path.isfile(self.teacher):
-                raise PruneError("--teacher: %s does not exist" % self.teacher)
-        elif self.teacher:
+        from lpcv_segmentation.zoo import ZooError, resolve_model_path
+        try:
+            teacher = resolve_model_path(self.teacher)  # zoo:NAME -> the cached file
+        except ZooError as e:
+            raise PruneError("--teacher: %s" % e)
+        if teacher and teacher.lower().endswith(".onnx"):
+            if not os.path.isfile(teacher):
+                raise PruneError("--teacher: %s does not exist" % teacher)
+        elif teacher:
             from lpcv_segmentation.model.checkpoint import CheckpointError, read_metadata
             try:
-                read_metadata(self.teacher)
+                read_metadata(teacher)
             except CheckpointError as e:
                 raise PruneError("--teacher: %s" % e)
         return self
