@@ -140,6 +140,19 @@ def _frame(args: argparse.Namespace, index: int, rgb: np.ndarray):
     return msg
 
 
+def spin_until_interrupted(node) -> None:
+    """Spin ``node`` until SIGINT (or the context's shutdown), then destroy it and shut down."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
 def camera(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -188,7 +201,6 @@ def camera(args: argparse.Namespace) -> int:
 def listen(args: argparse.Namespace) -> int:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import ExternalShutdownException
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
@@ -256,12 +268,8 @@ def listen(args: argparse.Namespace) -> int:
     node.create_timer(0.05, report_matches)
     write({"topic": "listener", "state": "ready"})
     try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        spin_until_interrupted(node)
     finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
         events.close()
     return 0
 
@@ -292,7 +300,6 @@ def _listen_ground(node, args, out: Path, write, on_image, qos) -> None:
 def telemetry(args: argparse.Namespace) -> int:
     """Publish one vehicle input at ``--rate`` Hz until SIGINT, stamped with the clock's now."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CameraInfo, NavSatFix
     from std_msgs.msg import Float64
@@ -321,13 +328,7 @@ def telemetry(args: argparse.Namespace) -> int:
         publisher.publish(msg)
 
     node.create_timer(1.0 / args.rate, tick)
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_until_interrupted(node)
     return 0
 
 

@@ -3,28 +3,9 @@
     python -m training import-onnx --onnx peer.onnx --out peer_lpcv.onnx --input-size 288 \\
         --mean 123.675 116.28 103.53 --std 58.395 57.12 57.375 --classes lpcv --output-stride 8
 
-The copy written to --out has:
-  - the input renamed ``input`` and fixed to 1x3xSxS float32 (S = --input-size);
-  - logits ``logits`` of shape 1xCxSxS: when the foreign model's logits are smaller than its
-    input (a stride, e.g. 8), a bilinear Resize (half-pixel centres, i.e. PyTorch's
-    ``align_corners=False``, mmsegmentation's default) to SxS is appended to the graph, so that
-    ``Segmenter``'s post-processing (argmax, nearest resize to the image) does what the foreign
-    model's own inference code does (upsample the logits bilinearly, then argmax), and a GPU back
-    end runs the upsampling with the rest of the graph;
-  - this project's metadata (``metadata_props["lpcv_segmentation"]``, as ``training export``
-    writes it): class table, input size, mean and std for RGB scaled to [0, 1], precision, the
-    parameter count and where the file came from.
-
-Normalisation: ``--mean``/``--std`` are read on the scale ``--norm-scale`` names. The default,
-255, takes them as most model zoos publish them, on 0-255 pixel values (mmsegmentation's
-123.675 ...); they are divided by 255 for the metadata, which normalises RGB in [0, 1]:
-(x - m) / s = (x/255 - m/255) / (s/255). ``--norm-scale 1`` takes values already on [0, 1]
-(0.485 ...). Values that look like the other scale are refused rather than guessed.
-
-The foreign model is run once in ONNX Runtime on a blank input to learn its real output shape;
-the stride is the input size over the logits' size and must match --output-stride when given.
-Before the copy is written it is loaded through ``lpcv_segmentation.runtime.segmenter.Segmenter`` and its
-logits are checked against the foreign model's own, upsampled. Every refusal names the file.
+What the copy holds, and how normalisation scales and strides are read:
+``lpcv_segmentation.runtime.onnx_import`` (the zoo wraps its downloads with the same code).
+Every refusal names the file.
 """
 import argparse
 import sys
