@@ -130,10 +130,50 @@ def test_missing_label_and_bad_mapping_are_named(tmp_path, capsys):
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
 
-@pytest.mark.parametrize("name", ["floodnet", "rescuenet", "semantic_drone", "uavid"])
+@pytest.mark.parametrize("name", ["floodnet", "rescuenet", "semantic_drone", "semantic_drone_rgb",
+                                  "uavid"])
 def test_shipped_mappings_parse_and_cite_their_source_and_licence(name):
     path = REPO / "training" / "mappings" / (name + ".yaml")
     mapping = read_mapping(str(path))
     assert len(mapping.table) >= 8
     text = path.read_text().lower()
     assert "licence" in text and "http" in text
+
+
+def test_semantic_drone_colour_layout_imports_each_colour_onto_its_class(tmp_path):
+    """A tiny source in the layout of the Semantic Drone Dataset's GitHub copy (JPEG frames,
+    colour labels under gt/semantic/) imports through the shipped colour mapping: every
+    colour lands on the class the index mapping gives the same source class."""
+    colour = read_mapping(str(REPO / "training" / "mappings" / "semantic_drone_rgb.yaml"))
+    index = read_mapping(str(REPO / "training" / "mappings" / "semantic_drone.yaml"))
+    colours = list(colour.table)  # file order = the dataset's class order (class_dict.csv)
+    assert len(colours) == len(index.table) == 24
+    assert [colour.table[c] for c in colours] == [index.table[(i,)] for i in range(24)]
+    root = tmp_path / "semantic_drone_dataset" / "training_set"
+    images, labels = root / "low_res_images", root / "gt" / "semantic" / "low_res_label_images"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    for n in range(2):
+        lab = np.zeros((4 * 6, 6 * 6, 3), np.uint8)  # a 4x6 grid of 6x6 cells, one colour each
+        for k, rgb in enumerate(colours):
+            cell = (k + n) % 24
+            lab[6 * (cell // 6): 6 * (cell // 6 + 1), 6 * (cell % 6): 6 * (cell % 6 + 1)] = rgb
+        cv2.imwrite(str(labels / ("%03d.png" % n)), cv2.cvtColor(lab, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(images / ("%03d.jpg" % n)), np.full(lab.shape, 90, np.uint8))
+    out = tmp_path / "sdd"
+    assert run(images, labels, REPO / "training" / "mappings" / "semantic_drone_rgb.yaml", out,
+               "--val-fraction", "0.5", "--prefix", "sdd_") == 0
+    for split in ("train", "val"):
+        (name,) = [p.name for p in (out / "GT" / split).iterdir()]
+        n = int(name[len("sdd_"):-len(".png")])
+        label = read_label_png(str(out / "GT" / split / name))
+        for k, rgb in enumerate(colours):
+            cell = (k + n) % 24
+            want = colour.table[rgb]
+            assert (label[6 * (cell // 6): 6 * (cell // 6 + 1),
+                          6 * (cell % 6): 6 * (cell % 6 + 1)] == want).all(), (split, rgb)
+    names = {CLASS_NAMES[v] if v != IGNORE_INDEX else "ignore" for v in colour.table.values()}
+    assert names == {"ignore", "background", "road/railway/bridge", "flood/water/river/sea",
+                     "building_undamaged", "person", "vehicle"}
+    assert colour.table[(0, 0, 0)] == colour.table[(255, 0, 0)] == IGNORE_INDEX
+    assert len(SegmentationDataset(str(out), "val", validate=True, progress=False)) == 1
