@@ -63,7 +63,9 @@ def child(args: argparse.Namespace) -> int:
     values = {spec.name: spec.default for spec in PARAMETERS}  # config/drone.yaml's values
     config = check_config(dict(values, model_path=args.model))
     frame_ms = [_frame(segmenter, rgb, config) for _ in range(1 + args.later_frames)]
+    steady_ms = _timed_warmup(segmenter)  # the same blank calls once warm: the reference
     print(json.dumps({"stamps": stamps, "warmup_ms": warmup_ms, "frame_ms": frame_ms,
+                      "steady_blank_ms": steady_ms,
                       "torch_imported": "torch" in sys.modules}), flush=True)
     return 0
 
@@ -111,6 +113,7 @@ def phases(args: argparse.Namespace) -> Dict[str, object]:
           "warmup": 1000.0 * (stamps["warmup"] - stamps["load"]),
           "first_frame": record["frame_ms"][0]}
     return {"ms": ms, "total_ms": sum(ms.values()), "warmup_calls_ms": record["warmup_ms"],
+            "steady_blank_ms": min(record["steady_blank_ms"]),
             "later_frame_ms": statistics.median(record["frame_ms"][1:] or [float("nan")]),
             "torch_imported": record["torch_imported"]}
 
@@ -263,9 +266,10 @@ def section(result: Dict[str, object]) -> str:
             result["model"], result["threads"], result["size"], result["launches"],
             fmt(result["load_average"], "%.1f"), result["rate"]),
         markdown_table(["phase", "median ms", "min", "max"], rows),
-        "Warm-up calls (ms, each launch): %s; a frame once warm (every output): %s ms; "
-        "torch imported on this path: %s." % (
-            "; ".join(calls), fmt(median([r["later_frame_ms"] for r in runs]), "%.1f"),
+        "Warm-up calls (ms, each launch): %s; the same blank call once warm: %s ms; a frame "
+        "once warm (every output): %s ms; torch imported on this path: %s." % (
+            "; ".join(calls), fmt(median([r["steady_blank_ms"] for r in runs]), "%.1f"),
+            fmt(median([r["later_frame_ms"] for r in runs]), "%.1f"),
             "yes" if any(r["torch_imported"] for r in runs) else "no"),
     ]
     return "\n\n".join(text)
