@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lock demo test bench default-model clean
+.PHONY: setup lock demo test bench default-model real-data clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,20 @@ bench: $(STAMP)
 
 default-model: $(STAMP)
 	$(PY) -m training default-model
+
+# A real development set: the Semantic Drone Dataset (400 labelled UAV frames; non-commercial
+# research use, no redistribution: docs/data.md). Cloned beside the repository and imported
+# outside it; nothing of it may be committed, and no test needs it.
+SDD_SRC ?= ../semantic_drone_dataset
+SDD_OUT ?= ../data/semantic_drone
+SDD_SIZE ?= 256
+real-data: $(STAMP)
+	test -d $(SDD_SRC)/training_set || \
+	  git clone --depth 1 https://github.com/nonari/semantic_drone_dataset $(SDD_SRC)
+	$(PY) -m training import-dataset --images $(SDD_SRC)/training_set/low_res_images \
+	  --labels $(SDD_SRC)/training_set/gt/semantic/low_res_label_images \
+	  --mapping training/mappings/semantic_drone_rgb.yaml --out $(SDD_OUT) \
+	  --size $(SDD_SIZE) --prefix sdd_
 
 clean:
 	rm -rf build install log .pytest_cache

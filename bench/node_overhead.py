@@ -19,11 +19,17 @@ held to the every-output targets.
 
     nice -n 5 .venv/bin/python bench/node_overhead.py
     nice -n 5 .venv/bin/python bench/node_overhead.py --sizes 640x480 --frames 12
+    nice -n 5 .venv/bin/python bench/node_overhead.py --in-process-only --in-process-frames 40
+
+Before the node rows, the same frame's work runs in a worker thread of the bench without ROS
+(``--in-process-frames``, 0 for none): the CPU time of each part of a frame with every output
+and the minor page faults per frame, steadier than wall-clock stages on a shared machine.
 """
 import argparse
 import json
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -46,6 +52,9 @@ TELEMETRY = (("fix", ["--topic", "/mavros/global_position/global", "--lat", "47.
                       "--lon", "8.54", "--alt", "500"]),
              ("rel_alt", ["--topic", "/mavros/global_position/rel_alt", "--value", "50"]),
              ("heading", ["--topic", "/mavros/global_position/compass_hdg", "--value", "30"]))
+# In-process parts of a frame with every output: the bare segment (what the node / bare ratio
+# divides by), the segment with the confidence map, detections, colour mask + overlay, messages.
+IN_PROCESS_PARTS = ("bare", "segment_confidence", "detections", "visuals", "messages")
 
 
 def target(listener: str, width: int, height: int) -> float:
@@ -71,6 +80,55 @@ class BareSegmenter:
 
     def time_ms(self, repeats: int) -> float:
         return timed(self.run, repeats, warmup=0).median_ms
+
+
+def in_process(model: str, backend: str, threads: int, width: int, height: int,
+               frames: int) -> Dict[str, float]:
+    """The node's per-frame work with every output, in a worker thread of this process as in
+    the node, without ROS: CPU ms per frame of each part (medians) and the minor page faults
+    per frame. Steadier than the node's wall-clock stages on a shared machine."""
+    import resource
+    from lpcv_segmentation.core.detections import detection_report
+    from lpcv_segmentation.core.imaging import numpy_to_image_msg, visuals
+    from lpcv_segmentation.node.config import PARAMETERS, check_config
+    from lpcv_segmentation.runtime.segmenter import Segmenter
+    from node_graph import scene_rgb
+    values = {spec.name: spec.default for spec in PARAMETERS}  # config/drone.yaml's values
+    config = check_config(dict(values, model_path=model))
+    segmenter = Segmenter(model, backend=backend, threads=threads)
+    rgb = scene_rgb(height, width)
+    parts: Dict[str, List[float]] = {k: [] for k in IN_PROCESS_PARTS}
+    faults: List[int] = []
+
+    def cpu_ms(run) -> Tuple[float, object]:
+        start = time.thread_time()
+        value = run()
+        return 1000.0 * (time.thread_time() - start), value
+
+    def work() -> None:
+        for index in range(frames + 3):  # 3 frames of warm-up
+            minflt = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+            bare, _ = cpu_ms(lambda: segmenter.segment(rgb))
+            seg, result = cpu_ms(lambda: segmenter.segment(rgb, with_confidence=True,
+                                                           confidence_at_logits=True))
+            det, report = cpu_ms(lambda: detection_report(
+                result.labels, 0, 0, "f", config.detection_class_ids,
+                config.min_region_area_px, result.confidence, max_side=segmenter.input_size))
+            vis, (color, blended) = cpu_ms(lambda: visuals(
+                rgb, result.labels, config.visual_max_side, True, True, config.overlay_alpha))
+            msgs, _ = cpu_ms(lambda: [numpy_to_image_msg(result.labels, "mono8"),
+                                      numpy_to_image_msg(color, "rgb8"),
+                                      numpy_to_image_msg(blended, "rgb8"), json.dumps(report)])
+            if index >= 3:
+                faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - minflt)
+                for name, value in zip(IN_PROCESS_PARTS, (bare, seg, det, vis, msgs)):
+                    parts[name].append(value)
+    worker = threading.Thread(target=work, name="segmentation")
+    worker.start()
+    worker.join()
+    medians = {name: percentile(values, 50) for name, values in parts.items()}
+    medians["faults"] = percentile([float(f) for f in faults], 50)
+    return medians
 
 
 def measure(work: Path, args: argparse.Namespace, listener: str, width: int, height: int,
@@ -121,9 +179,15 @@ def _float(text: Optional[str]) -> Optional[float]:
 
 
 def run(args: argparse.Namespace, work: Path) -> Dict[str, object]:
-    results = []
+    results, in_process_rows = [], []
     for size in args.sizes:
         width, height = (int(v) for v in size.split("x"))
+        if args.in_process_frames:
+            parts = in_process(args.model, args.backend, args.threads, width, height,
+                               args.in_process_frames)
+            in_process_rows.append(dict(parts, size=size))
+        if args.in_process_only:
+            continue
         bare = BareSegmenter(args.model, args.backend, args.threads, width, height)
         for listener in LISTENERS:
             name = "%s_%s" % (size, listener.replace(" ", "_"))
@@ -135,7 +199,8 @@ def run(args: argparse.Namespace, work: Path) -> Dict[str, object]:
                 file=sys.stderr, flush=True)
     return {"model": args.model, "backend": args.backend, "threads": args.threads,
             "frames": args.frames, "rounds": args.rounds, "load_average": load_average(),
-            "runs": results}
+            "runs": results, "in_process": in_process_rows,
+            "in_process_frames": args.in_process_frames}
 
 
 def _row(run: Dict[str, object]) -> List[object]:
@@ -178,8 +243,29 @@ def section(result: Dict[str, object]) -> Tuple[str, List[Target]]:
                        + ["node total", "bare segment", "node / bare",
                           "node / its own segment stages", "target", "frames"],
                        rows),
-    ])
+    ] + _in_process_section(result))
     return body, targets
+
+
+def _in_process_section(result: Dict[str, object]) -> List[str]:
+    rows = []
+    for row in result.get("in_process", []):
+        extra = sum(row[k] for k in IN_PROCESS_PARTS[1:]) - row["bare"]
+        rows.append([row["size"]] + [fmt(row[k], "%.2f") for k in IN_PROCESS_PARTS]
+                    + [fmt(extra, "%.2f"), fmt(ratio(extra + row["bare"], row["bare"]), "%.2f"),
+                       fmt(row["faults"], "%.0f")])
+    if not rows:
+        return []
+    return [
+        "The same frame's work without ROS, in a worker thread of the bench as in the node "
+        "(%d frames per size, CPU ms of that thread per frame, medians; minor page faults of "
+        "the thread per frame): the bare segment; the segment with the confidence map the "
+        "detections need; detections; colour mask and overlay; the three image messages and "
+        "the detections' JSON. Extra = everything but the bare segment, less it; CPU time is "
+        "what the frame costs whatever else the machine runs." % result["in_process_frames"],
+        markdown_table(["frame", "bare segment", "segment + confidence", "detections",
+                        "colour + overlay", "messages + JSON", "extra", "every output / bare",
+                        "page faults"], rows)]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -194,6 +280,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--rounds", type=int, default=4,
                         help="bursts of frames per row, each after a block of bare runs")
     parser.add_argument("--repeats", type=int, default=5, help="bare runs per block")
+    parser.add_argument("--in-process-frames", type=int, default=20,
+                        help="frames of the in-process CPU-time breakdown per size (0: none)")
+    parser.add_argument("--in-process-only", action="store_true",
+                        help="only the in-process breakdown (no node, no ROS graph)")
     parser.add_argument("--work", default=None, help="folder for logs (default: a temporary one)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)

@@ -93,6 +93,9 @@ def steps(args: argparse.Namespace) -> List[Step]:
              node_model + ["--frames", "32", "--rounds", "4"],
              node_model + ["--frames", "8", "--rounds", "2", "--repeats", "3",
                            "--sizes", "640x480", "1920x1080"], True, 900),
+        Step("cold_start", "3b. Cold start: launch to first mask (ONNX Runtime)",
+             "cold_start.py", node_model + ["--launches", "3"],
+             node_model + ["--launches", "1"], True, 300),
         Step("memory", "4. Memory: the node's peak resident memory per back end", "memory.py",
              ["--onnx", args.model, "--checkpoint", args.checkpoint, "--frames", "30"],
              ["--onnx", args.model, "--checkpoint", args.checkpoint, "--frames", "10"],
@@ -316,7 +319,7 @@ def document(outcomes: Sequence[Outcome], args: argparse.Namespace, facts: Dict[
         "",
         "Rerun everything with `make bench` (about 15 min), check the chain in a few minutes "
         "with `.venv/bin/python bench/run_all.py --quick`, or run some benches with "
-        "`--only backends pruning overhead memory load malformed dds score`; `--model`, "
+        "`--only backends pruning overhead cold_start memory load malformed dds score`; `--model`, "
         "`--checkpoint`, `--unpruned` and `--undistilled` point the benches at other model "
         "files. The node benches start the real node, camera and listener processes, each "
         "run in a ROS domain of its own. Every bench runs with OMP_WAIT_POLICY=%s."
@@ -353,7 +356,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="short durations and fewer frames (checks the chain, not figures)")
     parser.add_argument("--only", nargs="+", metavar="BENCH",
-                        help="run only these (backends pruning overhead memory load malformed "
+                        help="run only these (backends pruning overhead cold_start memory load malformed "
                              "dds score)")
     parser.add_argument("--model", default=DEFAULT_ONNX, help="ONNX model of the node benches")
     parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,

@@ -133,7 +133,8 @@ def test_missing_label_and_bad_mapping_are_named(tmp_path, capsys):
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
 
-@pytest.mark.parametrize("name", ["floodnet", "rescuenet", "semantic_drone", "uavid"])
+@pytest.mark.parametrize("name", ["floodnet", "rescuenet", "semantic_drone", "semantic_drone_rgb",
+                                  "uavid"])
 def test_shipped_mappings_parse_and_cite_their_source_and_licence(name):
     path = REPO / "training" / "mappings" / (name + ".yaml")
     mapping = read_mapping(str(path))
@@ -150,6 +151,8 @@ SOURCE_FILES = {
     "rescuenet": ("10794.jpg", "10794_lab.png"),  # index PNG <stem>_lab.png
     "semantic_drone": ("042.jpg", "042.png"),  # original_images/*.jpg, index PNG
     "uavid": ("000100.png", "000100.png"),  # seqN/Images/*.png, colour PNG (RGB)
+    "semantic_drone_rgb": ("042.jpg", "042.png"),  # low_res_images/*.jpg, colour PNG (RGB)
+    "lpcv": ("train/000001.jpg", "train/000001.png"),  # the node's capture_dir: IMG/, GT/
 }
 # Every value each dataset's labels hold, from its own documentation (not from the mapping,
 # so that a value the mapping forgets is painted anyway and stops the import).
@@ -159,6 +162,14 @@ DATASET_VALUES = {
     "semantic_drone": list(range(24)),  # class_dict.csv: 0 unlabeled .. 23 conflicting
     "uavid": [[0, 0, 0], [128, 0, 0], [128, 64, 128], [0, 128, 0], [128, 128, 0],
               [64, 0, 128], [192, 0, 192], [64, 64, 0]],  # UAVid paper, Table 1 (RGB)
+    # class_dict.csv of the GitHub copy: unlabeled .. conflicting (RGB)
+    "semantic_drone_rgb": [[0, 0, 0], [128, 64, 128], [130, 76, 0], [0, 102, 0], [112, 103, 87],
+                           [28, 42, 168], [48, 41, 30], [0, 50, 89], [107, 142, 35], [70, 70, 70],
+                           [102, 102, 156], [254, 228, 12], [254, 148, 12], [190, 153, 153],
+                           [153, 153, 153], [255, 22, 96], [102, 51, 0], [9, 143, 150],
+                           [119, 11, 32], [51, 51, 0], [190, 250, 190], [112, 150, 146],
+                           [2, 135, 115], [255, 0, 0]],
+    "lpcv": list(range(14)) + [255],  # LPCV 2023 class indices, 255 = ignore
 }
 STRIPE = 4  # pixels per painted value
 
@@ -185,6 +196,11 @@ def _arg(words: List[str], flag: str) -> str:
     return words[words.index(flag) + 1]
 
 
+def test_every_shipped_mapping_has_its_source_written_here():
+    shipped = sorted(path.stem for path in (REPO / "training" / "mappings").glob("*.yaml"))
+    assert shipped == sorted(SOURCE_FILES) == sorted(DATASET_VALUES)
+
+
 @pytest.mark.parametrize("name", sorted(SOURCE_FILES))
 def test_each_shipped_mapping_imports_its_dataset_with_its_own_command(name, tmp_path,
                                                                        monkeypatch):
@@ -206,8 +222,8 @@ def test_each_shipped_mapping_imports_its_dataset_with_its_own_command(name, tmp
     monkeypatch.chdir(tmp_path)
     image_name, label_name = SOURCE_FILES[name]
     images, labels = Path(_arg(command, "--images")), Path(_arg(command, "--labels"))
-    images.mkdir(parents=True)
-    labels.mkdir(parents=True)
+    (images / image_name).parent.mkdir(parents=True)
+    (labels / label_name).parent.mkdir(parents=True)
     cv2.imwrite(str(images / image_name), np.full((height, width, 3), 90, np.uint8))
     cv2.imwrite(str(labels / label_name),
                 cv2.cvtColor(label, cv2.COLOR_RGB2BGR) if label.ndim == 3 else label)
@@ -216,7 +232,7 @@ def test_each_shipped_mapping_imports_its_dataset_with_its_own_command(name, tmp
     out, prefix = Path(_arg(command, "--out")), _arg(command, "--prefix")
     (written,) = list((out / "GT").glob("*/%s%s.png" % (prefix, Path(image_name).stem)))
     imported = read_label_png(str(written))
-    size = int(_arg(command, "--size"))
+    size = int(_arg(command, "--size")) if "--size" in command else height  # else kept
     assert min(imported.shape) == size  # --size: the shorter side
     scale = imported.shape[1] / float(width)
     assert sorted(classes) == sorted(json.dumps(v) for v in values)  # nothing left unused
@@ -226,3 +242,42 @@ def test_each_shipped_mapping_imports_its_dataset_with_its_own_command(name, tmp
         expected = IGNORE_INDEX if target == "ignore" else CLASS_NAMES.index(target)
         assert (imported[:, column] == expected).all(), (name, value, target,
                                                          np.unique(imported[:, column]))
+
+
+def test_semantic_drone_colour_layout_imports_each_colour_onto_its_class(tmp_path):
+    """A tiny source in the layout of the Semantic Drone Dataset's GitHub copy (JPEG frames,
+    colour labels under gt/semantic/) imports through the shipped colour mapping: every
+    colour lands on the class the index mapping gives the same source class."""
+    colour = read_mapping(str(REPO / "training" / "mappings" / "semantic_drone_rgb.yaml"))
+    index = read_mapping(str(REPO / "training" / "mappings" / "semantic_drone.yaml"))
+    colours = list(colour.table)  # file order = the dataset's class order (class_dict.csv)
+    assert len(colours) == len(index.table) == 24
+    assert [colour.table[c] for c in colours] == [index.table[(i,)] for i in range(24)]
+    root = tmp_path / "semantic_drone_dataset" / "training_set"
+    images, labels = root / "low_res_images", root / "gt" / "semantic" / "low_res_label_images"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    for n in range(2):
+        lab = np.zeros((4 * 6, 6 * 6, 3), np.uint8)  # a 4x6 grid of 6x6 cells, one colour each
+        for k, rgb in enumerate(colours):
+            cell = (k + n) % 24
+            lab[6 * (cell // 6): 6 * (cell // 6 + 1), 6 * (cell % 6): 6 * (cell % 6 + 1)] = rgb
+        cv2.imwrite(str(labels / ("%03d.png" % n)), cv2.cvtColor(lab, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(images / ("%03d.jpg" % n)), np.full(lab.shape, 90, np.uint8))
+    out = tmp_path / "sdd"
+    assert run(images, labels, REPO / "training" / "mappings" / "semantic_drone_rgb.yaml", out,
+               "--val-fraction", "0.5", "--prefix", "sdd_") == 0
+    for split in ("train", "val"):
+        (name,) = [p.name for p in (out / "GT" / split).iterdir()]
+        n = int(name[len("sdd_"):-len(".png")])
+        label = read_label_png(str(out / "GT" / split / name))
+        for k, rgb in enumerate(colours):
+            cell = (k + n) % 24
+            want = colour.table[rgb]
+            assert (label[6 * (cell // 6): 6 * (cell // 6 + 1),
+                          6 * (cell % 6): 6 * (cell % 6 + 1)] == want).all(), (split, rgb)
+    names = {CLASS_NAMES[v] if v != IGNORE_INDEX else "ignore" for v in colour.table.values()}
+    assert names == {"ignore", "background", "road/railway/bridge", "flood/water/river/sea",
+                     "building_undamaged", "person", "vehicle"}
+    assert colour.table[(0, 0, 0)] == colour.table[(255, 0, 0)] == IGNORE_INDEX
+    assert len(SegmentationDataset(str(out), "val", validate=True, progress=False)) == 1

@@ -49,14 +49,15 @@ def find_regions(labels: np.ndarray, class_ids: Sequence[int], min_area_px: MinA
         min_area = _min_area_for(min_area_px, class_id)
         if pixel_counts[class_id] < min_area:
             continue
-        mask = (labels == class_id).astype(np.uint8)
+        inside = labels == class_id
         count, components, stats, centroids = cv2.connectedComponentsWithStats(
-            mask, connectivity=CONNECTIVITY)
+            inside.view(np.uint8), connectivity=CONNECTIVITY)
         # Filter in numpy first: a noisy map can hold thousands of specks per class.
         kept = np.nonzero(stats[1:, cv2.CC_STAT_AREA] >= min_area)[0] + 1  # 0: the rest
         confidence_sums = None
         if confidence is not None and kept.size:
-            confidence_sums = np.bincount(components.ravel(), weights=confidence.ravel(),
+            # Only this class's pixels: the sums of its regions are added in the same order.
+            confidence_sums = np.bincount(components[inside], weights=confidence[inside],
                                           minlength=count)
         found = []
         for component in kept:

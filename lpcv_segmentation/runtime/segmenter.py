@@ -98,6 +98,21 @@ def normalize(rgb: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
     return np.ascontiguousarray(x.transpose(2, 0, 1))  # HxWx3 -> 3xHxW
 
 
+def _max_softmax(scores: np.ndarray) -> np.ndarray:
+    """(C, h, w) float32 logits -> (h, w) float32 softmax probability of the top class,
+    ``1 / sum_c exp(l_c - l_max)``, summed one class at a time: two (h, w) buffers instead of
+    two (C, h, w) temporaries, whose allocation a worker thread's malloc arena gives back and
+    faults in again at every frame (same values, same order of addition)."""
+    top = scores.max(axis=0)
+    total = np.exp(scores[0] - top)
+    term = np.empty_like(top)
+    for row in scores[1:]:
+        np.subtract(row, top, out=term)
+        np.exp(term, out=term)
+        total += term
+    return np.divide(1.0, total, out=total)
+
+
 def postprocess(logits: np.ndarray, out_hw: Tuple[int, int], with_confidence: bool = False,
                 confidence_at_logits: bool = False) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """(1, C, h, w) logits -> (labels HxW uint8, confidence HxW float32 or None) at ``out_hw``.
@@ -116,9 +131,7 @@ def postprocess(logits: np.ndarray, out_hw: Tuple[int, int], with_confidence: bo
     labels = scores.argmax(axis=0).astype(np.uint8)
     confidence = None
     if with_confidence:
-        top = scores.max(axis=0)
-        # max softmax probability = 1 / sum_c exp(l_c - l_max)
-        confidence = (1.0 / np.exp(scores - top).sum(axis=0)).astype(np.float32)
+        confidence = _max_softmax(scores)
     out_h, out_w = int(out_hw[0]), int(out_hw[1])
     if labels.shape != (out_h, out_w):
         labels = cv2.resize(labels, (out_w, out_h), interpolation=cv2.INTER_NEAREST_EXACT)
@@ -525,9 +538,15 @@ class Segmenter:
         """Logits of an already pre-processed (1, 3, S, S) input."""
         return self.runner.run(x)
 
-    def warmup(self, iterations: int = 2) -> None:
-        """Run a few blank frames so the first real frame does not pay for lazy allocation
-        (and engine building with ONNX Runtime's TensorRT provider)."""
+    # Blank frames run by ``warmup()`` (the node calls it before taking frames).
+    WARMUP_ITERATIONS = 2
+
+    def warmup(self, iterations: Optional[int] = None) -> None:
+        """Run ``iterations`` (default WARMUP_ITERATIONS) blank frames so the first real frame
+        does not pay for lazy allocation (and engine building with ONNX Runtime's TensorRT
+        provider)."""
+        if iterations is None:
+            iterations = self.WARMUP_ITERATIONS
         x = np.zeros((1, 3, self.input_size, self.input_size), np.float32)
         for _ in range(max(0, int(iterations))):
             self.runner.run(x)
