@@ -166,10 +166,11 @@ def camera(args: argparse.Namespace) -> int:
     publisher = node.create_publisher(msg_type, args.topic, qos)
     if not args.no_wait:
         deadline = time.monotonic() + 20.0
-        while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
+        while publisher.get_subscription_count() < args.subscribers and time.monotonic() < deadline:
             time.sleep(0.05)
-        if publisher.get_subscription_count() == 0:
-            print(json.dumps({"error": "no subscriber on %s" % args.topic}), flush=True)
+        if publisher.get_subscription_count() < args.subscribers:
+            print(json.dumps({"error": "%d of %d subscribers on %s" % (
+                publisher.get_subscription_count(), args.subscribers, args.topic)}), flush=True)
             return 1
         time.sleep(0.3)  # discovery completes on the subscriber's side too
     if args.pattern == "scene":
@@ -377,6 +378,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     cam.add_argument("--number", action="store_true", help="append the frame index to frame_id")
     cam.add_argument("--drift", type=int, default=0,
                      help="shift the scene this many pixels right per frame (wrapping round)")
+    cam.add_argument("--subscribers", type=int, default=1,
+                     help="wait for this many matched subscribers before publishing")
     cam.add_argument("--no-wait", action="store_true",
                      help="publish at once, whether or not anyone subscribes (a flood that "
                           "outlives the nodes it feeds)")

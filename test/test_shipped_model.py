@@ -73,10 +73,11 @@ def predictions(val_split) -> Dict[str, list]:
 def card_miou(row_key: str) -> float:
     """The mIoU column of the card's results row whose first cell contains ``row_key``."""
     lines = (MODELS / "README.md").read_text().splitlines()
-    header = next(line for line in lines if line.startswith("| model |"))
-    column = [c.strip() for c in header.strip("|").split("|")].index("mIoU")
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines
-            if line.startswith("|") and row_key in line.split("|")[1]]
+    start = next(i for i, line in enumerate(lines) if line.startswith("| model |") and "mIoU" in line)
+    column = [c.strip() for c in lines[start].strip("|").split("|")].index("mIoU")
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[start:end]
+            if row_key in line.split("|")[1]]  # the results table's rows only
     assert len(rows) == 1, "one card row for %r expected, found %d" % (row_key, len(rows))
     return float(re.sub(r"[^0-9.]", "", rows[0][column]))
 

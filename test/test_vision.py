@@ -199,7 +199,7 @@ def test_real_vision_msgs_match_the_json_report_and_label_info_reaches_a_late_jo
         # The listener sees the node's publishers; the node may not see the listener yet, and
         # builds detections only for a subscriber: one frame at a time until one comes back.
         camera = [sys.executable, str(HELPERS), "camera", "--topic", CAMERA, "--qos",
-                  "reliable", "--width", "128", "--height", "128"]
+                  "reliable", "--width", "128", "--height", "128", "--subscribers", "2"]
         for attempt in range(10):
             frame = "keep_first%d" % attempt
             assert start(camera + ["--frame-id", frame], env,

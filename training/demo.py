@@ -146,7 +146,7 @@ def _relative(path: Path) -> str:
 def run_demo(args: argparse.Namespace) -> int:
     from lpcv_segmentation.replay.bag_eval import EvalError, LiveOptions, evaluate_live, resolve_model
     from lpcv_segmentation.core.fileio import write_json_atomic
-    from training.dataset_to_bag import write_flight_bag
+    from training.dataset_to_bag import FlightClock, write_flight_bag
     from training.synth import write_dataset
 
     if args.frames < 2:
@@ -165,7 +165,7 @@ def run_demo(args: argparse.Namespace) -> int:
     steps.run("scenes", write_dataset, out / "data", count=args.frames, size=args.size,
               seed=args.seed, val_fraction=0.0, progress=False)
     steps.run("bag", write_flight_bag, out / "data", "train", out / "flight",
-              rate_hz=args.rate, progress=False)
+              FlightClock(args.rate), progress=False)
     report = steps.run("replay", evaluate_live, out / "flight", LiveOptions(
         model=model, rate=1.0, record=out / "outputs", overlays_dir=out / "overlays",
         overlay_count=args.overlays, node_log=out / "node.log", progress=False))
