@@ -114,11 +114,16 @@ def camera_info(args: argparse.Namespace) -> Dict[str, object]:
     info.roi.x_offset, info.roi.y_offset, info.roi.width, info.roi.height = 64, 48, 320, 240
     deadline = time.monotonic() + args.seconds
     next_publish = 0.0
+    sent_to_subscriber = 0
     while len(received) < args.count and time.monotonic() < deadline:
         if time.monotonic() >= next_publish:
             info.header.stamp = node.get_clock().now().to_msg()
             publisher.publish(info)
             next_publish = time.monotonic() + 0.1
+            if publisher.get_subscription_count() > 0:
+                sent_to_subscriber += 1
+                if sent_to_subscriber == 5:  # best effort: a few after the match, one arrives
+                    print(json.dumps({"event": "calibration delivered"}), flush=True)
         rclpy.spin_once(node, timeout_sec=0.02)
     return {"received": received}
 

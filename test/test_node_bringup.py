@@ -204,7 +204,8 @@ def test_camera_info_follows_each_mask_scaled_to_it(tmp_path, palette_model):
                         "/uav1/camera/camera_info", "--width", "640", "--height", "480",
                         "--listen", "/uav1/seg/camera_info", "--count", "2"], env,
                        tmp_path / "driver.log")
-        time.sleep(3.0)  # the driver's calibration reaches the node
+        graph.wait_for("the calibration at the node", lambda: "calibration delivered" in
+                       (tmp_path / "driver.log").read_text(), timeout=60)
         # The camera sends 160x120 frames: a quarter of the calibrated 640x480 in each axis.
         sent = graph.camera("--topic", "/uav1/camera/image_raw", "--qos", "reliable",
                             "--count", "2", "--rate", "5", "--number", "--frame-id", "keep_info")
@@ -282,10 +283,19 @@ def test_optional_outputs_are_built_only_while_subscribed(tmp_path, palette_mode
         listener = start([sys.executable, str(HELPERS), "listen", "--out",
                           str(tmp_path / "listener")], env, tmp_path / "listener.log")
         events = tmp_path / "listener" / "events.jsonl"
-        deadline = time.monotonic() + 30
-        while not events.exists() and time.monotonic() < deadline:
+
+        def matched_all() -> bool:
+            """The listener reports the node's colour, overlay and detections publishers
+            matched: discovery has met both sides (the node builds an output only for a
+            matched subscriber)."""
+            lines = events.read_text().splitlines() if events.exists() else []
+            return any(all(event.get("publishers", {}).get(name, 0) >= 1
+                           for name in ("color", "overlay", "detections"))
+                       for event in map(json.loads, lines) if event["topic"] == "matched")
+        deadline = time.monotonic() + 60
+        while not matched_all():
+            assert time.monotonic() < deadline, "the listener never matched the node's outputs"
             time.sleep(0.1)
-        time.sleep(2.0)  # the node discovers the listener's subscriptions
         watcher, log = watch(7)
         send(3, "all")
         assert watcher.wait(timeout=90) == 0, log.read_text()
@@ -368,7 +378,6 @@ def test_diagnostics_say_the_model_is_warming_up_before_the_first_mask(tmp_path)
         deadline = time.monotonic() + 30
         while not events() and time.monotonic() < deadline:
             time.sleep(0.1)
-        time.sleep(1.0)  # the listener is discoverable before the node says anything
         node = start_node(env, tmp_path / "node.log", [
             "-p", "model_path:=%s" % model, "-p", "input_topic:=/camera/image_raw",
             "-p", "input_qos:=reliable", "-p", "threads:=1", "-p", "diagnostics_period_s:=0.2"])
