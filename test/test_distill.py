@@ -10,10 +10,6 @@ trained on 64 px crops.
 """
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +17,7 @@ import pytest
 
 from lpcv_segmentation.core.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from lpcv_segmentation.core.metrics import SegmentationMetrics
+from killed_run import kill_training_when
 from training.__main__ import main as cli
 from training.unlabelled import FrameSourceError, UnlabelledFrame, folder_frames, split_held_out
 
@@ -206,21 +203,8 @@ def test_student_distilled_from_a_flight_bag_resumes_after_sigkill(scenes, tmp_p
     args = ["--teacher", TEACHER, "--bag", bag, "--every", "1", "--holdout", "0.25",
             "iters=%d" % ITERS, "eval_every=%d" % ITERS, "checkpoint_every=10"] + STUDENT
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    log = open(tmp_path / "stderr.txt", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "training", "distill", "--out", str(run)]
-                            + [str(a) for a in args], cwd=str(REPO), env=env,
-                            stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None and not (run / "last.state.pt").is_file():
-            time.sleep(0.1)
-        assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
+    kill_training_when(["distill", "--out", run] + args, env, tmp_path / "stderr.txt",
+                       lambda: (run / "last.state.pt").is_file(), timeout_s=300)
     import torch
     stopped = torch.load(run / "last.state.pt", map_location="cpu", weights_only=True)["iteration"]
     assert 10 <= stopped < ITERS and not (run / "agreement.json").exists()

@@ -8,10 +8,8 @@ import csv
 import os
 import pickle
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ import yaml
 from lpcv_segmentation.model.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from lpcv_segmentation.core.metrics import SegmentationMetrics
 from lpcv_segmentation.model.segmodel import build_model
+from killed_run import kill_training_when
 from training.__main__ import main as cli
 from training.data import SegmentationDataset
 from training.distributed import ResumableBatchSampler, SeededSamples
@@ -260,30 +259,17 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(synth_dataset, tiny_ch
 @pytest.mark.slow
 def test_kill_9_while_writing_checkpoints_leaves_a_resumable_last(synth_dataset, tmp_path):
     run = tmp_path / "run"
-    log = open(tmp_path / "stderr.txt", "wb")
+
+    def three_iterations_saved() -> bool:
+        try:
+            return read_metadata(str(run / "last.safetensors"))["training"]["iteration"] >= 3
+        except Exception:  # not written yet
+            return False
     # checkpoint after every step, so the process spends much of its time writing
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "training", "train", "--config", STUDENT_YAML, "--data",
-         str(synth_dataset), "--out", str(run)] + TINY + ["iters=100000", "eval_every=100000",
-                                                          "checkpoint_every=1"],
-        cwd=str(REPO), env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                if read_metadata(str(run / "last.safetensors"))["training"]["iteration"] >= 3:
-                    break
-            except Exception:  # not written yet
-                pass
-            time.sleep(0.05)
-        assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
-        time.sleep(0.13)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
+    kill_training_when(["train", "--config", STUDENT_YAML, "--data", synth_dataset, "--out", run]
+                       + TINY + ["iters=100000", "eval_every=100000", "checkpoint_every=1"],
+                       subprocess_env(), tmp_path / "stderr.txt", three_iterations_saved,
+                       timeout_s=240, settle_s=0.13)
     model, meta = load_checkpoint(str(run / "last.safetensors"))
     state = torch.load(run / "last.state.pt", map_location="cpu", weights_only=True)
     # last.safetensors is written first: at most one iteration ahead of the state file
