@@ -140,6 +140,24 @@ def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
     assert seeded["classes_lost"] == lost["failed"]
     assert seeded["met"] == (seeded["change"] >= -ablation.TARGET_MIOU_DROP and not lost["failed"])
     assert "## Other fine-tuning seeds" in table
+
+    # the student and + KD again with seed 1; seed 0's pair is the rows' own checkpoints
+    by_seed = {r["seed"]: r for r in report["student_seeds"]}
+    assert sorted(by_seed) == [0, 1]
+    assert not (out / "student_seeds" / "seed_0" / "student").exists()
+    for seed in (0, 1):
+        point = out / "student_seeds" / ("seed_%d" % seed)
+        for name in ("student", "student_kd"):
+            evaluation = json.loads((point / ("%s_eval.json" % name)).read_text())
+            assert evaluation["images"] == TEST_SET_COUNT
+            assert by_seed[seed][name] == evaluation["miou"]
+        assert by_seed[seed]["change"] == pytest.approx(by_seed[seed]["student_kd"] - by_seed[seed]["student"])
+    for name, teacher in (("student", None), ("student_kd", str(out / "teacher" / "best.safetensors"))):
+        settings = yaml.safe_load((out / "student_seeds" / "seed_1" / name / "config.yaml").read_text())
+        assert settings["seed"] == 1
+        assert (settings["teacher"] and os.path.abspath(settings["teacher"])) == teacher, name
+    assert by_seed[0]["student"] == pytest.approx(rows["student"]["miou"], abs=0.01)
+    assert "## Distillation over training seeds" in table
     vs_control = report["targets"][-1]  # the pruned row against its control
     assert "the control" in vs_control["what"]
     summary = report["seed_summary"]  # the pruned row and seed 1: both runs of the recipe

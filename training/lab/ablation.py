@@ -18,6 +18,8 @@ whose stage sections differ from the one OUT/ablation_config.yaml records):
                (one run per length): the curve of recovery against fine-tuning length
   seeds        the pruned model and the control again with each fine-tuning seed in
                ``recovery.seeds``: how often the recipe meets the targets, not one run's luck
+  student_seeds  student and student_kd again with each training seed in
+               ``recovery.student_seeds``: whether distillation pays, not one run's luck
   fp16, int8   the pruned model exported at fp16 and at int8 (static, calibrated on the
                train split)                                           "+ KD + pruning + fp16/int8"
 Every row's model is exported to ONNX and evaluated on the val split with ONNX Runtime on the
@@ -78,7 +80,7 @@ SCHEMA: Dict[str, Dict[str, Any]] = {
     "sweep": {"enabled": True, "methods": ["filter", "channel", "neuron", "head", "all",
                                            "unstructured"],
               "amounts": [0.25, 0.5, 0.75], "finetune_iters": 100, "overrides": {}},
-    "recovery": {"lengths": [], "seeds": []},
+    "recovery": {"lengths": [], "seeds": [], "student_seeds": []},
     "evaluate": {"threads": None, "eval_limit": None, "latency_runs": 20, "data": None},
 }
 DISTIL_FROM = ("teacher", "unpruned")  # prune.distil_from: the ablation's teacher, or student_kd
@@ -139,6 +141,7 @@ class AblationSettings:
     sweep_recipe: FinetuneSettings
     recovery_lengths: Tuple[int, ...]
     recovery_seeds: Tuple[int, ...]
+    student_seeds: Tuple[int, ...]
     evaluation: EvaluationSettings
 
     @classmethod
@@ -152,7 +155,8 @@ class AblationSettings:
                 AblationError, "section %r: " % name)
         recovery = config["recovery"]
         for key, what in (("lengths", "fine-tuning iteration counts"),
-                          ("seeds", "fine-tuning seeds")):
+                          ("seeds", "fine-tuning seeds"),
+                          ("student_seeds", "training seeds")):
             value = recovery[key]
             if not isinstance(value, list) or not all(
                     isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value):
@@ -206,7 +210,8 @@ class AblationSettings:
                                              int(quantise["calib_images"])),
                    sweep=sweeping, sweep_recipe=sweep_recipe,
                    recovery_lengths=tuple(recovery["lengths"]),
-                   recovery_seeds=tuple(recovery["seeds"]), evaluation=evaluation)
+                   recovery_seeds=tuple(recovery["seeds"]),
+                   student_seeds=tuple(recovery["student_seeds"]), evaluation=evaluation)
 
     def pruning_teacher(self, teacher: str, student_kd: str) -> Optional[str]:
         """What the pruned model and its control distil from while fine-tuning: the
@@ -338,6 +343,13 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
         data, run_dir("student")))
     student_kd = stages.run("student_kd", best("student_kd"), lambda: settings.student.run(
         data, run_dir("student_kd"), teacher))
+    student_seed_rows: List[Dict[str, Any]] = []
+    if settings.student_seeds:  # the rows' own pair first, evaluated the same way as the others
+        row_seed = settings.student.seed()
+        student_seed_rows = recovery_lib.run_student_seeds(
+            stages, run_dir("student_seeds"), settings.student, teacher, data,
+            settings.evaluation, sorted({row_seed, *settings.student_seeds}),
+            {row_seed: {"student": best("student"), "student_kd": student_kd}})
     prune_teacher = settings.pruning_teacher(teacher, student_kd)
     pruning = settings.prune
     runs = PruningRuns(student_kd, data, pruning,
@@ -441,6 +453,7 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
         "sweep": sweep_rows,
         "recovery": recovery_rows,
         "seeds": seed_rows,
+        "student_seeds": student_seed_rows,
         "plots": [os.path.join("sweep", n) for n in sweep_lib.PLOTS] if settings.sweep else [],
         "stage_seconds": stages.seconds,
         "seconds": round(time.time() - started, 1),
@@ -497,6 +510,24 @@ def _distillation(prune: Dict[str, Any]) -> str:
         return ""
     return (" distilled from the unpruned + KD model" if prune["distil_from"] == "unpruned"
             else " distilled from the teacher")
+
+
+def _student_seeds_markdown(report: Dict[str, Any]) -> List[str]:
+    """Student against + KD over the rows' seed and ``recovery.student_seeds``."""
+    rows = report["student_seeds"]
+    mean = lambda key: sum(r[key] or 0.0 for r in rows) / len(rows)  # noqa: E731
+    return ["", "## Distillation over training seeds", "",
+            "The student and the + KD student trained again, each pair with its own training "
+            "seed (one of them the rows' own pair); val mIoU with PyTorch on the CPU. "
+            "Distillation pays when + KD scores at least the student at equal iterations.", "",
+            markdown_table(["seed", "student mIoU", "+ KD mIoU", "+ KD - student"],
+                           [[r["seed"], fmt(r["student"], "%.4f", "-"),
+                             fmt(r["student_kd"], "%.4f", "-"), "%+.4f" % r["change"]]
+                            for r in rows]),
+            "", "Mean over %d seeds: student %.4f, + KD %.4f (%+.4f); + KD at least the "
+            "student on %d of %d." % (len(rows), mean("student"), mean("student_kd"),
+                                      mean("student_kd") - mean("student"),
+                                      sum(r["change"] >= 0 for r in rows), len(rows))]
 
 
 def markdown(report: Dict[str, Any]) -> str:
@@ -556,6 +587,8 @@ def markdown(report: Dict[str, Any]) -> str:
                       [[r["iters"], fmt(r["pruned"], "%.4f", "-"), fmt(r["control"], "%.4f", "-"),
                         fmt(r["recovery"], "%.2f", "-")] for r in report["recovery"]])]
         lines += ["", "![recovery](recovery/%s)" % recovery_lib.PLOT]
+    if report.get("student_seeds"):
+        lines += _student_seeds_markdown(report)
     if report.get("seeds"):
         seeds, summary = report["seeds"], report["seed_summary"]
         lines += ["", "## Other fine-tuning seeds", "",

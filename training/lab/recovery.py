@@ -10,7 +10,8 @@ Three parts of the ablation report (``training/lab/ablation.py``):
   ``RARE_CLASS_KEEP`` of it. The mean hides rare classes; this is where their loss shows;
 - the seed runs: the pruned row and its control repeated with other fine-tuning seeds, each
   pair judged by the same targets. One run can meet or miss them by chance; these show how
-  often the recipe does.
+  often the recipe does. The student and the + KD student are repeated the same way
+  (``run_student_seeds``): whether distillation pays, not one run's luck.
 """
 import json
 import os
@@ -19,13 +20,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from lpcv_segmentation.core.fileio import atomic_path, write_json_atomic
 
-from training.lab.settings import EvaluationSettings
+from training.lab.settings import EvaluationSettings, TrainSettings
 from training.lab.stages import StageRunner
 from training.pruning.settings import FinetuneSettings, PruneSettings
 
 __all__ = ["RARE_CLASS_MIN_IOU", "RARE_CLASS_KEEP", "PruningRuns", "run_recovery",
            "plot_recovery", "class_comparison", "class_target", "judge_pair", "run_seeds",
-           "summarise_runs"]
+           "summarise_runs", "evaluate_cached", "run_student_seeds"]
 
 RARE_CLASS_MIN_IOU = 0.3  # classes the control segments at least this well are held to...
 RARE_CLASS_KEEP = 0.8  # ...at least this fraction of their control IoU after pruning
@@ -45,15 +46,15 @@ class PruningRuns:
     evaluation: EvaluationSettings
 
 
-def _evaluate_cached(stages: StageRunner, what: str, checkpoint: str, path: str,
-                     runs: PruningRuns) -> Dict[str, Any]:
-    """mIoU and per-class IoU of ``checkpoint`` on the val split (PyTorch, CPU), cached at
-    ``path``: accuracy only, the curve needs no latency."""
+def evaluate_cached(stages: StageRunner, what: str, checkpoint: str, path: str,
+                    data: str, evaluation: EvaluationSettings) -> Dict[str, Any]:
+    """mIoU and per-class IoU of ``checkpoint`` on the val split ``evaluation`` reads for
+    ``data`` (PyTorch, CPU), cached at ``path``: accuracy only, repeated runs need no latency."""
     from training.evaluate import Runtime, evaluate
 
     def work() -> None:
-        result = evaluate(checkpoint, runs.evaluation.dataset(runs.data), "val",
-                          Runtime(backend="pytorch"), limit=runs.evaluation.eval_limit,
+        result = evaluate(checkpoint, evaluation.dataset(data), "val",
+                          Runtime(backend="pytorch"), limit=evaluation.eval_limit,
                           progress=False)
         keep = ("miou", "dice", "per_class_iou", "images", "class_images")
         write_json_atomic(path, {k: result[k] for k in keep})
@@ -82,9 +83,9 @@ def _pruned_and_control(stages: StageRunner, runs: PruningRuns, kind: str, what:
         "%s: control, %s" % (kind, what), os.path.join(point, "control", BEST),
         lambda: finetune_unpruned(runs.unpruned, runs.data, os.path.join(point, "control"),
                                   iters, runs.recipe)))
-    return {name: _evaluate_cached(
+    return {name: evaluate_cached(
         stages, "%s: evaluate %s, %s" % (kind, name, what), checkpoint,
-        os.path.join(point, "%s_eval.json" % name), runs)
+        os.path.join(point, "%s_eval.json" % name), runs.data, runs.evaluation)
         for name, checkpoint in (("pruned", pruned), ("control", control))}
 
 
@@ -132,6 +133,31 @@ def run_seeds(stages: StageRunner, out: str, runs: PruningRuns, seeds: Sequence[
             os.path.join(out, "seed_%d" % seed))
         rows.append({"seed": int(seed),
                      **judge_pair(scores["pruned"], scores["control"], miou_drop)})
+    return rows
+
+
+def run_student_seeds(stages: StageRunner, out: str, student: TrainSettings, teacher: str,
+                      data: str, evaluation: EvaluationSettings, seeds: Sequence[int],
+                      given: Optional[Dict[int, Dict[str, str]]] = None) -> List[Dict[str, Any]]:
+    """For each seed: train ``student`` on the labels alone and again distilled from
+    ``teacher``, both with ``seed=N``; evaluate both (PyTorch, CPU). ``given`` maps a seed to
+    the {"student", "student_kd"} checkpoints already trained with it. One row per seed:
+    ``{"seed", "student", "student_kd", "change"}``, change = + KD mIoU - student mIoU."""
+    rows = []
+    for seed in seeds:
+        seeded = replace(student, overrides=student.overrides + ("seed=%d" % seed,))
+        point = os.path.join(out, "seed_%d" % seed)
+        scores = {}
+        for name, distil_from in (("student", None), ("student_kd", teacher)):
+            run = os.path.join(point, name)
+            checkpoint = (given or {}).get(seed, {}).get(name) or stages.run(
+                "student seeds: %s, seed %d" % (name, seed), os.path.join(run, BEST),
+                lambda: seeded.run(data, run, distil_from))
+            scores[name] = evaluate_cached(
+                stages, "student seeds: evaluate %s, seed %d" % (name, seed), checkpoint,
+                os.path.join(point, "%s_eval.json" % name), data, evaluation)["miou"]
+        rows.append({"seed": int(seed), **scores,
+                     "change": (scores["student_kd"] or 0.0) - (scores["student"] or 0.0)})
     return rows
 
 

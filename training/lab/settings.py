@@ -82,6 +82,11 @@ class TrainSettings:
     def config_path(self) -> str:
         return self.config if os.path.isabs(self.config) else os.path.join(ROOT, self.config)
 
+    def seed(self) -> int:
+        """The training seed this stage runs with (its config and overrides)."""
+        from training import config as config_lib
+        return int(config_lib.load_config(self.config_path, list(self.overrides))["seed"])
+
     def validate(self, error: Type[Exception] = ValueError, where: str = "") -> "TrainSettings":
         """The config loads with the overrides; else ``error`` naming ``where``."""
         from training import config as config_lib
