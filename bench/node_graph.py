@@ -104,15 +104,17 @@ class NodeGraph:
     def __init__(self, work: Path, model: str, backend: str = "onnxruntime",
                  params: Optional[Dict[str, object]] = None, profile: bool = True,
                  listener: bool = True, domain: Optional[int] = None,
-                 listener_args: Sequence[str] = ()) -> None:
+                 listener_args: Sequence[str] = (), repo: Path = REPO) -> None:
         self.work = Path(work)
+        self.repo = Path(repo)  # whose node runs: this checkout, or another for a comparison
         self.work.mkdir(parents=True, exist_ok=True)
         self._lease: Optional[DomainLease] = DomainLease(domain)
         self.domain = self._lease.id
-        self.env = graph_env(self.domain, profile=profile, pythonpath=[REPO])
+        self.env = graph_env(self.domain, profile=profile, pythonpath=[self.repo])
         self.events_path = self.work / "listener" / "events.jsonl"
         self._node_options = dict(model=model, backend=backend, input_topic=CAMERA_TOPIC,
-                                  params_file=PARAMS_FILE, params=dict(params or {}))
+                                  params_file=self.repo / PARAMS_FILE.relative_to(REPO),
+                                  params=dict(params or {}))
         self._with_listener = listener
         self._listener_args = list(listener_args)  # e.g. --ground: the ground-side outputs too
         self.node: Optional[subprocess.Popen] = None
@@ -139,7 +141,8 @@ class NodeGraph:
             self.listener = self._start([sys.executable, str(HELPERS), "listen", "--out",
                                          str(self.work / "listener")] + self._listener_args,
                                         "listener.log")
-        node = NodeProcess(self.env, self.work / "node.log", cwd=REPO, **self._node_options)
+        node = NodeProcess(self.env, self.work / "node.log", cwd=self.repo,
+                           **self._node_options)
         self._children.append(node.process)
         self.node = node.process
         if self._with_listener:
