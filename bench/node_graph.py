@@ -19,8 +19,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "test")]  # the package, and the test scene
-from lpcv_segmentation.replay.node_process import (ChildProcess, DomainLease,  # noqa: E402
-                                                   NodeProcess, graph_env, stop)
+from lpcv_segmentation.replay.node_process import (PROFILE_NAME, ChildProcess,  # noqa: E402
+                                                   DomainLease, NodeProcess, graph_env, stop)
 from scene import scene_rgb  # noqa: E402,F401  (node_overhead's input)
 
 # The camera and listener: scripts the node tests run too (started as processes, not imported).
@@ -110,7 +110,9 @@ class NodeGraph:
         self.work.mkdir(parents=True, exist_ok=True)
         self._lease: Optional[DomainLease] = DomainLease(domain)
         self.domain = self._lease.id
-        self.env = graph_env(self.domain, profile=profile, pythonpath=[self.repo])
+        own = self.repo / "config" / PROFILE_NAME  # that checkout's own DDS profile
+        self.env = graph_env(self.domain, profile=(own if profile and own.is_file() else profile),
+                             pythonpath=[self.repo])
         self.events_path = self.work / "listener" / "events.jsonl"
         self._node_options = dict(model=model, backend=backend, input_topic=CAMERA_TOPIC,
                                   params_file=self.repo / PARAMS_FILE.relative_to(REPO),
