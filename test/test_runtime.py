@@ -100,18 +100,6 @@ def test_argmax_classes_is_numpys_argmax_ties_and_nan_included():
         np.testing.assert_array_equal(ours, expected)
 
 
-def test_postprocess_writes_the_labels_into_a_given_array():
-    rng = np.random.default_rng(2)
-    logits = rng.normal(0, 1, (1, NUM_CLASSES, 6, 6)).astype(np.float32)
-    for size in ((6, 6), (15, 9)):
-        out = np.full(size, 255, np.uint8)
-        labels, _ = postprocess(logits, size, labels_out=out)
-        assert labels is out
-        np.testing.assert_array_equal(out, postprocess(logits, size)[0])
-    with pytest.raises(ValueError, match="labels_out is a uint8 array of shape \\(6, 7\\)"):
-        postprocess(logits, (6, 6), labels_out=np.zeros((6, 7), np.uint8))
-
-
 def test_postprocess_rejects_a_batch():
     with pytest.raises(ValueError, match=r"\(1, C, h, w\)"):
         postprocess(np.zeros((2, 14, 4, 4), np.float32), (4, 4))

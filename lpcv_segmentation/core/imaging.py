@@ -128,28 +128,26 @@ def _label_palette() -> np.ndarray:
 _LABEL_LUT = _label_palette()
 
 
-def colorize(labels: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """(H, W) uint8 class indices -> (H, W, 3) uint8 RGB in the class colours (written into
-    ``out`` when given, e.g. an ``image_buffer``)."""
+def colorize(labels: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 class indices -> (H, W, 3) uint8 RGB in the class colours."""
     # One OpenCV lookup from one channel to three: about 4x faster than merging three
     # channels for cv2.LUT, which was itself ten times faster than numpy fancy indexing.
-    return cv2.applyColorMap(np.ascontiguousarray(labels, np.uint8), _LABEL_LUT, dst=out)
+    return cv2.applyColorMap(np.ascontiguousarray(labels, np.uint8), _LABEL_LUT)
 
 
 def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5,
-            color: Optional[np.ndarray] = None, out: Optional[np.ndarray] = None) -> np.ndarray:
+            color: Optional[np.ndarray] = None) -> np.ndarray:
     """Class colours blended over the camera image with weight ``alpha``.
 
     Background pixels (class 0, whose colour is black) keep the camera image untouched,
     so the scene stays readable and only the classes found are tinted. ``color``: the
-    colour mask when the caller has it already (``colorize(labels)``); ``out``: where to
-    draw it (e.g. an ``image_buffer``).
+    colour mask when the caller has it already (``colorize(labels)``).
     """
     if rgb.shape[:2] != labels.shape:
         raise ValueError("image %s and labels %s differ in size" % (rgb.shape[:2], labels.shape))
     if color is None:
         color = colorize(labels)
-    blended = cv2.addWeighted(rgb, 1.0 - alpha, color, alpha, 0.0, dst=out)
+    blended = cv2.addWeighted(rgb, 1.0 - alpha, color, alpha, 0.0)
     background = (labels == 0).view(np.uint8)
     return cv2.copyTo(np.ascontiguousarray(rgb), background, blended)
 
@@ -169,8 +167,7 @@ def visuals(rgb: np.ndarray, labels: np.ndarray, max_side: int, with_color: bool
             ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     """(colour mask, overlay) drawn at most ``max_side`` pixels on the longer side, each only
     when asked for (None otherwise): people look at these, so they need not cost what the
-    camera's full resolution would. The colour mask serves the overlay too. Both are drawn
-    into ``image_buffer`` arrays, which become messages without a copy."""
+    camera's full resolution would. The colour mask serves the overlay too."""
     if not (with_color or with_overlay):
         return None, None
     height, width = bounded_size(labels.shape[0], labels.shape[1], max_side)
@@ -178,9 +175,8 @@ def visuals(rgb: np.ndarray, labels: np.ndarray, max_side: int, with_color: bool
         labels = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
         if with_overlay:
             rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR)
-    color = colorize(labels, image_buffer((height, width, 3)) if with_color else None)
-    blended = (overlay(rgb, labels, alpha, color, image_buffer((height, width, 3)))
-               if with_overlay else None)
+    color = colorize(labels)
+    blended = overlay(rgb, labels, alpha, color) if with_overlay else None
     return (color if with_color else None), blended
 
 
@@ -194,33 +190,8 @@ def message_keeping_arrays(msg_type: type):
     return msg_type()
 
 
-def image_buffer(shape: Tuple[int, ...]) -> np.ndarray:
-    """A zeroed, writable uint8 array of ``shape`` whose memory is an ``array.array('B')``, the
-    type rclpy keeps an Image's data in: ``numpy_to_image_msg`` puts that array.array in the
-    message as it is, so pixels written here (``dst=`` of OpenCV calls) are never copied in
-    Python."""
-    data = array.array("B", b"\0") * int(np.prod(shape))  # repeated, not built from a list
-    return np.frombuffer(data, np.uint8).reshape(shape)
-
-
-def _whole_array(image: np.ndarray) -> Optional[array.array]:
-    """The ``image_buffer`` array.array that ``image`` covers exactly, or None."""
-    owner = image.base
-    while isinstance(owner, np.ndarray):
-        owner = owner.base
-    if isinstance(owner, memoryview):  # np.frombuffer keeps the buffer through a memoryview
-        owner = owner.obj
-    if (isinstance(owner, array.array) and owner.typecode == "B" and image.flags.c_contiguous
-            and len(owner) == image.size and image.ctypes.data == owner.buffer_info()[0]):
-        return owner
-    return None
-
-
 def numpy_to_image_msg(image: np.ndarray, encoding: str, header=None):
-    """(H, W) mono8 or (H, W, 3) rgb8 array -> sensor_msgs/Image with the given header.
-
-    An ``image_buffer`` array becomes the message's data as it is (the message then shares
-    its memory); any other array is copied once."""
+    """(H, W) mono8 or (H, W, 3) rgb8 array -> sensor_msgs/Image with the given header."""
     from sensor_msgs.msg import Image
 
     if image.dtype != np.uint8:
@@ -236,11 +207,9 @@ def numpy_to_image_msg(image: np.ndarray, encoding: str, header=None):
     msg.is_bigendian = 0
     msg.step = msg.width * channels
     # array.array('B') is the type rclpy stores; filling it from the array's buffer is one
-    # copy and no per-element check.
-    data = _whole_array(image)
-    if data is None:
-        data = array.array("B")
-        data.frombytes(np.ascontiguousarray(image).data)
+    # copy and no per-element check, and the message keeps that array (no second copy).
+    data = array.array("B")
+    data.frombytes(np.ascontiguousarray(image).data)
     msg.data = data
     return msg
 

@@ -12,7 +12,7 @@ from typing import Dict, Generic, NamedTuple, Optional, Sequence, TypeVar
 import numpy as np
 
 from lpcv_segmentation.core.detections import detection_report
-from lpcv_segmentation.core.imaging import image_buffer, visuals
+from lpcv_segmentation.core.imaging import visuals
 
 T = TypeVar("T")
 
@@ -76,9 +76,8 @@ def process_frame(segmenter, rgb: np.ndarray, stamp_sec: int, stamp_nanosec: int
     The per-pixel confidence is asked for only when the detections need it, and at the
     model's resolution (the regions are found there).
     """
-    # The labels go straight into the memory the mask message will carry.
     result = segmenter.segment(rgb, with_confidence=wanted.detections or wanted.confidence,
-                               confidence_at_logits=True, labels_out=image_buffer(rgb.shape[:2]))
+                               confidence_at_logits=True)
     start = time.perf_counter()
     labels = result.labels
     report = None

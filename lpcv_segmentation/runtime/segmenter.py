@@ -139,16 +139,13 @@ def argmax_classes(scores: np.ndarray) -> np.ndarray:
 
 
 def postprocess(logits: np.ndarray, out_hw: Tuple[int, int], with_confidence: bool = False,
-                confidence_at_logits: bool = False, labels_out: Optional[np.ndarray] = None
-                ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+                confidence_at_logits: bool = False) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """(1, C, h, w) logits -> (labels HxW uint8, confidence HxW float32 or None) at ``out_hw``.
 
     The argmax is taken at the logits' resolution and the label map is resized with nearest
     neighbour (pixel-centre aligned, ``INTER_NEAREST_EXACT``), so labels stay class indices.
     Confidence is the softmax probability of the chosen class, resized the same way (left at
     the logits' resolution with ``confidence_at_logits``: the node's regions need no more).
-    ``labels_out``: a writable HxW uint8 array the labels are written into and returned as
-    (the node's message buffer).
     """
     logits = np.asarray(logits)
     if logits.ndim != 4 or logits.shape[0] != 1:
@@ -161,19 +158,11 @@ def postprocess(logits: np.ndarray, out_hw: Tuple[int, int], with_confidence: bo
     if with_confidence:
         confidence = _max_softmax(scores)
     out_h, out_w = int(out_hw[0]), int(out_hw[1])
-    if labels_out is not None and (labels_out.shape != (out_h, out_w)
-                                   or labels_out.dtype != np.uint8):
-        raise ValueError("labels_out is a %s array of shape %s; the labels are uint8 %dx%d"
-                         % (labels_out.dtype, labels_out.shape, out_h, out_w))
     if labels.shape != (out_h, out_w):
-        labels = cv2.resize(labels, (out_w, out_h), dst=labels_out,
-                            interpolation=cv2.INTER_NEAREST_EXACT)
+        labels = cv2.resize(labels, (out_w, out_h), interpolation=cv2.INTER_NEAREST_EXACT)
         if confidence is not None and not confidence_at_logits:
             confidence = cv2.resize(confidence, (out_w, out_h),
                                     interpolation=cv2.INTER_NEAREST_EXACT)
-    elif labels_out is not None:
-        labels_out[...] = labels
-        labels = labels_out
     return labels, confidence
 
 
@@ -588,17 +577,15 @@ class Segmenter:
             self.runner.run(x)
 
     def segment(self, rgb: np.ndarray, with_confidence: bool = False,
-                confidence_at_logits: bool = False,
-                labels_out: Optional[np.ndarray] = None) -> SegResult:
-        """Label map (and optional confidence) of one RGB uint8 HxWx3 image at its own size;
-        the labels written into ``labels_out`` when given (``postprocess``)."""
+                confidence_at_logits: bool = False) -> SegResult:
+        """Label map (and optional confidence) of one RGB uint8 HxWx3 image at its own size."""
         t0 = time.perf_counter()
         x = self.preprocess(rgb)
         t1 = time.perf_counter()
         logits = self.runner.run(x)
         t2 = time.perf_counter()
         labels, confidence = postprocess(logits, rgb.shape[:2], with_confidence,
-                                         confidence_at_logits, labels_out)
+                                         confidence_at_logits)
         t3 = time.perf_counter()
         return SegResult(labels, confidence, {"preprocess": 1e3 * (t1 - t0),
                                               "inference": 1e3 * (t2 - t1),
