@@ -127,7 +127,7 @@ def test_numpy_to_image_msg_round_trip(rgb):
 
 
 def test_messages_keep_the_array_they_are_given():
-    """The generated setter copies an array.array element by element unless the message's
+    """The generated setter copies an array.array once more unless the message's
     field checks are on (ROS 2 Kilted); the messages the node builds keep it as it is."""
     for msg_type in (Image, CompressedImage):
         msg = message_keeping_arrays(msg_type)
