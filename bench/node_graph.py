@@ -111,8 +111,8 @@ class NodeGraph:
         self._lease: Optional[DomainLease] = DomainLease(domain)
         self.domain = self._lease.id
         own = self.repo / "config" / PROFILE_NAME  # that checkout's own DDS profile
-        self.env = graph_env(self.domain, profile=(own if profile and own.is_file() else profile),
-                             pythonpath=[self.repo])
+        self.env = graph_env(self.domain, profile=(own if profile is True and own.is_file()
+                                                   else profile), pythonpath=[self.repo])
         self.events_path = self.work / "listener" / "events.jsonl"
         self._node_options = dict(model=model, backend=backend, input_topic=CAMERA_TOPIC,
                                   params_file=self.repo / PARAMS_FILE.relative_to(REPO),
