@@ -14,9 +14,13 @@ Two measurements, each over ``--launches`` fresh processes:
    (best effort, as a camera driver does); the figure is launch to the first /seg/mask this
    process receives. Beyond the phases it holds ROS start-up (rclpy.init, the node, its
    parameters and publishers) and discovery between the camera and the node.
+   ``--compare-tree DIR`` launches the node of another checkout of the package too (an
+   older commit, e.g. from ``git archive``), alternating with this one's, launch by launch.
 
     nice -n 5 .venv/bin/python bench/cold_start.py
     nice -n 5 .venv/bin/python bench/cold_start.py --launches 5 --size 640x480
+    git archive COMMIT | tar -x -C /tmp/before
+    nice -n 5 .venv/bin/python bench/cold_start.py --compare-tree /tmp/before --launches 5
 """
 import time
 
@@ -170,13 +174,14 @@ class Camera:
         self._thread.join(timeout=5)
 
 
-def end_to_end(args: argparse.Namespace, work: Path, index: int) -> Dict[str, object]:
-    """Launch the node with the camera streaming; seconds to the first mask."""
+def end_to_end(args: argparse.Namespace, work: Path, index: int, repo: Path = REPO
+               ) -> Dict[str, object]:
+    """Launch the node of ``repo`` with the camera streaming; seconds to the first mask."""
     sys.path[:0] = [str(BENCH)]
     from node_graph import NodeGraph
     width, height = (int(v) for v in args.size.split("x"))
-    graph = NodeGraph(work / ("launch%d" % index), args.model, "onnxruntime",
-                      params={"threads": args.threads}, listener=False)
+    graph = NodeGraph(work / ("launch%d_%s" % (index, repo.name)), args.model, "onnxruntime",
+                      params={"threads": args.threads}, listener=False, repo=repo)
     camera = Camera(graph.env, width, height, args.rate)
     try:
         time.sleep(1.0)  # the camera is up and streaming before the launch
@@ -219,15 +224,21 @@ def run(args: argparse.Namespace, work: Path) -> Dict[str, object]:
         runs.append(phases(args))
         print("phases %d: %s" % (index + 1, {k: round(v) for k, v in runs[-1]["ms"].items()}),
               file=sys.stderr, flush=True)
-    ends = []
+    ends: List[Dict[str, object]] = []
+    compared: List[Dict[str, object]] = []
+    other = Path(args.compare_tree).resolve() if args.compare_tree else None
     for index in range(args.launches if args.end_to_end else 0):
-        ends.append(end_to_end(args, work, index))
-        print("end to end %d: %.0f ms" % (index + 1, ends[-1]["launch_to_mask_ms"]),
-              file=sys.stderr, flush=True)
+        kinds = [(REPO, ends)] + ([(other, compared)] if other else [])
+        for repo, into in kinds[::1 if index % 2 == 0 else -1]:  # each goes first in turn
+            into.append(end_to_end(args, work, index, repo))
+            print("end to end %d (%s): %.0f ms" % (index + 1, repo,
+                                                   into[-1]["launch_to_mask_ms"]),
+                  file=sys.stderr, flush=True)
     from common import load_average
     return {"model": args.model, "threads": args.threads, "size": args.size,
             "launches": args.launches, "rate": args.rate, "phases": runs, "end_to_end": ends,
-            "load_average": load_average()}
+            "compare_tree": None if other is None else str(other),
+            "end_to_end_compared": compared, "load_average": load_average()}
 
 
 def section(result: Dict[str, object]) -> str:
@@ -246,15 +257,19 @@ def section(result: Dict[str, object]) -> str:
     rows.append(["**launch to first mask, no ROS graph**", "**%s**" % fmt(median(totals), "%.0f"),
                  fmt(min(totals), "%.0f"), fmt(max(totals), "%.0f")])
     steps = (("launch_to_configured_ms", "real node: launch to configured (model loaded, warm)"),
-             ("launch_to_active_ms", "real node: launch to active (subscribed to the camera)"),
-             ("active_to_mask_ms", "real node: active to first mask (discovery, first frame)"),
+             ("launch_to_active_ms", "real node: launch to active (taking frames)"),
+             ("active_to_mask_ms", "real node: active to first mask"),
              ("launch_to_mask_ms", "**launch to first mask, the real node, camera streaming**"))
-    for key, name in steps if result["end_to_end"] else ():
-        values = [e[key] for e in result["end_to_end"] if e[key] is not None]
-        if values:
-            bold = "**%s**" if name.startswith("**") else "%s"
-            rows.append([name, bold % fmt(median(values), "%.0f"), fmt(min(values), "%.0f"),
-                         fmt(max(values), "%.0f")])
+    for ends, tree in ((result["end_to_end"], None),
+                       (result.get("end_to_end_compared") or [], result.get("compare_tree"))):
+        for key, name in steps if ends else ():
+            values = [e[key] for e in ends if e[key] is not None]
+            if values:
+                bold = "**%s**" if name.startswith("**") else "%s"
+                label = name if tree is None else bold % ("%s, the node of %s"
+                                                          % (name.strip("*"), tree))
+                rows.append([label, bold % fmt(median(values), "%.0f"), fmt(min(values), "%.0f"),
+                             fmt(max(values), "%.0f")])
     warm_calls = [r["warmup_calls_ms"] for r in runs]
     calls = ["%s" % " / ".join(fmt(c, "%.1f") for c in call) for call in warm_calls]
     text = [
@@ -284,6 +299,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--later-frames", type=int, default=5,
                         help="frames timed after the first (what a warm frame costs)")
     parser.add_argument("--rate", type=float, default=30.0, help="camera rate (Hz), end to end")
+    parser.add_argument("--compare-tree", default=None, metavar="DIR",
+                        help="also launch the node of this checkout, alternating (end to end)")
     parser.add_argument("--no-end-to-end", dest="end_to_end", action="store_false",
                         help="phases only (no ROS graph)")
     parser.add_argument("--work", default=None, help="folder for logs (default: a temporary one)")

@@ -221,7 +221,10 @@ def drive(args: argparse.Namespace) -> int:
             return None
         return counters(latest["values"])
 
-    if not spin_until(lambda: publisher.get_subscription_count() > 0 and "values" in latest, 60):
+    def taking_frames() -> bool:  # the node subscribes before its model loads: wait for that
+        return "values" in latest and latest["values"].get("taking_frames", "true") == "true"
+
+    if not spin_until(lambda: publisher.get_subscription_count() > 0 and taking_frames(), 60):
         print(json.dumps({"error": "the node did not subscribe to %s" % CAMERA_TOPIC}))
         return 1
 

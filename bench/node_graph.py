@@ -19,8 +19,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "test")]  # the package, and the test scene
-from lpcv_segmentation.replay.node_process import (ChildProcess, DomainLease,  # noqa: E402
-                                                   NodeProcess, graph_env, stop)
+from lpcv_segmentation.replay.node_process import (PROFILE_NAME, ChildProcess,  # noqa: E402
+                                                   DomainLease, NodeProcess, graph_env, stop)
 from scene import scene_rgb  # noqa: E402,F401  (node_overhead's input)
 
 # The camera and listener: scripts the node tests run too (started as processes, not imported).
@@ -104,15 +104,19 @@ class NodeGraph:
     def __init__(self, work: Path, model: str, backend: str = "onnxruntime",
                  params: Optional[Dict[str, object]] = None, profile: bool = True,
                  listener: bool = True, domain: Optional[int] = None,
-                 listener_args: Sequence[str] = ()) -> None:
+                 listener_args: Sequence[str] = (), repo: Path = REPO) -> None:
         self.work = Path(work)
+        self.repo = Path(repo)  # whose node runs: this checkout, or another for a comparison
         self.work.mkdir(parents=True, exist_ok=True)
         self._lease: Optional[DomainLease] = DomainLease(domain)
         self.domain = self._lease.id
-        self.env = graph_env(self.domain, profile=profile, pythonpath=[REPO])
+        own = self.repo / "config" / PROFILE_NAME  # that checkout's own DDS profile
+        self.env = graph_env(self.domain, profile=(own if profile is True and own.is_file()
+                                                   else profile), pythonpath=[self.repo])
         self.events_path = self.work / "listener" / "events.jsonl"
         self._node_options = dict(model=model, backend=backend, input_topic=CAMERA_TOPIC,
-                                  params_file=PARAMS_FILE, params=dict(params or {}))
+                                  params_file=self.repo / PARAMS_FILE.relative_to(REPO),
+                                  params=dict(params or {}))
         self._with_listener = listener
         self._listener_args = list(listener_args)  # e.g. --ground: the ground-side outputs too
         self.node: Optional[subprocess.Popen] = None
@@ -139,7 +143,8 @@ class NodeGraph:
             self.listener = self._start([sys.executable, str(HELPERS), "listen", "--out",
                                          str(self.work / "listener")] + self._listener_args,
                                         "listener.log")
-        node = NodeProcess(self.env, self.work / "node.log", cwd=REPO, **self._node_options)
+        node = NodeProcess(self.env, self.work / "node.log", cwd=self.repo,
+                           **self._node_options)
         self._children.append(node.process)
         self.node = node.process
         if self._with_listener:

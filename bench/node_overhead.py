@@ -19,6 +19,7 @@ held to the every-output targets.
 
     nice -n 5 .venv/bin/python bench/node_overhead.py
     nice -n 5 .venv/bin/python bench/node_overhead.py --sizes 640x480 --frames 12
+    nice -n 5 .venv/bin/python bench/node_overhead.py --listeners "mask only" --in-process-frames 0
     nice -n 5 .venv/bin/python bench/node_overhead.py --in-process-only --in-process-frames 40
 
 Before the node rows, the same frame's work runs in a worker thread of the bench without ROS
@@ -189,7 +190,7 @@ def run(args: argparse.Namespace, work: Path) -> Dict[str, object]:
         if args.in_process_only:
             continue
         bare = BareSegmenter(args.model, args.backend, args.threads, width, height)
-        for listener in LISTENERS:
+        for listener in args.listeners:
             name = "%s_%s" % (size, listener.replace(" ", "_"))
             result = measure(work / name, args, listener, width, height, bare)
             results.append(dict(result, size=size, width=width, height=height,
@@ -276,6 +277,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="inference threads, in the node and in the bare segmenter")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), metavar="WxH",
                         help="camera frame sizes")
+    parser.add_argument("--listeners", nargs="+", default=list(LISTENERS), choices=LISTENERS,
+                        metavar="LISTENER", help="which rows: %s" % ", ".join(
+                            repr(name) for name in LISTENERS))
     parser.add_argument("--frames", type=int, default=20, help="frames per row")
     parser.add_argument("--rounds", type=int, default=4,
                         help="bursts of frames per row, each after a block of bare runs")

@@ -8,7 +8,8 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from lpcv_segmentation.core.classes import CLASSES, NUM_CLASSES, palette
 from lpcv_segmentation.core.imaging import (ENCODINGS, ImageConversionError, colorize,
-                                            compressed_to_rgb, image_to_rgb, msg_to_rgb,
+                                            compressed_to_rgb, image_to_rgb,
+                                            message_keeping_arrays, msg_to_rgb,
                                             numpy_to_image_msg, overlay, rgb_to_compressed_msg)
 
 
@@ -123,6 +124,16 @@ def test_numpy_to_image_msg_round_trip(rgb):
     mask = numpy_to_image_msg(labels, "mono8")
     assert (mask.step, mask.encoding) == (7, "mono8")
     np.testing.assert_array_equal(np.frombuffer(mask.data, np.uint8).reshape(5, 7), labels)
+
+
+def test_messages_keep_the_array_they_are_given():
+    """The generated setter copies an array.array once more unless the message's
+    field checks are on (ROS 2 Kilted); the messages the node builds keep it as it is."""
+    for msg_type in (Image, CompressedImage):
+        msg = message_keeping_arrays(msg_type)
+        data = array.array("B", bytes(range(6)))
+        msg.data = data
+        assert msg.data is data
 
 
 def test_numpy_to_image_msg_refuses_a_wrong_shape(rgb):

@@ -120,9 +120,14 @@ def test_managed_node_follows_the_lifecycle(tmp_path, palette_model):
         answer = probe(env, tmp_path, "lifecycle", "--node", node, "configure")
         assert answer["steps"] == [{"step": "configure", "success": True, "state": "inactive"}]
         _wait_ready(graph)  # configure opened the publishers: the class table is out
-        assert probe(env, tmp_path, "endpoints", "--topic", "/camera/image_raw",
-                     "--wait", "1")["subscriptions"] == []
-        assert not graph.events("mask")
+        # Subscribed from configure on (matched while the model loads), but an inactive node
+        # segments nothing: the frames are only counted.
+        assert len(probe(env, tmp_path, "endpoints", "--topic", "/camera/image_raw",
+                         "--wait", "20")["subscriptions"]) == 1
+        graph.camera(*camera, "--frame-id", "inactive")
+        graph.wait_for("frames counted while inactive", lambda: (
+            graph.diagnostics() or {}).get("frames_while_inactive") == "3")
+        assert not graph.events("mask") and graph.diagnostics()["frames_received"] == "0"
 
         answer = probe(env, tmp_path, "lifecycle", "--node", node, "activate")
         assert answer["steps"][0]["state"] == "active"
@@ -131,8 +136,10 @@ def test_managed_node_follows_the_lifecycle(tmp_path, palette_model):
 
         answer = probe(env, tmp_path, "lifecycle", "--node", node, "deactivate")
         assert answer["steps"][0]["state"] == "inactive"
-        assert probe(env, tmp_path, "endpoints", "--topic", "/camera/image_raw",
-                     "--wait", "1")["subscriptions"] == []
+        graph.camera(*camera, "--frame-id", "deactivated")
+        graph.wait_for("frames counted while deactivated", lambda: (
+            graph.diagnostics() or {}).get("frames_while_inactive") == "6")
+        assert not _masks(graph, "deactivated")
         # Active again without reloading: the model stayed loaded.
         answer = probe(env, tmp_path, "lifecycle", "--node", node, "activate", "deactivate",
                        "cleanup", "configure", "activate")
@@ -149,6 +156,7 @@ def test_managed_node_follows_the_lifecycle(tmp_path, palette_model):
     finally:
         graph.close()
     assert len(_masks(graph, "active")) == 3 and "Traceback" not in graph.log()
+    assert not _masks(graph, "inactive") and not _masks(graph, "deactivated")
 
 
 @pytest.mark.parametrize("steps", [[], ["configure"], ["configure", "activate"]])

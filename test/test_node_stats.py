@@ -35,6 +35,7 @@ def _fed_stats():
         stats.frame_received(now=i * 0.1)
     stats.frame_dropped()
     stats.frame_dropped()
+    stats.frame_while_inactive()
     stats.frame_rejected(now=0.5, reason="data_length")
     for i in range(7):
         stats.frame_processed(now=0.1 * i + 0.05,
@@ -47,6 +48,7 @@ def test_summary_counts_rates_and_latency():
     summary = _fed_stats().summary(now=1.0)
     assert (summary["frames_received"], summary["frames_processed"], summary["frames_dropped"],
             summary["frames_rejected"]) == (10, 7, 2, 1)
+    assert summary["frames_while_inactive"] == 1  # beside the received ones, not among them
     assert summary["rejected_by_reason"] == {"data_length": 1}
     assert summary["input_rate_hz"] == pytest.approx(10.0)
     assert summary["output_rate_hz"] == pytest.approx(7.0)
@@ -79,6 +81,7 @@ def test_key_values_and_log_line_carry_the_figures():
     summary = _fed_stats().summary(now=1.0)
     values = dict(key_values(summary))
     assert values["frames_dropped"] == "2"
+    assert values["frames_while_inactive"] == "1"
     assert values["rejected: data_length"] == "1"
     for stage in STAGES + (END_TO_END,):
         assert "latency_%s_p95_ms" % stage in values

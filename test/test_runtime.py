@@ -13,8 +13,9 @@ from onnx import TensorProto, helper
 
 from lpcv_segmentation.core.classes import NUM_CLASSES, class_table
 from lpcv_segmentation.runtime.segmenter import (BACKENDS, METADATA_KEY, OnnxRuntimeBackend,
-                                                 RuntimeConfigError, Segmenter, postprocess,
-                                                 preprocess, resolve_backend)
+                                                 RuntimeConfigError, Segmenter, argmax_classes,
+                                                 normalize, postprocess, preprocess,
+                                                 resolve_backend)
 
 REPO = Path(__file__).resolve().parent.parent
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -70,6 +71,33 @@ def test_postprocess_argmax_nearest_resize_and_confidence():
     same_size, none = postprocess(logits, (4, 4))
     np.testing.assert_array_equal(same_size, coarse)
     assert none is None
+
+
+def test_normalize_is_the_whole_array_formula_bit_for_bit():
+    """Channel by channel into the 3xHxW result, the values of ``(x * scale + shift)`` on the
+    whole HxWx3 array, transposed: the same float32 bits, so models see the input they did."""
+    rgb = scene(5, 37, 53)[5:, 3:]  # a strided crop, as training's augmentation gives
+    std = np.asarray(STD, np.float32)
+    scale, shift = 1.0 / (255.0 * std), -np.asarray(MEAN, np.float32) / std
+    reference = np.ascontiguousarray((rgb.astype(np.float32) * scale + shift).transpose(2, 0, 1))
+    ours = normalize(rgb, MEAN, STD)
+    assert ours.dtype == np.float32 and ours.flags.c_contiguous
+    np.testing.assert_array_equal(ours.view(np.uint32), reference.view(np.uint32))
+    as_float = normalize(rgb.astype(np.float64), MEAN, STD)
+    np.testing.assert_array_equal(as_float.view(np.uint32), reference.view(np.uint32))
+
+
+def test_argmax_classes_is_numpys_argmax_ties_and_nan_included():
+    rng = np.random.default_rng(1)
+    ties = rng.integers(0, 3, (NUM_CLASSES, 20, 30)).astype(np.float32)  # many equal maxima
+    smooth = rng.normal(0, 1, (NUM_CLASSES, 20, 30)).astype(np.float32)
+    with_nan = smooth.copy()
+    with_nan[3, 2, 5] = with_nan[7, 2, 5] = with_nan[0, 4, 4] = np.nan
+    for scores in (ties, smooth, with_nan, -np.inf * np.ones((2, 3, 3), np.float32)):
+        expected = scores.argmax(axis=0).astype(np.uint8)
+        ours = argmax_classes(scores)
+        assert ours.dtype == np.uint8
+        np.testing.assert_array_equal(ours, expected)
 
 
 def test_postprocess_rejects_a_batch():

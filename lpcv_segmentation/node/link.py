@@ -12,6 +12,8 @@ from typing import Tuple
 import cv2
 import numpy as np
 
+from lpcv_segmentation.core.imaging import message_keeping_arrays
+
 __all__ = ["PNG_FORMAT", "confidence_mono8", "encode_mask_png", "decode_mask_png",
            "png_mask_msg"]
 
@@ -48,7 +50,7 @@ def png_mask_msg(labels: np.ndarray, header=None, level: int = 1):
     """The mask as sensor_msgs/CompressedImage (``mono8; png compressed``)."""
     from sensor_msgs.msg import CompressedImage
 
-    msg = CompressedImage()
+    msg = message_keeping_arrays(CompressedImage)
     if header is not None:
         msg.header = header
     msg.format = PNG_FORMAT

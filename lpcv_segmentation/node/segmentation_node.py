@@ -43,7 +43,8 @@ from lpcv_segmentation.node.ground_io import GroundIO
 from lpcv_segmentation.node.pipeline import LatestFrame, Wanted, process_frame
 from lpcv_segmentation.node.vision import (MissingPackageError, detection2d_array_fields,
                                            fill_message, import_vision_msgs, label_info_fields)
-from lpcv_segmentation.node.stats import OPTIONAL_OUTPUTS, WARN, NodeStats, assess, key_values, log_line
+from lpcv_segmentation.node.stats import (OK, OPTIONAL_OUTPUTS, WARN, NodeStats, assess, key_values,
+                                          log_line)
 
 DIAGNOSTICS_TOPIC = "/diagnostics"  # absolute: diagnostic aggregators listen there
 WARN_THROTTLE_S = 5.0  # at most one warning per reason this often
@@ -109,9 +110,12 @@ class Phase:
 class SegmentationNode(LifecycleNodeMixin, Node):
     """segmentation_node as a lifecycle node.
 
-    configure: check the parameters, load and warm up the model, open the publishers;
-    activate: subscribe to the camera and start the inference thread; deactivate: the
-    reverse (the model stays loaded); cleanup: close the publishers, unload the model.
+    configure: check the parameters, open the publishers and subscribe to the camera (so that
+    DDS matches them with their peers while the model loads), load and warm up the model;
+    activate: start the inference thread and take frames; deactivate: stop taking frames (the
+    model stays loaded, the subscriptions stay matched); cleanup: close the publishers and
+    subscriptions, unload the model. Frames that arrive while the node is not active are not
+    segmented, not kept and not counted as received (counted as ``frames_while_inactive``).
     With ``managed:=false`` (default) the node runs configure and activate itself at start
     and offers no lifecycle services; with ``managed:=true`` a lifecycle manager (or
     ``ros2 lifecycle set``) drives it. ``exit_code`` becomes set when the process should end:
@@ -137,6 +141,7 @@ class SegmentationNode(LifecycleNodeMixin, Node):
         self._stop = threading.Event()
         self._worker: Optional[threading.Thread] = None
         self._input: Optional[InputType] = None
+        self._taking_frames = False  # active: the subscription callback hands frames on
         self._publishers_open: List[object] = []
         self._timers_open: List[object] = []
         self._subscriptions_open: List[object] = []
@@ -177,21 +182,18 @@ class SegmentationNode(LifecycleNodeMixin, Node):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        try:
-            with _entity_errors():
-                self._subscribe(self.config)
-        except StartupError as error:
-            self.get_logger().error("activate failed: %s" % error)
-            self._deactivate()
-            return TransitionCallbackReturn.FAILURE
         self._stop.clear()
         self._slot = LatestFrame()
         self._worker = threading.Thread(target=self._work, name="segmentation", daemon=True)
         self._worker.start()
+        self._taking_frames = True
+        self._publish_diagnostics()  # taking_frames: true, at once (replay harnesses wait for it)
         self.get_logger().info("active: segmenting %s" % self._input_topic)
         return TransitionCallbackReturn.SUCCESS
 
     def _subscribe(self, config: NodeConfig) -> None:
+        """The camera, its camera_info and the ground side's telemetry; at configure, so that
+        matching them with their publishers overlaps the model load."""
         self._subscriptions_open.append(self.create_subscription(
             self._input.msg_type, config.input_topic, self._on_frame, INPUT_QOS[config.input_qos],
             qos_overriding_options=QoSOverridingOptions.with_default_policies()))
@@ -204,6 +206,7 @@ class SegmentationNode(LifecycleNodeMixin, Node):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._deactivate()
+        self._publish_diagnostics()
         self.get_logger().info("inactive: model loaded, not segmenting")
         return TransitionCallbackReturn.SUCCESS
 
@@ -242,6 +245,11 @@ class SegmentationNode(LifecycleNodeMixin, Node):
             self._vision_msgs = None
             if config.detections_format != "json":
                 raise StartupError(str(error)) from None
+        # Publishers and subscriptions before the model: DDS matches them with the camera and
+        # the listeners (up to seconds) while the model loads, not after.
+        with _entity_errors():
+            self._open_outputs(config)
+            self._subscribe(config)
         self._set_phase(Phase.BUILDING_ENGINE if engine_build_needed(
             config.model_path, config.backend, config.device, config.precision,
             config.engine_cache_dir) else Phase.LOADING_MODEL)
@@ -249,8 +257,7 @@ class SegmentationNode(LifecycleNodeMixin, Node):
         self._set_phase(Phase.WARMING_UP)
         segmenter.warmup()  # the first camera frame should not pay for lazy allocation
         self.segmenter = segmenter
-        with _entity_errors():
-            self._open_outputs(config)
+        self._publish_class_tables()
         self._timers_open.append(self.create_timer(config.log_period_s, self._log_summary))
         self._set_phase(None)
         self._warn_unknown_parameters(config)
@@ -299,17 +306,14 @@ class SegmentationNode(LifecycleNodeMixin, Node):
         if config.detections_format in ("json", "both"):
             self._detections_pub = self._publisher(String, config.detections_topic)
             self._label_info_pub = self._publisher(String, config.label_info_topic, LATCHED_QOS)
-            self._label_info_pub.publish(String(data=json.dumps({"classes": class_table()})))
         vision_msgs = self._vision_msgs
         if config.detections_format in ("vision_msgs", "both"):
             self._detection_array_pub = self._publisher(vision_msgs.Detection2DArray,
                                                         config.detection_array_topic)
+        self._vision_label_info_pub = None
         if vision_msgs is not None:
-            vision_label_info = self._publisher(vision_msgs.LabelInfo,
-                                                config.vision_label_info_topic, LATCHED_QOS)
-            header = {"stamp": {"sec": 0, "nanosec": 0}, "frame_id": ""}
-            vision_label_info.publish(fill_message(vision_msgs.LabelInfo,
-                                                   label_info_fields(class_table(), header)))
+            self._vision_label_info_pub = self._publisher(
+                vision_msgs.LabelInfo, config.vision_label_info_topic, LATCHED_QOS)
         self._camera_info_pub = self._publisher(CameraInfo, config.camera_info_topic)
         try:
             self._ground = GroundIO(self, config.ground, config.mask_topic,
@@ -317,6 +321,16 @@ class SegmentationNode(LifecycleNodeMixin, Node):
         except OSError as error:  # the log cannot be opened (capture folders open lazily)
             raise StartupError("parameter geo_log_path=%r: %s" % (config.ground.geo_log_path,
                                                                   error)) from None
+
+    def _publish_class_tables(self) -> None:
+        """The latched class tables, once the model is loaded: listeners take them as the sign
+        that the node is configured."""
+        if self._label_info_pub is not None:
+            self._label_info_pub.publish(String(data=json.dumps({"classes": class_table()})))
+        if self._vision_label_info_pub is not None:
+            header = {"stamp": {"sec": 0, "nanosec": 0}, "frame_id": ""}
+            self._vision_label_info_pub.publish(fill_message(
+                self._vision_msgs.LabelInfo, label_info_fields(class_table(), header)))
 
     def _publisher(self, msg_type: type, topic: str, qos: QoSProfile = OUTPUT_QOS):
         """A publisher whose history, depth and reliability ``qos_overrides`` may change."""
@@ -326,15 +340,12 @@ class SegmentationNode(LifecycleNodeMixin, Node):
 
     def _warn_unknown_parameters(self, config: NodeConfig) -> None:
         """Shared parameter files (``/**:`` sections) carry other nodes' keys: name them once
-        and go on. The subscriptions' qos_overrides keys are declared at activate, so they
-        count as known here."""
+        and go on. The publishers' and subscriptions' qos_overrides keys are declared by now."""
         if self._unknown_checked:
             return
         self._unknown_checked = True
-        prefix = "qos_overrides.%s.subscription." % self.resolve_topic_name(config.input_topic)
-        unknown = [name for name in unknown_parameters(
-            getattr(self, "_parameter_overrides", {}), self.has_parameter)
-            if not name.startswith(prefix)]
+        unknown = unknown_parameters(getattr(self, "_parameter_overrides", {}),
+                                     self.has_parameter)
         if unknown:
             self.get_logger().warning("ignoring parameters this node does not use: %s"
                                       % ", ".join(unknown))
@@ -362,13 +373,14 @@ class SegmentationNode(LifecycleNodeMixin, Node):
     # -- deactivate, cleanup ----------------------------------------------------------------------
     def _deactivate(self) -> None:
         """Stop taking frames and let the inference thread finish the one in hand."""
-        for subscription in self._subscriptions_open:
-            self.destroy_subscription(subscription)
-        self._subscriptions_open = []
+        self._taking_frames = False
         self.stop()
 
     def _cleanup(self) -> None:
         """Close what configure opened and unload the model."""
+        for subscription in self._subscriptions_open:
+            self.destroy_subscription(subscription)
+        self._subscriptions_open = []
         self._phase = None
         self._stop_reporting.set()
         if self._phase_reporter is not None:
@@ -403,6 +415,9 @@ class SegmentationNode(LifecycleNodeMixin, Node):
     # -- per frame --------------------------------------------------------------------------
     def _on_frame(self, msg) -> None:
         """Subscription callback: count, check the header cheaply, keep only the newest."""
+        if not self._taking_frames:  # configuring or inactive: a lifecycle node reads no data
+            self.stats.frame_while_inactive()
+            return
         self.stats.frame_received(time.monotonic())
         try:
             self._input.check(msg)
@@ -497,6 +512,8 @@ class SegmentationNode(LifecycleNodeMixin, Node):
         summary = self.stats.summary(time.monotonic())
         if self._phase is not None:  # loading: no frame can be served yet, and that is why
             return summary, WARN, self._phase
+        if not self._taking_frames:  # configured, not active: nothing is expected of it
+            return summary, OK, "inactive"
         level, message = assess(summary, self.config.thresholds)
         findings = [] if self._ground is None else self._ground.side.findings()
         if findings:
@@ -516,7 +533,8 @@ class SegmentationNode(LifecycleNodeMixin, Node):
             ("device", config.device if segmenter is None else segmenter.device),
             ("precision", config.precision if segmenter is None else segmenter.precision),
             ("model", config.model_path),
-            ("input_topic", self.resolve_topic_name(config.input_topic)))]
+            ("input_topic", self.resolve_topic_name(config.input_topic)),
+            ("taking_frames", "true" if self._taking_frames else "false"))]
         if self._ground is not None:
             values += [KeyValue(key=k, value=v) for k, v in self._ground.side.values()]
         status = DiagnosticStatus(level=DIAGNOSTIC_LEVELS[level],

@@ -86,7 +86,9 @@ class NodeStats:
 
     Accounting: every frame that reaches the callback is ``received``; it then ends as exactly
     one of ``processed`` (outputs published), ``dropped`` (replaced by a newer frame before the
-    worker took it) or ``rejected`` (bad message), or is still pending / in progress.
+    worker took it) or ``rejected`` (bad message), or is still pending / in progress. Frames
+    that reach it while the node is not active (loading, or an inactive lifecycle node) are
+    only counted, as ``while_inactive``: they are not received for segmentation.
     """
 
     def __init__(self, start: float, window_s: float = 5.0) -> None:
@@ -97,6 +99,7 @@ class NodeStats:
         self.processed = 0
         self.dropped = 0
         self.rejected = 0
+        self.while_inactive = 0
         self.rejected_by_reason: Dict[str, int] = collections.Counter()
         self.built: Dict[str, int] = {name: 0 for name in OPTIONAL_OUTPUTS}
         self.last_received: Optional[float] = None
@@ -110,6 +113,10 @@ class NodeStats:
             self.received += 1
             self.last_received = now
             self._received.add(now)
+
+    def frame_while_inactive(self) -> None:
+        with self._lock:
+            self.while_inactive += 1
 
     def frame_dropped(self) -> None:
         with self._lock:
@@ -145,6 +152,7 @@ class NodeStats:
                 "frames_processed": self.processed,
                 "frames_dropped": self.dropped,
                 "frames_rejected": self.rejected,
+                "frames_while_inactive": self.while_inactive,
                 "rejected_by_reason": dict(self.rejected_by_reason),
                 "outputs_built": dict(self.built),
                 "input_rate_hz": self._received.rate_hz(now, now - self.start),
@@ -198,7 +206,8 @@ def assess(summary: Dict[str, object], thresholds: Thresholds) -> Tuple[int, str
 def key_values(summary: Dict[str, object]) -> List[Tuple[str, str]]:
     """The summary flattened to (key, value) strings, for DiagnosticStatus.values."""
     pairs: List[Tuple[str, str]] = []
-    for key in ("frames_received", "frames_processed", "frames_dropped", "frames_rejected"):
+    for key in ("frames_received", "frames_processed", "frames_dropped", "frames_rejected",
+                "frames_while_inactive"):
         pairs.append((key, str(summary[key])))
     for reason, count in sorted(summary["rejected_by_reason"].items()):
         pairs.append(("rejected: " + reason, str(count)))

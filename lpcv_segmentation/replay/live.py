@@ -154,6 +154,13 @@ class LiveListener:
                 self.diagnostics_time = time.monotonic()
 
     # -- queries ---------------------------------------------------------------------------
+    def taking_frames(self) -> bool:
+        """The node's newest /diagnostics say it segments the frames it gets (a node without
+        that key, from before it had one, is taken at its word once it publishes)."""
+        with self.lock:
+            return (self.diagnostics is not None
+                    and self.diagnostics.get("taking_frames", "true") == "true")
+
     def counters(self) -> Optional[Dict[str, int]]:
         with self.lock:
             if self.diagnostics is None:
@@ -270,11 +277,13 @@ def evaluate_live(bag: Path, options: Optional[LiveOptions] = None,
                                        input_topic=listener.publisher.topic_name,
                                        params_file=params_file, params=list(o.node_params))
 
-        # Ready when the node's subscription has matched our publisher and our mask
-        # subscription has matched its publisher (the node opens topics after loading the model).
+        # Ready when the node's subscription has matched our publisher, our mask subscription
+        # has matched its publisher, and its /diagnostics say it takes frames (it opens its
+        # topics before loading the model, and ignores frames until it is active).
         def ready() -> bool:
             return (listener.publisher.get_subscription_count() > 0
-                    and listener.mask_sub.get_publisher_count() > 0)
+                    and listener.mask_sub.get_publisher_count() > 0
+                    and listener.taking_frames())
         if not _wait(ready, o.startup_timeout, node_process):
             raise EvalError("no segmentation node subscribed to %s and published %s within %.0f s"
                             "%s" % (listener.publisher.topic_name, listener.mask_topic,

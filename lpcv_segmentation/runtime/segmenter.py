@@ -94,8 +94,15 @@ def normalize(rgb: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
     std_arr = np.asarray(std, np.float32)
     scale = 1.0 / (255.0 * std_arr)
     shift = -np.asarray(mean, np.float32) / std_arr
-    x = rgb.astype(np.float32) * scale + shift
-    return np.ascontiguousarray(x.transpose(2, 0, 1))  # HxWx3 -> 3xHxW
+    if rgb.dtype != np.uint8:
+        rgb = rgb.astype(np.float32)
+    # Written one channel at a time into the 3xHxW result: the same float32 multiply and add
+    # per value as on the whole array, without its HxWx3 temporaries and the transposing copy.
+    x = np.empty((3,) + rgb.shape[:2], np.float32)
+    for channel in range(3):
+        np.multiply(rgb[..., channel], scale[channel], out=x[channel])
+        np.add(x[channel], shift[channel], out=x[channel])
+    return x
 
 
 def _max_softmax(scores: np.ndarray) -> np.ndarray:
@@ -113,6 +120,24 @@ def _max_softmax(scores: np.ndarray) -> np.ndarray:
     return np.divide(1.0, total, out=total)
 
 
+def argmax_classes(scores: np.ndarray) -> np.ndarray:
+    """(C, h, w) float32 scores -> (h, w) uint8 index of the top class, the first one on a tie,
+    as ``scores.argmax(axis=0)``: compared one class at a time, about 3x faster than numpy's
+    argmax over the first axis, which copies the scores to a class-last layout first."""
+    if scores.shape[0] > 256:
+        return scores.argmax(axis=0).astype(np.uint8)  # wraps as it always did
+    best = scores[0].copy()
+    labels = np.zeros(best.shape, np.uint8)
+    higher = np.empty(best.shape, bool)
+    for index in range(1, scores.shape[0]):
+        np.greater(scores[index], best, out=higher)  # strictly: a tie keeps the earlier class
+        np.copyto(labels, np.uint8(index), where=higher)
+        np.maximum(best, scores[index], out=best)
+    if np.isnan(best).any():  # np.maximum spreads NaN; numpy's argmax takes the first NaN
+        return scores.argmax(axis=0).astype(np.uint8)
+    return labels
+
+
 def postprocess(logits: np.ndarray, out_hw: Tuple[int, int], with_confidence: bool = False,
                 confidence_at_logits: bool = False) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """(1, C, h, w) logits -> (labels HxW uint8, confidence HxW float32 or None) at ``out_hw``.
@@ -128,7 +153,7 @@ def postprocess(logits: np.ndarray, out_hw: Tuple[int, int], with_confidence: bo
     scores = logits[0]
     if scores.dtype != np.float32:
         scores = scores.astype(np.float32)
-    labels = scores.argmax(axis=0).astype(np.uint8)
+    labels = argmax_classes(scores)
     confidence = None
     if with_confidence:
         confidence = _max_softmax(scores)
