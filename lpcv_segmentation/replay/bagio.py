@@ -14,7 +14,9 @@ A flight bag holds, per camera frame, two images with the same header stamp:
 
 ``read_frames`` pairs them by stamp and checks them; anything wrong with the bag (missing,
 corrupt, truncated, without the camera topic, a ground truth of the wrong size or encoding)
-raises ``BagError`` with a message naming the bag and topic. No torch here: this runs on the
+raises ``BagError`` with a message naming the bag and topic. A reader given ``on_malformed``
+leaves out, and reports to it, each camera frame that is malformed (a message that does not
+deserialise, an unsupported encoding, a data length that is not height x step) instead. No torch here: this runs on the
 drone side as well (``rosbags`` itself needs Python 3.10+; the rest of the package does not).
 """
 import sqlite3
@@ -22,7 +24,7 @@ import struct
 import zlib
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -30,7 +32,8 @@ from lpcv_segmentation.core.classes import IGNORE_INDEX, NUM_CLASSES
 from lpcv_segmentation.core.imaging import ImageConversionError, image_to_rgb
 
 __all__ = ["CAMERA_TOPIC", "GT_TOPIC", "MASK_TOPIC", "DETECTIONS_TOPIC", "STORAGES", "BagError",
-           "BagWriter", "Frame", "FrameReader", "TopicSummary", "bag_topics", "read_frames", "stamp_to_ns"]
+           "BagWriter", "Frame", "FrameReader", "MalformedFrame", "TopicSummary", "bag_topics",
+           "read_frames", "stamp_to_ns"]
 
 CAMERA_TOPIC = "/camera/image_raw"
 GT_TOPIC = "/camera/gt_mask"
@@ -181,6 +184,13 @@ class Frame(NamedTuple):
     gt: Optional[np.ndarray]  # (H, W) uint8 class indices (255: ignore), or None if unpaired
 
 
+class MalformedFrame(NamedTuple):
+    """A camera frame left out by a reader given ``on_malformed``."""
+    index: int  # position among the bag's camera frames, from 0 (it still takes its place)
+    stamp_ns: int  # header stamp, or the log time of a message that does not deserialise
+    message: str  # one line naming the bag, the topic and the stamp, and what is wrong
+
+
 def _storage_errors() -> Tuple[type, ...]:
     """What the storage back ends raise on a damaged file, beyond rosbags' own errors."""
     from rosbags.highlevel import AnyReaderError
@@ -257,11 +267,15 @@ class FrameReader:
 
     After the iteration, ``unpaired_camera`` counts camera frames that had no ground truth
     (yielded with ``gt=None``) and ``unpaired_gt`` ground-truth masks without a camera frame.
+    A malformed camera frame raises BagError, or, given ``on_malformed``, is passed to it as a
+    ``MalformedFrame`` and left out (the frames after it keep their indices).
     """
 
     def __init__(self, path: PathLike, camera_topic: str = CAMERA_TOPIC,
-                 gt_topic: Optional[str] = GT_TOPIC) -> None:
+                 gt_topic: Optional[str] = GT_TOPIC,
+                 on_malformed: Optional[Callable[[MalformedFrame], None]] = None) -> None:
         self.path = Path(path)
+        self.on_malformed = on_malformed
         self.camera_topic = camera_topic
         self.gt_topic = gt_topic
         reader = _open_reader(self.path)
@@ -284,7 +298,8 @@ class FrameReader:
         reader = _open_reader(self.path)
         try:
             for frame in self._frames(reader):
-                yield frame
+                if frame is not None:
+                    yield frame
         except _storage_errors() as error:
             if isinstance(error, BagError):
                 raise
@@ -293,14 +308,23 @@ class FrameReader:
         finally:
             reader.close()
 
-    def _frames(self, reader) -> Iterator[Frame]:
+    def _frames(self, reader) -> Iterator[Optional[Frame]]:
         wanted = [self.camera_topic] + ([self.gt_topic] if self.gt_topic else [])
         connections = [c for c in reader.connections if c.topic in wanted]
         cameras: "OrderedDict[int, Tuple[object, int]]" = OrderedDict()  # stamp -> (msg, index)
         gts: "OrderedDict[int, np.ndarray]" = OrderedDict()
         index = 0
-        for connection, _, raw in reader.messages(connections=connections):
-            msg = reader.deserialize(raw, connection.msgtype)
+        for connection, log_time, raw in reader.messages(connections=connections):
+            try:
+                msg = reader.deserialize(raw, connection.msgtype)
+            except _storage_errors() as error:
+                if connection.topic != self.camera_topic or self.on_malformed is None:
+                    raise
+                self.on_malformed(MalformedFrame(index, int(log_time), "%s: %s message at log time "
+                                                 "%d does not deserialise: %s" % (
+                                                     self.path, self.camera_topic, log_time, error)))
+                index += 1
+                continue
             stamp = stamp_to_ns(msg.header.stamp)
             if connection.topic == self.camera_topic:
                 if stamp in cameras:
@@ -308,6 +332,9 @@ class FrameReader:
                                    "by stamp" % (self.path, self.camera_topic, stamp))
                 cameras[stamp] = (msg, index)
                 index += 1
+                if not self.gt_topic:  # nothing to wait for: no frame is held back
+                    yield self._frame(stamp, cameras.pop(stamp), None)
+                    continue
             else:
                 gts[stamp] = _gt_array(self.path, self.gt_topic, msg)
             # Pair what can be paired; give up on the oldest beyond the window.
@@ -326,13 +353,17 @@ class FrameReader:
             yield self._frame(stamp, item, None)
         self.unpaired_gt += len(gts)
 
-    def _frame(self, stamp: int, item: Tuple[object, int], gt: Optional[np.ndarray]) -> Frame:
+    def _frame(self, stamp: int, item: Tuple[object, int],
+               gt: Optional[np.ndarray]) -> Optional[Frame]:
         msg, index = item
         try:
             rgb = image_to_rgb(msg)
         except ImageConversionError as error:
-            raise BagError("%s: %s at stamp %d: %s" % (self.path, self.camera_topic, stamp,
-                                                       error)) from None
+            message = "%s: %s at stamp %d: %s" % (self.path, self.camera_topic, stamp, error)
+            if self.on_malformed is None:
+                raise BagError(message) from None
+            self.on_malformed(MalformedFrame(index, stamp, message))
+            return None
         if gt is not None and gt.shape != rgb.shape[:2]:
             raise BagError("%s: %s at stamp %d is %dx%d (WxH) but its frame on %s is %dx%d; "
                            "ground truth must match the camera frame"
