@@ -18,6 +18,10 @@ Steps, each visible in RUN (``--out``):
                runtime's ``Segmenter`` (as the node would label them). PNG frames of a folder are
                linked, others decoded to PNG; ``--data DIR`` links that dataset's labelled
                training pairs in beside them. ``frames/manifest.json`` records what was made.
+               A frame that cannot be read (an image file that does not decode, a malformed bag
+               frame) is left out with a warning naming it and counted (``unreadable_skipped``
+               in the manifest and agreement.json); a bag none of whose frames can be read
+               stops the run with an error naming it.
   2. training  ``python -m training train`` on ``frames/`` with the teacher: cross-entropy on
                the teacher's labels plus the KD losses on its logits (kd_kl_weight,
                kd_mse_weight) on every augmented crop. ``--student`` is a config (default
@@ -52,7 +56,7 @@ from lpcv_segmentation.core.metrics import SegmentationMetrics
 from lpcv_segmentation.replay.bagio import CAMERA_TOPIC
 from lpcv_segmentation.runtime.segmenter import RuntimeConfigError, Segmenter
 from lpcv_segmentation.zoo import ZooError, resolve_model_path
-from training.unlabelled import (HOLDOUT_BY, FrameSourceError, UnlabelledFrame, bag_frames,
+from training.unlabelled import (HOLDOUT_BY, SKIPPED, FrameSourceError, UnlabelledFrame, bag_frames,
                                  folder_frames, read_frames, split_held_out)
 
 __all__ = ["DistillError", "DEFAULT_STUDENT_CONFIG", "prepare_frames", "agreement",
@@ -205,7 +209,11 @@ def prepare_frames(args: argparse.Namespace, run_dir: Path, resume: bool = False
     skipped: Dict[str, int] = {}
     segmenter = _teacher(args.teacher) if todo else None
     made = {TRAIN_SPLIT: 0, HELD_OUT_SPLIT: 0}
-    for frame, rgb in tqdm(read_frames(todo, args.camera_topic, skipped), total=len(todo),
+
+    def warn(line: str) -> None:
+        tqdm.write(line, file=sys.stderr)  # above the bar, not through it
+
+    for frame, rgb in tqdm(read_frames(todo, args.camera_topic, skipped, warn), total=len(todo),
                            desc="teacher labels", unit="frame", disable=not progress):
         split = split_of[frame.name]
         image_path = frames_dir / "IMG" / split / (frame.name + ".png")
@@ -218,6 +226,11 @@ def prepare_frames(args: argparse.Namespace, run_dir: Path, resume: bool = False
         write_bytes_atomic(frames_dir / "GT" / split / (frame.name + ".png"), _png(labels))
         made[split] += 1
 
+    for frames in flights:
+        if frames[0].bag_index is not None and not any(
+                (frames_dir / "GT" / split_of[f.name] / (f.name + ".png")).is_file() for f in frames):
+            raise DistillError("%s: no frame on %s can be read: all %d taken are malformed (see the "
+                               "warnings above)" % (frames[0].path, args.camera_topic, len(frames)))
     labelled = 0
     if args.data:
         from training.data import find_pairs
@@ -229,13 +242,13 @@ def prepare_frames(args: argparse.Namespace, run_dir: Path, resume: bool = False
     count = {s: len(list((frames_dir / "GT" / s).glob("*.png")))
              for s in (TRAIN_SPLIT, HELD_OUT_SPLIT)}
     if count[HELD_OUT_SPLIT] == 0 or count[TRAIN_SPLIT] == labelled:
-        raise DistillError("no usable %s frames (%d unreadable files skipped)"
+        raise DistillError("no usable %s frames (%d unreadable frames skipped)"
                            % ("held-out" if count[HELD_OUT_SPLIT] == 0 else "training",
-                              skipped.get("unreadable", 0)))
+                              skipped.get(SKIPPED, 0)))
     manifest = {"settings": settings, "teacher_path": teacher_path, "holdout_by": by,
                 "flights": len(flights), "train_frames": count[TRAIN_SPLIT] - labelled,
                 "held_out_frames": count[HELD_OUT_SPLIT], "labelled_train_images": labelled,
-                "unreadable_skipped": skipped.get("unreadable", 0),
+                "unreadable_skipped": skipped.get(SKIPPED, 0),
                 "held_out": sorted(f.name for f in held)}
     write_json_atomic(manifest_path, manifest)
     return manifest
@@ -329,10 +342,13 @@ def distill(args: argparse.Namespace) -> int:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = prepare_frames(args, run_dir, resume=bool(args.resume))
-    print("frames: %d training, %d held out (by %s) from %d flight(s)%s; teacher labels in %s"
+    unreadable = manifest.get("unreadable_skipped", 0)
+    print("frames: %d training, %d held out (by %s) from %d flight(s)%s%s; teacher labels in %s"
           % (manifest["train_frames"], manifest["held_out_frames"], manifest["holdout_by"],
              manifest["flights"], (", plus %d labelled images" % manifest["labelled_train_images"])
-             if manifest["labelled_train_images"] else "", run_dir / FRAMES), file=sys.stderr)
+             if manifest["labelled_train_images"] else "",
+             (", %d unreadable frames skipped" % unreadable) if unreadable else "",
+             run_dir / FRAMES), file=sys.stderr)
 
     overrides = student_overrides + list(args.overrides) + [
         "train_split=%s" % TRAIN_SPLIT, "val_split=%s" % HELD_OUT_SPLIT, "teacher=%s" % args.teacher]
@@ -343,10 +359,11 @@ def distill(args: argparse.Namespace) -> int:
     stopped = _stopped_early(run_dir / CONFIG_YAML, run_dir)
     if stopped:
         return 0
-    report = {"teacher": args.teacher, "frames": {k: manifest[k] for k in (
-        "train_frames", "held_out_frames", "labelled_train_images", "flights", "holdout_by")},
-        "student": agreement(str(run_dir / "best.safetensors"), run_dir / FRAMES),
-        "majority_class": majority_baseline(_held_out_labels(run_dir / FRAMES))}
+    frames = {k: manifest[k] for k in ("train_frames", "held_out_frames", "labelled_train_images",
+                                       "flights", "holdout_by")}
+    report = {"teacher": args.teacher, "frames": dict(frames, unreadable_skipped=unreadable),
+              "student": agreement(str(run_dir / "best.safetensors"), run_dir / FRAMES),
+              "majority_class": majority_baseline(_held_out_labels(run_dir / FRAMES))}
     write_json_atomic(run_dir / AGREEMENT, report)
     student, floor = report["student"], report["majority_class"]
     print("agreement with the teacher on %d held-out frames (best.safetensors): mIoU %s, pixels "

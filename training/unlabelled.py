@@ -2,7 +2,10 @@
 
 A *flight* is one source: an image folder (searched recursively) or a flight bag (the camera
 topic, every Nth frame). Frames are listed first (cheap: file names, a bag's frame count), split
-into training and held-out frames, then read once, in order, by ``read_frames``.
+into training and held-out frames, then read once, in order, by ``read_frames``. A frame that
+cannot be read (an image file that does not decode; a bag frame that is malformed: it does not
+deserialise, or its encoding or data length is wrong) is left out with one warning line naming
+it, and counted; a wrong or unreadable source stops with one error naming it.
 
 Held-out frames: ``by="file"`` takes ``fraction`` of the frames spread evenly over each list
 (neighbouring video frames look alike, so this flatters the score); ``by="flight"`` holds out
@@ -11,20 +14,22 @@ more); ``auto`` is ``flight`` when there are several flights, else ``file``.
 """
 import os
 import re
+import sys
 from pathlib import Path
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
-from lpcv_segmentation.replay.bagio import CAMERA_TOPIC, BagError, FrameReader
+from lpcv_segmentation.replay.bagio import CAMERA_TOPIC, BagError, FrameReader, MalformedFrame
 from lpcv_segmentation.replay.scoring import spread_indices
 
 __all__ = ["IMAGE_SUFFIXES", "HOLDOUT_BY", "FrameSourceError", "UnlabelledFrame", "folder_frames",
-           "bag_frames", "split_held_out", "read_frames"]
+           "bag_frames", "split_held_out", "read_frames", "SKIPPED"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 HOLDOUT_BY = ("auto", "file", "flight")
+SKIPPED = "unreadable"  # the key of ``read_frames``'s count of frames left out
 
 
 class FrameSourceError(ValueError):
@@ -104,28 +109,41 @@ def split_held_out(flights: Sequence[List[UnlabelledFrame]], fraction: float,
     return train, held, by
 
 
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def read_frames(frames: Sequence[UnlabelledFrame], camera_topic: str = CAMERA_TOPIC,
-                skipped: Optional[Dict[str, int]] = None
+                skipped: Optional[Dict[str, int]] = None, warn: Callable[[str], None] = _stderr
                 ) -> Iterator[Tuple[UnlabelledFrame, np.ndarray]]:
-    """(frame, RGB uint8 HxWx3) for each of ``frames``, each bag read once in order. An image
-    file that cannot be decoded is counted in ``skipped["unreadable"]`` and left out."""
+    """(frame, RGB uint8 HxWx3) for each of ``frames``, each bag read once in order. A frame
+    that cannot be read (an image file that does not decode, a malformed bag frame) is left
+    out, counted in ``skipped[SKIPPED]`` and named in one ``warn`` line."""
+    def skip(line: str) -> None:
+        if skipped is not None:
+            skipped[SKIPPED] = skipped.get(SKIPPED, 0) + 1
+        warn("warning: %s; skipped" % line)
+
     by_bag: Dict[str, Dict[int, UnlabelledFrame]] = {}
     for frame in frames:
         if frame.bag_index is None:
             bgr = cv2.imread(frame.path, cv2.IMREAD_COLOR)
             if bgr is None:
-                if skipped is not None:
-                    skipped["unreadable"] = skipped.get("unreadable", 0) + 1
+                skip("%s: cannot be decoded as an image" % frame.path)
                 continue
             yield frame, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         else:
             by_bag.setdefault(os.fspath(frame.path), {})[frame.bag_index] = frame
     for bag, wanted in by_bag.items():
+        def malformed(bad: MalformedFrame, wanted: Dict[int, UnlabelledFrame] = wanted) -> None:
+            if wanted.pop(bad.index, None) is not None:  # frames not asked for pass unseen
+                skip(bad.message)
+
         try:
-            for item in FrameReader(bag, camera_topic, gt_topic=None):
+            for item in FrameReader(bag, camera_topic, gt_topic=None, on_malformed=malformed):
                 if item.index in wanted:
                     yield wanted.pop(item.index), item.rgb
-                    if not wanted:
-                        break
+                if not wanted:
+                    break
         except BagError as error:
             raise FrameSourceError(str(error))
