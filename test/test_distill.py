@@ -142,6 +142,89 @@ def test_bad_sources_and_teachers_are_one_clear_error(tmp_path, capsys):
     assert "holds no distillation run" in capsys.readouterr().err
 
 
+START_NS = 1700000000 * 10 ** 9
+# frame index -> what is wrong with it (the others are good rgb8 frames)
+MALFORMED = {1: "short", 3: "encoding", 4: "garbage", 7: "short"}
+
+
+def write_damaged_bag(path: Path, count: int = 8, malformed=MALFORMED) -> Path:
+    """A real flight bag (the repo's BagWriter) whose camera frames ``malformed`` are broken: a
+    raw Image whose data is shorter than height x step, one of an encoding no camera decoder
+    knows, bytes that are not a CDR message at all."""
+    from types import SimpleNamespace
+
+    from lpcv_segmentation.replay.bagio import CAMERA_TOPIC, IMAGE_TYPE, BagWriter
+    with BagWriter(path) as writer:
+        for i in range(count):
+            stamp = START_NS + i * 10 ** 8
+            rgb = np.full((32, 48, 3), 20 * i, np.uint8)
+            header = SimpleNamespace(stamp=SimpleNamespace(sec=stamp // 10 ** 9,
+                                                           nanosec=stamp % 10 ** 9), frame_id="cam")
+            kind = malformed.get(i)
+            if kind is None:
+                writer.write_image(CAMERA_TOPIC, stamp, rgb, "rgb8")
+            elif kind == "garbage":  # written below the message layer: it cannot deserialise
+                writer._writer.write(writer._connection(CAMERA_TOPIC, IMAGE_TYPE), stamp,
+                                     b"\x00\x01not a message")
+            else:
+                data = rgb.reshape(-1)[:100] if kind == "short" else rgb.reshape(-1)  # (H*W*3,)
+                writer.write_image_msg(CAMERA_TOPIC, SimpleNamespace(
+                    header=header, height=32, width=48, step=48 * 3, is_bigendian=0, data=data,
+                    encoding="rgb8" if kind == "short" else "yuv422_yuy2"), stamp)
+    return path
+
+
+def test_malformed_bag_frames_are_counted_and_skipped_with_a_warning(tmp_path):
+    """Each frame taken from a bag that cannot be read is left out with one warning line
+    naming the bag, topic and stamp, and counted as an unreadable image file is; frames not
+    taken (--every) are not looked at."""
+    from training.unlabelled import SKIPPED, bag_frames, read_frames
+    bag = write_damaged_bag(tmp_path / "flight")
+    frames = bag_frames(str(bag), 0)
+    assert len(frames) == 8  # malformed frames keep their place
+    skipped, warnings = {}, []
+    read = list(read_frames(frames, skipped=skipped, warn=warnings.append))
+    assert [f.bag_index for f, _ in read] == [0, 2, 5, 6]
+    assert [int(rgb[0, 0, 0]) for _, rgb in read] == [0, 40, 100, 120]
+    assert skipped == {SKIPPED: 4} and len(warnings) == 4
+    for line, index in zip(warnings, sorted(MALFORMED)):
+        assert line.startswith("warning: %s: /camera/image_raw " % bag) and line.endswith("; skipped")
+        assert str(START_NS + index * 10 ** 8) in line, line
+    assert "data length 100" in warnings[0] and "yuv422_yuy2" in warnings[1]
+    assert "does not deserialise" in warnings[2]
+
+    skipped, warnings = {}, []  # every 2nd frame: 0, 2, 4, 6; only 4 is malformed
+    read = list(read_frames(bag_frames(str(bag), 0, every=2), skipped=skipped, warn=warnings.append))
+    assert [f.bag_index for f, _ in read] == [0, 2, 6] and skipped == {SKIPPED: 1}
+    assert len(warnings) == 1 and str(START_NS + 4 * 10 ** 8) in warnings[0]
+
+
+def test_distill_reports_skipped_frames_and_refuses_a_bag_with_none_readable(tmp_path, capsys):
+    """The teacher labels the good frames of a damaged bag and the manifest counts the others;
+    a bag whose frames are all malformed stops the run with one error naming it."""
+    import argparse
+
+    from training.distill import add_arguments, prepare_frames
+    bag = write_damaged_bag(tmp_path / "flight")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--teacher", str(TEACHER), "--bag", str(bag), "--holdout", "0.25",
+                              "--out", str(tmp_path / "run")])
+    manifest = prepare_frames(args, tmp_path / "run", progress=False)
+    assert manifest["unreadable_skipped"] == 4
+    made = sorted(p.name for p in (tmp_path / "run" / "frames" / "GT").glob("*/*.png"))
+    assert made == ["f0_%06d.png" % i for i in (0, 2, 5, 6)]
+    err = capsys.readouterr().err
+    assert err.count("warning: %s: /camera/image_raw" % bag) == 4
+
+    bad = write_damaged_bag(tmp_path / "all_bad", count=3, malformed={0: "short", 1: "garbage",
+                                                                     2: "encoding"})
+    assert distill_cli(tmp_path / "r", "--teacher", TEACHER, "--bag", bad, "--every", "1") == 1
+    err = capsys.readouterr().err
+    assert err.count("; skipped") == 3
+    assert "error: %s: no frame on /camera/image_raw can be read: all 3 taken are malformed" % bad in err
+
+
 @pytest.mark.slow
 def test_a_checkpoint_student_with_labelled_data_mixed_in_exports_like_any(
         synth_dataset, tiny_checkpoint, tiny_onnx, tmp_path):
