@@ -1,7 +1,8 @@
 """training.distill: a student distilled on frames without labels (an image folder, a flight bag)
 agrees with its teacher on held-out frames far beyond the teacher's most common class; a run
 killed with SIGKILL resumes from its last checkpoint; the LPCV network (a teacher of another
-input size, normalisation and stride) distils through its zoo name.
+input size, normalisation and stride) distils through its zoo name; malformed frames inside a
+bag are counted and skipped, and a bag with none readable is one error naming it.
 
 Frames: synthetic scenes written here (``training synth``), their labels never given to the
 student. Teacher: ``models/default.onnx``, the shipped model trained on synthetic scenes and
@@ -217,8 +218,8 @@ def test_distill_reports_skipped_frames_and_refuses_a_bag_with_none_readable(tmp
     err = capsys.readouterr().err
     assert err.count("warning: %s: /camera/image_raw" % bag) == 4
 
-    bad = write_damaged_bag(tmp_path / "all_bad", count=3, malformed={0: "short", 1: "garbage",
-                                                                     2: "encoding"})
+    every_kind = {0: "short", 1: "garbage", 2: "encoding"}
+    bad = write_damaged_bag(tmp_path / "all_bad", count=3, malformed=every_kind)
     assert distill_cli(tmp_path / "r", "--teacher", TEACHER, "--bag", bad, "--every", "1") == 1
     err = capsys.readouterr().err
     assert err.count("; skipped") == 3
