@@ -12,11 +12,15 @@ A flight bag holds, per camera frame, two images with the same header stamp:
     /camera/image_raw  sensor_msgs/msg/Image  rgb8   the camera frame
     /camera/gt_mask    sensor_msgs/msg/Image  mono8  class index per pixel (ground truth)
 
+A recorded camera topic may also be ``sensor_msgs/msg/CompressedImage`` (JPEG or PNG), decoded
+as the node decodes it (``core.imaging.msg_to_rgb``).
+
 ``read_frames`` pairs them by stamp and checks them; anything wrong with the bag (missing,
 corrupt, truncated, without the camera topic, a ground truth of the wrong size or encoding)
 raises ``BagError`` with a message naming the bag and topic. A reader given ``on_malformed``
 leaves out, and reports to it, each camera frame that is malformed (a message that does not
-deserialise, an unsupported encoding, a data length that is not height x step) instead. No torch here: this runs on the
+deserialise, an unsupported encoding, a data length that is not height x step, compressed
+bytes that do not decode) instead. No torch here: this runs on the
 drone side as well (``rosbags`` itself needs Python 3.10+; the rest of the package does not).
 """
 import sqlite3
@@ -29,7 +33,7 @@ from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple, 
 import numpy as np
 
 from lpcv_segmentation.core.classes import IGNORE_INDEX, NUM_CLASSES
-from lpcv_segmentation.core.imaging import ImageConversionError, image_to_rgb
+from lpcv_segmentation.core.imaging import ImageConversionError, msg_to_rgb
 
 __all__ = ["CAMERA_TOPIC", "GT_TOPIC", "MASK_TOPIC", "DETECTIONS_TOPIC", "STORAGES", "BagError",
            "BagWriter", "Frame", "FrameReader", "MalformedFrame", "TopicSummary", "bag_topics",
@@ -41,6 +45,7 @@ MASK_TOPIC = "/seg/mask"
 DETECTIONS_TOPIC = "/seg/detections"
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 STRING_TYPE = "std_msgs/msg/String"
 STORAGES = ("mcap", "sqlite3")
 # Version 8 stores each topic's QoS as a YAML string, the form Humble's reader expects;
@@ -134,6 +139,13 @@ class BagWriter:
             height=int(msg.height), width=int(msg.width), encoding=str(msg.encoding),
             is_bigendian=int(msg.is_bigendian), step=int(msg.step), data=data)
         self._write(topic, IMAGE_TYPE, copy, log_time_ns)
+
+    def write_compressed(self, topic: str, stamp_ns: int, data: bytes, fmt: str,
+                         frame_id: str = "camera") -> None:
+        """Write encoded image bytes (``fmt``: "jpeg", "png") as sensor_msgs/msg/CompressedImage."""
+        msg = self._types[COMPRESSED_TYPE](header=self._header(stamp_ns, frame_id), format=fmt,
+                                           data=np.frombuffer(bytes(data), dtype=np.uint8))
+        self._write(topic, COMPRESSED_TYPE, msg, stamp_ns)
 
     def write_string(self, topic: str, text: str, log_time_ns: int) -> None:
         """Write std_msgs/msg/String."""
@@ -234,13 +246,15 @@ def bag_topics(path: PathLike) -> Dict[str, TopicSummary]:
         reader.close()
 
 
-def _check_topic(path: Path, topics: Dict[str, object], topic: str, role: str) -> None:
+def _check_topic(path: Path, topics: Dict[str, object], topic: str, role: str,
+                 msgtypes: Tuple[str, ...] = (IMAGE_TYPE,)) -> None:
     if topic not in topics:
         raise BagError("%s: no %s topic %s in the bag (topics: %s)"
                        % (path, role, topic, ", ".join(sorted(topics)) or "none"))
     msgtype = topics[topic].msgtype
-    if msgtype != IMAGE_TYPE:
-        raise BagError("%s: topic %s is %s; expected %s" % (path, topic, msgtype, IMAGE_TYPE))
+    if msgtype not in msgtypes:
+        raise BagError("%s: topic %s is %s; expected %s" % (path, topic, msgtype,
+                                                            " or ".join(msgtypes)))
 
 
 def _gt_array(path: Path, topic: str, msg) -> np.ndarray:
@@ -281,7 +295,7 @@ class FrameReader:
         reader = _open_reader(self.path)
         try:
             topics = reader.topics
-            _check_topic(self.path, topics, camera_topic, "camera")
+            _check_topic(self.path, topics, camera_topic, "camera", (IMAGE_TYPE, COMPRESSED_TYPE))
             if gt_topic is not None:
                 _check_topic(self.path, topics, gt_topic, "ground-truth")
             self.frame_count = int(topics[camera_topic].msgcount)
@@ -357,7 +371,7 @@ class FrameReader:
                gt: Optional[np.ndarray]) -> Optional[Frame]:
         msg, index = item
         try:
-            rgb = image_to_rgb(msg)
+            rgb = msg_to_rgb(msg)
         except ImageConversionError as error:
             message = "%s: %s at stamp %d: %s" % (self.path, self.camera_topic, stamp, error)
             if self.on_malformed is None:
