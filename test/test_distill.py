@@ -194,6 +194,22 @@ def test_malformed_bag_frames_are_counted_and_skipped_with_a_warning(tmp_path):
     assert "data length 100" in warnings[0] and "yuv422_yuy2" in warnings[1]
     assert "does not deserialise" in warnings[2]
 
+    import cv2
+
+    from lpcv_segmentation.replay.bagio import CAMERA_TOPIC, BagWriter
+    compressed = tmp_path / "compressed"  # a camera recorded as JPEG: one frame is not a JPEG
+    with BagWriter(compressed) as writer:
+        for i in range(3):
+            jpeg = cv2.imencode(".jpg", np.full((32, 48, 3), 60 * i, np.uint8))[1].tobytes()
+            writer.write_compressed(CAMERA_TOPIC, START_NS + i, b"\xff\xd8 not a jpeg" if i == 1
+                                    else jpeg, "jpeg")
+    skipped, warnings = {}, []
+    read = list(read_frames(bag_frames(str(compressed), 0), skipped=skipped, warn=warnings.append))
+    assert [(f.bag_index, rgb.shape) for f, rgb in read] == [(0, (32, 48, 3)), (2, (32, 48, 3))]
+    assert skipped == {SKIPPED: 1} and len(warnings) == 1
+    assert warnings[0].startswith("warning: %s: /camera/image_raw at stamp %d: cannot decode "
+                                  "compressed image" % (compressed, START_NS + 1))
+
     skipped, warnings = {}, []  # every 2nd frame: 0, 2, 4, 6; only 4 is malformed
     read = list(read_frames(bag_frames(str(bag), 0, every=2), skipped=skipped, warn=warnings.append))
     assert [f.bag_index for f, _ in read] == [0, 2, 6] and skipped == {SKIPPED: 1}
