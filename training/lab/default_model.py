@@ -90,6 +90,7 @@ class DefaultModelSettings:
     prune: PruneSettings
     prune_overrides: Tuple[str, ...]
     export_fp16: bool
+    export_output_stride: str
     verify_images: int
     latency_warmup: int
     latency_threads: Optional[int]
@@ -117,6 +118,7 @@ class DefaultModelSettings:
                 student=TrainSettings.from_section(mapping["student"]), prune=prune,
                 prune_overrides=tuple(override_list(pruning.get("overrides"))),
                 export_fp16=bool(export.get("fp16", True)),
+                export_output_stride=str(export.get("output_stride", "full")),
                 verify_images=int(export["verify_images"]),
                 latency_warmup=int(latency.get("warmup", 3)),
                 latency_threads=latency.get("threads"), threads=mapping.get("threads"),
@@ -125,6 +127,11 @@ class DefaultModelSettings:
             raise DefaultModelError("%s: key %s missing" % (path, error))
         except (PruneError, TypeError, ValueError) as error:
             raise DefaultModelError("%s: %s" % (path, error))
+        from training.export import OUTPUT_STRIDES
+        if settings.export_output_stride not in OUTPUT_STRIDES:
+            raise DefaultModelError("%s: export output_stride must be one of %s, got %r"
+                                    % (path, ", ".join(OUTPUT_STRIDES),
+                                       settings.export_output_stride))
         for name in ("teacher", "student"):
             getattr(settings, name).validate(DefaultModelError, "%s: section %r: " % (path, name))
         return settings
@@ -284,16 +291,17 @@ def build(settings: DefaultModelSettings, out: Path, work: Path, resume: bool = 
                         teacher / BEST] + list(settings.prune_overrides), pruned / "prune.json")
 
     models = {"fp32": work / "default.onnx"}
+    stride = ["--output-stride", settings.export_output_stride]
     chain.run("export_fp32", ["export", "--checkpoint", pruned / BEST, "--format", "onnx",
                               "--out", models["fp32"], "--verify-images", settings.verify_images,
-                              "--json", work / "export_fp32.json"], models["fp32"],
+                              "--json", work / "export_fp32.json"] + stride, models["fp32"],
               in_process=True)
     if settings.export_fp16:
         models["fp16"] = work / "default_fp16.onnx"
         chain.run("export_fp16", ["export", "--checkpoint", pruned / BEST, "--format", "onnx",
                                   "--fp16", "--out", models["fp16"], "--verify-images",
-                                  settings.verify_images, "--json", work / "export_fp16.json"],
-                  models["fp16"], in_process=True)
+                                  settings.verify_images, "--json", work / "export_fp16.json"]
+                  + stride, models["fp16"], in_process=True)
 
     # Every stage's model on the same val images; latency of the ONNX files on this CPU.
     evaluated = {"teacher": teacher / BEST, "student": student / BEST, "pruned": pruned / BEST,
@@ -393,6 +401,17 @@ def trained_on_table() -> str:
     return markdown_table(("model", "where it comes from", "trained on"), rows)
 
 
+def _export_logits(report: Dict[str, Any]) -> str:
+    """The card's sentence on where the exported logits are (the export records the stride)."""
+    stride = int(report["export"]["fp32"].get("output_stride", 1))
+    if stride == 1:
+        return "The logits are resized to the input size inside the graph."
+    return ("With `--output-stride native`: the logits stay at the decoder's stride (1/%d of the "
+            "input, metadata `output_stride: %d`) and the runtime upsamples the label map "
+            "(docs/runtime.md, strided models), which costs less than resizing 14 logit maps."
+            % (stride, stride))
+
+
 def card_fields(report: Dict[str, Any]) -> Dict[str, Any]:
     """The values the model card template (CARD_TEMPLATE) names, from the build's report."""
     settings, machine, prune = report["settings"], report["machine"], report["prune"]
@@ -417,6 +436,7 @@ def card_fields(report: Dict[str, Any]) -> Dict[str, Any]:
         "p_method": settings["prune"]["method"], "p_target": settings["prune"]["target"],
         "p_amount": settings["prune"]["amount"], "p_iters": settings["prune"]["finetune_iters"],
         "p_before": prune["before"]["params"] / 1e6, "p_after": prune["after"]["params"] / 1e6,
+        "export_logits": _export_logits(report),
         "g_before": prune["before"]["gmacs"], "g_after": prune["after"]["gmacs"],
         "table": _results_table(report), "trained_on": trained_on_table(),
         "found": ("Classes `default.onnx` segments with an IoU of at least 0.3 on these scenes: "
