@@ -164,16 +164,28 @@ def postprocess(logits: np.ndarray, out_hw: Tuple[int, int], with_confidence: bo
 def _upsample_logits(scores: np.ndarray, out_hw: Tuple[int, int], with_confidence: bool,
                      confidence_at_logits: bool) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """(C, h, w) float32 logits -> labels (and confidence) from the logits resized bilinearly
-    to ``out_hw`` (OpenCV resizes every channel of an (h, w, C) array at once)."""
-    hwc = np.ascontiguousarray(scores.transpose(1, 2, 0))  # (C, h, w) -> (h, w, C)
-    resized = cv2.resize(hwc, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR)
-    if resized.ndim == 2:  # a single class: OpenCV drops the channel axis
-        resized = resized[:, :, None]
-    labels = resized.argmax(axis=2).astype(np.uint8)
+    to ``out_hw``, one class at a time with a running maximum: a third of the time of one
+    (H, W, C) resize and an argmax over its last axis, the same labels (the first class wins
+    a tie, as argmax)."""
+    size = (int(out_hw[1]), int(out_hw[0]))
+    resized = [cv2.resize(channel, size, interpolation=cv2.INTER_LINEAR) for channel in scores]
+    best = resized[0].copy()
+    labels = np.zeros(best.shape, np.uint8)
+    higher = np.empty(best.shape, bool)
+    for index, channel in enumerate(resized[1:], 1):
+        np.greater(channel, best, out=higher)
+        np.maximum(best, channel, out=best)
+        np.putmask(labels, higher, index)
     confidence = None
-    if with_confidence:
-        confidence = (_max_softmax(scores) if confidence_at_logits
-                      else _max_softmax(resized.transpose(2, 0, 1)))  # (H, W, C) -> (C, H, W)
+    if with_confidence and confidence_at_logits:
+        confidence = _max_softmax(scores)
+    elif with_confidence:  # 1 / sum_c exp(l_c - l_max), as _max_softmax
+        total = np.zeros(best.shape, np.float32)
+        for channel in resized:
+            np.subtract(channel, best, out=channel)  # the resized maps are not needed again
+            np.exp(channel, out=channel)
+            total += channel
+        confidence = np.divide(1.0, total, out=total)
     return labels, confidence
 
 
