@@ -10,6 +10,9 @@ short export and evaluation stages in this one):
   student   python -m training train      the MobileViT student, distilled from the teacher
   prune     python -m training prune      structured pruning (all), distilled fine-tune
   export    python -m training export     ONNX fp32 and fp16 (each checked against PyTorch)
+  checkpoint                              with strided exports: the pruned checkpoint with the
+                                          same output_stride in its metadata, so that the
+                                          PyTorch back end returns the same logits
   evaluate  python -m training evaluate   every stage's model on the val split, latency here
   card      OUT/README.md (the model card) and OUT/default_model.json from those results
 
@@ -303,8 +306,17 @@ def build(settings: DefaultModelSettings, out: Path, work: Path, resume: bool = 
                                   settings.verify_images, "--json", work / "export_fp16.json"]
                   + stride, models["fp16"], in_process=True)
 
+    checkpoint = pruned / BEST
+    stride = int(json.loads((work / "export_fp32.json").read_text()).get("output_stride", 1))
+    if stride > 1:
+        checkpoint = work / "default.safetensors"
+        target = checkpoint
+        chain.runner.run("checkpoint", target,
+                         lambda: strided_checkpoint(pruned / BEST, target, stride),
+                         "%s with output_stride %d in its metadata" % (pruned / BEST, stride))
+
     # Every stage's model on the same val images; latency of the ONNX files on this CPU.
-    evaluated = {"teacher": teacher / BEST, "student": student / BEST, "pruned": pruned / BEST,
+    evaluated = {"teacher": teacher / BEST, "student": student / BEST, "pruned": checkpoint,
                  "onnx_fp32": models["fp32"]}
     if "fp16" in models:
         evaluated["onnx_fp16"] = models["fp16"]
@@ -319,7 +331,7 @@ def build(settings: DefaultModelSettings, out: Path, work: Path, resume: bool = 
         evaluations[name] = json.loads(result.read_text())
 
     # Publish: copy the files into OUT, then the report and the card.
-    shipped = {"default.onnx": models["fp32"], "default.safetensors": pruned / BEST}
+    shipped = {"default.onnx": models["fp32"], "default.safetensors": checkpoint}
     if "fp16" in models:
         shipped["default_fp16.onnx"] = models["fp16"]
     for name, source in shipped.items():
@@ -343,6 +355,14 @@ def build(settings: DefaultModelSettings, out: Path, work: Path, resume: bool = 
     write_json_atomic(out / REPORT_NAME, report)
     write_text_atomic(out / CARD_NAME, model_card(report))
     return report
+
+
+def strided_checkpoint(source: Path, out: Path, stride: int) -> None:
+    """``source`` saved to ``out`` with ``output_stride`` in its metadata: the PyTorch back end
+    then runs ``model(x, full_res=False)`` as the strided ONNX export does (docs/runtime.md)."""
+    from lpcv_segmentation.model.checkpoint import load_checkpoint, save_checkpoint
+    model, meta = load_checkpoint(os.fspath(source))
+    save_checkpoint(os.fspath(out), model, dict(meta, output_stride=int(stride)))
 
 
 def _relative(path: Path) -> str:
@@ -408,8 +428,10 @@ def _export_logits(report: Dict[str, Any]) -> str:
         return "The logits are resized to the input size inside the graph."
     return ("With `--output-stride native`: the logits stay at the decoder's stride (1/%d of the "
             "input, metadata `output_stride: %d`) and the runtime upsamples the label map "
-            "(docs/runtime.md, strided models), which costs less than resizing 14 logit maps."
-            % (stride, stride))
+            "(docs/runtime.md, strided models), which costs less than resizing 14 logit maps. "
+            "`default.safetensors` records the same `output_stride`, so the PyTorch back end "
+            "returns the same strided logits (the pruned row below is measured so; the teacher "
+            "and student rows at full size)." % (stride, stride))
 
 
 def card_fields(report: Dict[str, Any]) -> Dict[str, Any]:
