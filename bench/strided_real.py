@@ -111,8 +111,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--plot", type=Path, default=None, metavar="PNG",
                         help="draw mIoU against the 1-thread latency ratio to the peer")
     parser.add_argument("--json", default=None, help="also write the results as JSON")
+    parser.add_argument("--replot", type=Path, default=None, metavar="JSON",
+                        help="only draw --plot again from the JSON of an earlier run")
     peer_lib.add_argument(parser)
     args = parser.parse_args(argv)
+    if args.replot:
+        import json
+        if not args.plot:
+            parser.error("--replot needs --plot PNG")
+        record = json.loads(args.replot.read_text())
+        rows = [dict(r, vs_peer={int(t): v for t, v in r["vs_peer"].items()})
+                for r in record["rows"]]
+        plot(rows, args.threads[0], args.plot)
+        return 0
     peer = peer_lib.resolve(parser, args.peer)
 
     rows: List[Dict[str, Any]] = []
@@ -181,18 +192,19 @@ def plot(rows: List[Dict[str, Any]], threads: int, path: Path) -> None:
     import matplotlib.pyplot as plt
     markers = {"full": "s", "strided/labels": "o", "strided/logits": "^"}
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for model in dict.fromkeys(r["model"] for r in rows):
+    for number, model in enumerate(dict.fromkeys(r["model"] for r in rows)):
+        colour = "C%d" % (number % 10)  # one colour per model, one marker per variant
         for variant, marker in markers.items():
             points = [r for r in rows if r["model"] == model and r["variant"] == variant]
             if not points or points[0]["vs_peer"][threads] is None:
                 continue
             xs = [r["vs_peer"][threads] for r in points]
             axes.plot(xs, [r["miou"] for r in points], marker=marker, linestyle="",
-                      label="%s, %s" % (model, variant))
+                      color=colour, label="%s, %s" % (model, variant))
             for r, x in zip(points, xs):
                 axes.annotate(str(r["size"]), (x, r["miou"]), fontsize=7,
                               textcoords="offset points", xytext=(3, 3))
-    axes.axvline(1.25, color="grey", linestyle="--", linewidth=1)
+    axes.axvline(1.25, color="grey", linestyle="--", linewidth=1, label="1.25x the peer")
     axes.set_xlabel("latency / peer's latency (ONNX Runtime, %d thread)" % threads)
     axes.set_ylabel("val mIoU")
     axes.legend(fontsize=7)
