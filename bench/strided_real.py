@@ -62,8 +62,9 @@ def parse_model(text: str) -> Tuple[str, str, List[int]]:
 def export(checkpoint: str, size: int, stride: str, work: Path) -> str:
     """The ONNX file of ``checkpoint`` at ``size`` (exported into ``work`` once)."""
     from training.export import OnnxGraph, export_onnx
-    out = work / ("%s_%s_%d_%s.onnx" % (Path(checkpoint).parent.name, Path(checkpoint).stem,
-                                       size, stride))
+    name = "%s_%s_%d_%s.onnx" % (Path(checkpoint).parent.name, Path(checkpoint).stem, size,
+                                 stride)
+    out = work / name
     if not out.is_file():
         work.mkdir(parents=True, exist_ok=True)
         print("exporting %s at %d px, logits %s ..." % (checkpoint, size, stride),
