@@ -150,6 +150,11 @@ def test_pytorch_back_end_runs_a_checkpoint_that_records_the_stride(tmp_path, ti
     x = onnx_seg.preprocess(scene(24, 128, 128))
     assert torch_seg.infer(x).shape == (1, NUM_CLASSES, 128 // STRIDE, 128 // STRIDE)
     np.testing.assert_allclose(torch_seg.infer(x), onnx_seg.infer(x), atol=1e-3)
+    # such a checkpoint exports strided unless told otherwise (the shipped default's case)
+    from training.export import export_onnx
+    exported = tmp_path / "from_strided.onnx"
+    assert export_onnx(str(strided), str(exported), verify_images=1)["output_stride"] == STRIDE
+    assert onnx_meta(exported)["output_stride"] == STRIDE
     wrong = tmp_path / "wrong.safetensors"
     save_checkpoint(str(wrong), model, dict(meta, output_stride=8))
     with pytest.raises(RuntimeConfigError, match=r"wrong\.safetensors: output 'logits' has shape "

@@ -353,10 +353,11 @@ class OnnxGraph:
     """How the graph is written: the ONNX ``opset``, ``timm_mobilevit`` to export timm's
     MobileViT blocks as they are (see ``model_to_onnx``), and ``output_stride``: "full"
     (logits at the input size) or "native" (at the decoder's stride, recorded in the
-    metadata)."""
+    metadata); None: "native" for a checkpoint whose metadata records an ``output_stride``
+    (the shipped default.safetensors), else "full"."""
     opset: int = DEFAULT_OPSET
     timm_mobilevit: bool = False
-    output_stride: str = "full"  # one of OUTPUT_STRIDES
+    output_stride: Optional[str] = None  # one of OUTPUT_STRIDES; None: the checkpoint's
 
 
 def export_onnx(checkpoint_path: str, out_path: str, input_size: Optional[int] = None,
@@ -380,12 +381,13 @@ def export_onnx(checkpoint_path: str, out_path: str, input_size: Optional[int] =
         raise ExportError("--calib is used by --int8 only")
     if verify_images < 1:
         raise ExportError("verify_images must be at least 1, got %d" % verify_images)
-    if graph.output_stride not in OUTPUT_STRIDES:
+    if graph.output_stride not in OUTPUT_STRIDES + (None,):
         raise ExportError("unknown output stride %r; choose from %s"
                           % (graph.output_stride, ", ".join(OUTPUT_STRIDES)))
     start = time.perf_counter()
     model, meta, size = _load(checkpoint_path, input_size)
-    full_res = graph.output_stride == "full"
+    full_res = (graph.output_stride == "full" if graph.output_stride
+                else int(meta.get("output_stride", 1)) == 1)
     stride = 1 if full_res else native_stride(model, size)
     calib = None
     if precision == "int8":  # read the data first: a bad --calib fails before the slow export
@@ -451,7 +453,8 @@ def export_onnx(checkpoint_path: str, out_path: str, input_size: Optional[int] =
 
 def export_tensorrt(checkpoint_path: str, out_path: str, input_size: Optional[int] = None,
                     precision: str = "fp32", verify_images: int = 4,
-                    opset: int = DEFAULT_OPSET, output_stride: str = "full") -> Dict[str, Any]:
+                    opset: int = DEFAULT_OPSET, output_stride: Optional[str] = None
+                    ) -> Dict[str, Any]:
     """Build a TensorRT engine (fp32 or fp16) from the checked ONNX export with
     ``lpcv_segmentation.runtime.engine.build_engine``; the metadata goes to ``OUT.json`` beside it.
     Needs the tensorrt package (ExportError says so, before any work, when it is missing)."""
@@ -513,11 +516,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timm-mobilevit", action="store_true",
                         help="export timm's own MobileViT blocks instead of the export-friendly "
                              "rewrite with the same outputs (for comparison; docs/runtime.md)")
-    parser.add_argument("--output-stride", choices=OUTPUT_STRIDES, default="full",
-                        help="full: logits resized to the input size in the graph (the default); "
-                             "native: logits left at the decoder's stride (1/8 for upernet_lite), "
+    parser.add_argument("--output-stride", choices=OUTPUT_STRIDES, default=None,
+                        help="full: logits resized to the input size in the graph; native: "
+                             "logits left at the decoder's stride (1/8 for upernet_lite), "
                              "recorded as output_stride in the metadata, upsampled by the runtime "
-                             "(labels or logits; docs/runtime.md)")
+                             "(labels or logits; docs/runtime.md). Default: native for a "
+                             "checkpoint whose metadata records output_stride (the shipped "
+                             "default.safetensors), else full")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the report as JSON")
 
 
