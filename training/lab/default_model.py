@@ -94,6 +94,7 @@ class DefaultModelSettings:
     prune_overrides: Tuple[str, ...]
     export_fp16: bool
     export_output_stride: str
+    export_input_size: Optional[int]
     verify_images: int
     latency_warmup: int
     latency_threads: Optional[int]
@@ -122,6 +123,8 @@ class DefaultModelSettings:
                 prune_overrides=tuple(override_list(pruning.get("overrides"))),
                 export_fp16=bool(export.get("fp16", True)),
                 export_output_stride=str(export.get("output_stride", "full")),
+                export_input_size=(int(export["input_size"]) if export.get("input_size")
+                                   else None),
                 verify_images=int(export["verify_images"]),
                 latency_warmup=int(latency.get("warmup", 3)),
                 latency_threads=latency.get("threads"), threads=mapping.get("threads"),
@@ -295,6 +298,8 @@ def build(settings: DefaultModelSettings, out: Path, work: Path, resume: bool = 
 
     models = {"fp32": work / "default.onnx"}
     stride = ["--output-stride", settings.export_output_stride]
+    if settings.export_input_size:
+        stride += ["--input-size", settings.export_input_size]
     chain.run("export_fp32", ["export", "--checkpoint", pruned / BEST, "--format", "onnx",
                               "--out", models["fp32"], "--verify-images", settings.verify_images,
                               "--json", work / "export_fp32.json"] + stride, models["fp32"],
@@ -307,13 +312,15 @@ def build(settings: DefaultModelSettings, out: Path, work: Path, resume: bool = 
                   + stride, models["fp16"], in_process=True)
 
     checkpoint = pruned / BEST
-    stride = int(json.loads((work / "export_fp32.json").read_text()).get("output_stride", 1))
-    if stride > 1:
+    exported = json.loads((work / "export_fp32.json").read_text())
+    stride, size = int(exported.get("output_stride", 1)), int(exported["input_size"])
+    if stride > 1 or settings.export_input_size:
         checkpoint = work / "default.safetensors"
         target = checkpoint
         chain.runner.run("checkpoint", target,
-                         lambda: strided_checkpoint(pruned / BEST, target, stride),
-                         "%s with output_stride %d in its metadata" % (pruned / BEST, stride))
+                         lambda: shipped_checkpoint(pruned / BEST, target, stride, size),
+                         "%s with input_size %d and output_stride %d in its metadata"
+                         % (pruned / BEST, size, stride))
 
     # Every stage's model on the same val images; latency of the ONNX files on this CPU.
     evaluated = {"teacher": teacher / BEST, "student": student / BEST, "pruned": checkpoint,
@@ -357,12 +364,16 @@ def build(settings: DefaultModelSettings, out: Path, work: Path, resume: bool = 
     return report
 
 
-def strided_checkpoint(source: Path, out: Path, stride: int) -> None:
-    """``source`` saved to ``out`` with ``output_stride`` in its metadata: the PyTorch back end
-    then runs ``model(x, full_res=False)`` as the strided ONNX export does (docs/runtime.md)."""
+def shipped_checkpoint(source: Path, out: Path, stride: int, size: int) -> None:
+    """``source`` saved to ``out`` as the ONNX export runs it: at input ``size`` (a size-flexible
+    encoder) and, when ``stride`` > 1, with ``output_stride`` in its metadata, so that the
+    PyTorch back end runs ``model(x, full_res=False)`` as the strided export does
+    (docs/runtime.md)."""
     from lpcv_segmentation.model.checkpoint import load_checkpoint, save_checkpoint
     model, meta = load_checkpoint(os.fspath(source))
-    save_checkpoint(os.fspath(out), model, dict(meta, output_stride=int(stride)))
+    model.input_size = int(size)
+    extra = {"output_stride": int(stride)} if stride > 1 else {}
+    save_checkpoint(os.fspath(out), model, dict(meta, **extra))
 
 
 def _relative(path: Path) -> str:
@@ -422,16 +433,23 @@ def trained_on_table() -> str:
 
 
 def _export_logits(report: Dict[str, Any]) -> str:
-    """The card's sentence on where the exported logits are (the export records the stride)."""
-    stride = int(report["export"]["fp32"].get("output_stride", 1))
+    """The card's sentences on the exported graph: its input size when it is not the one the
+    student was trained at, and where the logits are (the export records both)."""
+    exported = report["export"]["fp32"]
+    stride, size = int(exported.get("output_stride", 1)), int(exported["input_size"])
+    trained = (report["settings"]["student"].get("overrides") or {}).get("input_size")
+    text = ""
+    if trained and int(trained) != size:
+        text = ("Exported at %d px (`--input-size %d`; trained at %s px, the encoder is "
+                "size-flexible), as `default.safetensors` records too. " % (size, size, trained))
     if stride == 1:
-        return "The logits are resized to the input size inside the graph."
-    return ("With `--output-stride native`: the logits stay at the decoder's stride (1/%d of the "
-            "input, metadata `output_stride: %d`) and the runtime upsamples the label map "
-            "(docs/runtime.md, strided models), which costs less than resizing 14 logit maps. "
-            "`default.safetensors` records the same `output_stride`, so the PyTorch back end "
-            "returns the same strided logits (the pruned row below is measured so; the teacher "
-            "and student rows at full size)." % (stride, stride))
+        return text + "The logits are resized to the input size inside the graph."
+    return text + ("With `--output-stride native`: the logits stay at the decoder's stride (1/%d "
+                   "of the input, metadata `output_stride: %d`) and the runtime upsamples the "
+                   "label map (docs/runtime.md, strided models), which costs less than resizing "
+                   "14 logit maps. `default.safetensors` records the same `output_stride`, so the "
+                   "PyTorch back end returns the same strided logits (the pruned row below is "
+                   "measured so; the teacher and student rows at full size)." % (stride, stride))
 
 
 def card_fields(report: Dict[str, Any]) -> Dict[str, Any]:
