@@ -108,7 +108,8 @@ def model_to_onnx(model: Any, input_size: int, opset: int = DEFAULT_OPSET,
     rewrite = contextlib.nullcontext(model) if timm_mobilevit else export_friendly(model)
     with warnings.catch_warnings(), torch.no_grad(), rewrite as exported:
         warnings.simplefilter("ignore")  # exporter deprecation chatter, not about this model
-        program = torch.onnx.export(exported, (x,), kwargs={"full_res": bool(full_res)},
+        # full_res is passed only when False: other modules (an encoder alone) take x only
+        program = torch.onnx.export(exported, (x,), kwargs=None if full_res else {"full_res": False},
                                     dynamo=True, input_names=[INPUT_NAME],
                                     output_names=[OUTPUT_NAME], opset_version=int(opset),
                                     verbose=False, external_data=False)
