@@ -452,6 +452,15 @@ def _export_logits(report: Dict[str, Any]) -> str:
                    "measured so; the teacher and student rows at full size)." % (stride, stride))
 
 
+def _reused_note(report: Dict[str, Any]) -> str:
+    """How many stages a --resume build took from an earlier run (their time is not counted)."""
+    reused = [s["stage"] for s in report.get("stages", []) if s.get("reused")]
+    if not reused:
+        return ""
+    return (" for the stages it ran (%s reused from an earlier run with `--resume`, their logs in "
+            "`%s/logs/`)" % (", ".join(reused), report.get("work", "runs/default_model")))
+
+
 def card_fields(report: Dict[str, Any]) -> Dict[str, Any]:
     """The values the model card template (CARD_TEMPLATE) names, from the build's report."""
     settings, machine, prune = report["settings"], report["machine"], report["prune"]
@@ -465,6 +474,7 @@ def card_fields(report: Dict[str, Any]) -> Dict[str, Any]:
         "quick_warning": ("\n> **This card was written by a `--quick` run (a test of the chain at "
                           "tiny sizes): the model is not usable.**\n" if report["quick"] else ""),
         "minutes": report["seconds"] / 60.0, "work": report.get("work", "runs/default_model"),
+        "reused": _reused_note(report),
         "threads_train": settings.get("threads") or "default", "cpu": machine["cpu"],
         "cores": machine["cores"], "command": report["command"],
         "count": data["count"], "size": data["size"], "seed": data["seed"],
