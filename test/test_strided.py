@@ -28,12 +28,10 @@ def scene(seed: int, height: int, width: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def strided_onnx(tiny_checkpoint, tmp_path_factory) -> Path:
-    """The tiny checkpoint exported with its logits at the decoder's stride, by the command."""
-    path = tmp_path_factory.mktemp("strided") / "tiny_strided.onnx"
-    assert training_main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(path),
-                          "--output-stride", "native", "--verify-images", "1"]) == 0
-    return path
+def strided_onnx(tiny_strided_onnx) -> Path:
+    """The tiny checkpoint exported with its logits at the decoder's stride, by the command
+    (``fixtures_model.tiny_strided_onnx``)."""
+    return tiny_strided_onnx
 
 
 def onnx_meta(path: Path) -> dict:
