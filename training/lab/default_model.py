@@ -354,12 +354,13 @@ def build(settings: DefaultModelSettings, out: Path, work: Path, resume: bool = 
         "evaluations": evaluations,
         "stages": chain.stages,
         "machine": report_lib.machine_description(),
-        "seconds": round(time.time() - started, 1),
+        "seconds": round(time.time() - started + _carry_stage_seconds(work, chain.stages), 1),
         "built": time.strftime("%Y-%m-%d"),
     }
     if "fp16" in models:
         report["export"]["fp16"] = json.loads((work / "export_fp16.json").read_text())
     write_json_atomic(out / REPORT_NAME, report)
+    write_json_atomic(work / REPORT_NAME, report)  # a later --resume takes its stage times
     write_text_atomic(out / CARD_NAME, model_card(report))
     return report
 
@@ -374,6 +375,22 @@ def shipped_checkpoint(source: Path, out: Path, stride: int, size: int) -> None:
     model.input_size = int(size)
     extra = {"output_stride": int(stride)} if stride > 1 else {}
     save_checkpoint(os.fspath(out), model, dict(meta, **extra))
+
+
+def _carry_stage_seconds(work: Path, stages: List[Dict[str, Any]]) -> float:
+    """Give each stage this --resume run reused the seconds an earlier build in ``work``
+    recorded for it (WORK/default_model.json); returns their sum, which the build's time adds."""
+    try:
+        earlier = json.loads((work / REPORT_NAME).read_text()).get("stages", [])
+    except (OSError, ValueError):
+        return 0.0
+    seconds = {s["stage"]: s["seconds"] for s in earlier if "seconds" in s}
+    carried = 0.0
+    for record in stages:
+        if record.get("reused") and record["stage"] in seconds:
+            record["seconds"] = seconds[record["stage"]]
+            carried += float(record["seconds"])
+    return carried
 
 
 def _relative(path: Path) -> str:
@@ -454,10 +471,11 @@ def _export_logits(report: Dict[str, Any]) -> str:
 
 def _reused_note(report: Dict[str, Any]) -> str:
     """How many stages a --resume build took from an earlier run (their time is not counted)."""
-    reused = [s["stage"] for s in report.get("stages", []) if s.get("reused")]
+    reused = [s["stage"] for s in report.get("stages", [])
+              if s.get("reused") and "seconds" not in s]
     if not reused:
         return ""
-    return (" for the stages it ran (%s reused from an earlier run with `--resume`, their logs in "
+    return (" (not counting %s, reused from an earlier run with `--resume`; their logs in "
             "`%s/logs/`)" % (", ".join(reused), report.get("work", "runs/default_model")))
 
 
