@@ -148,7 +148,7 @@ def test_pytorch_back_end_runs_a_checkpoint_that_records_the_stride(tmp_path, ti
     x = onnx_seg.preprocess(scene(24, 128, 128))
     assert torch_seg.infer(x).shape == (1, NUM_CLASSES, 128 // STRIDE, 128 // STRIDE)
     np.testing.assert_allclose(torch_seg.infer(x), onnx_seg.infer(x), atol=1e-3)
-    # such a checkpoint exports strided unless told otherwise (the shipped default's case)
+    # such a checkpoint (default-model's, with a strided export) exports strided unless told otherwise
     from training.export import export_onnx
     exported = tmp_path / "from_strided.onnx"
     assert export_onnx(str(strided), str(exported), verify_images=1)["output_stride"] == STRIDE

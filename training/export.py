@@ -355,7 +355,7 @@ class OnnxGraph:
     MobileViT blocks as they are (see ``model_to_onnx``), and ``output_stride``: "full"
     (logits at the input size) or "native" (at the decoder's stride, recorded in the
     metadata); None: "native" for a checkpoint whose metadata records an ``output_stride``
-    (the shipped default.safetensors), else "full"."""
+    (``default-model`` with a strided export ships one), else "full"."""
     opset: int = DEFAULT_OPSET
     timm_mobilevit: bool = False
     output_stride: Optional[str] = None  # one of OUTPUT_STRIDES; None: the checkpoint's
@@ -522,8 +522,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "logits left at the decoder's stride (1/8 for upernet_lite), "
                              "recorded as output_stride in the metadata, upsampled by the runtime "
                              "(labels or logits; docs/runtime.md). Default: native for a "
-                             "checkpoint whose metadata records output_stride (the shipped "
-                             "default.safetensors), else full")
+                             "checkpoint whose metadata records output_stride (what default-model "
+                             "ships with a strided export), else full")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the report as JSON")
 
 
