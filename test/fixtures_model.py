@@ -6,6 +6,8 @@ logits vary like a trained model's (with the default statistics nearly every pix
 same two or three classes). Saved with ``save_checkpoint``.
 ``tiny_onnx``: its fp32 ONNX export by ``training.export.export_onnx`` (checked against
 PyTorch on one synthetic scene, as the export always does).
+``tiny_strided_onnx``: the same export with the logits left at the decoder's stride
+(``--output-stride native``: 1x14x32x32 logits, metadata ``output_stride`` 4).
 """
 from pathlib import Path
 
@@ -63,4 +65,15 @@ def tiny_onnx(tiny_checkpoint, tmp_path_factory) -> Path:
 
     path = tmp_path_factory.mktemp("tiny_onnx") / "tiny.onnx"
     export_onnx(str(tiny_checkpoint), str(path), verify_images=1)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_strided_onnx(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny model exported by the command with ``--output-stride native``."""
+    from training.__main__ import main as training_main
+
+    path = tmp_path_factory.mktemp("tiny_strided") / "tiny_strided.onnx"
+    assert training_main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(path),
+                          "--output-stride", "native", "--verify-images", "1"]) == 0
     return path

@@ -162,6 +162,19 @@ def test_live_against_a_running_node(flight, tiny_onnx, offline, tmp_path):
         assert stop(node) == 0, (tmp_path / "node.log").read_text()
 
 
+def test_offline_scores_a_strided_model_with_either_upsampling(flight, tiny_strided_onnx,
+                                                               tmp_path):
+    reports = {}
+    for upsample in ("labels", "logits"):
+        out = tmp_path / ("%s.json" % upsample)
+        result = bag_eval("--bag", flight, "--json", out, "--mode", "offline", "--model",
+                          tiny_strided_onnx, "--upsample", upsample, "--quiet")
+        assert result.returncode == 0, result.stderr
+        reports[upsample] = json.loads(out.read_text())
+        assert reports[upsample]["frames"] == FRAMES and 0.0 <= reports[upsample]["miou"] <= 1.0
+    assert reports["labels"]["per_class_iou"] != reports["logits"]["per_class_iou"]
+
+
 def test_missing_model_is_named(flight, tmp_path):
     result = bag_eval("--bag", flight, "--json", tmp_path / "r.json", "--mode", "live",
                       "--model", tmp_path / "absent.onnx")

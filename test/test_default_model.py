@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,8 +26,9 @@ def test_quick_chain_builds_a_model_and_its_card(tmp_path):
                                                "README.md"}
     report = json.loads((out / "default_model.json").read_text())
     assert [s["stage"] for s in report["stages"]] == [
-        "data", "teacher", "student", "prune", "export_fp32", "export_fp16", "evaluate_teacher",
-        "evaluate_student", "evaluate_pruned", "evaluate_onnx_fp32", "evaluate_onnx_fp16"]
+        "data", "teacher", "student", "prune", "export_fp32", "export_fp16", "checkpoint",
+        "evaluate_teacher", "evaluate_student", "evaluate_pruned", "evaluate_onnx_fp32",
+        "evaluate_onnx_fp16"]
     student_command = report["stages"][2]["command"]
     assert "--teacher" in student_command  # distilled
     prune = report["prune"]
@@ -38,6 +40,15 @@ def test_quick_chain_builds_a_model_and_its_card(tmp_path):
     from lpcv_segmentation.runtime.segmenter import Segmenter
     segmenter = Segmenter(str(out / "default.onnx"))
     assert segmenter.input_size == 64  # the quick settings
+    # logits left at upernet_lite's stride (export.output_stride: native), and the shipped
+    # checkpoint records it, so both back ends return the same logits
+    assert segmenter.output_stride == 8 and report["export"]["fp32"]["output_stride"] == 8
+    checkpoint = Segmenter(str(out / "default.safetensors"))
+    assert checkpoint.output_stride == 8
+    blank = np.zeros((64, 64, 3), np.uint8)
+    x = segmenter.preprocess(blank)
+    assert checkpoint.infer(x).shape == segmenter.infer(x).shape == (1, 14, 8, 8)
+    assert segmenter.segment(blank).labels.shape == (64, 64)
 
     card = (out / "README.md").read_text()
     assert "trained on synthetic scenes only" in card

@@ -105,6 +105,24 @@ def test_stride8_model_runs_in_the_runtime_as_its_own_code_would(tmp_path, capsy
         assert len(np.unique(expected)) > 2  # the comparison is not between two constant maps
 
 
+def test_keep_stride_leaves_the_upsampling_to_the_runtime(tmp_path, capsys):
+    foreign = foreign_model(tmp_path / "foreign.onnx")
+    out = tmp_path / "strided.onnx"
+    assert run_import(foreign, out, "--output-stride", "8", "--keep-stride") == 0
+    assert "stride 8 (kept; the runtime upsamples)" in capsys.readouterr().out
+    model = onnx.load(str(out))
+    assert "Resize" not in [n.op_type for n in model.graph.node]
+    meta = json.loads({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
+    assert (meta["output_stride"], meta["upsample"]) == (8, "logits")
+    assert meta["imported"]["upsampled_in_graph"] is False
+    segmenter = Segmenter(str(out))
+    assert segmenter.output_stride == 8 and segmenter.upsample == "logits"
+    rgb = cv2.GaussianBlur(np.random.default_rng(1).integers(0, 256, (SIZE, SIZE, 3),
+                                                             dtype=np.uint8), (9, 9), 3)
+    expected = by_hand(foreign, rgb)  # the foreign model's own inference
+    assert len(np.unique(expected)) > 2 and (segmenter.segment(rgb).labels == expected).mean() > 0.999
+
+
 def test_imported_model_is_evaluated_by_training_evaluate(tmp_path, synth_dataset, capsys):
     foreign = foreign_model(tmp_path / "foreign.onnx")
     out = tmp_path / "imported.onnx"

@@ -1,12 +1,15 @@
 """Evaluate a model file on a dataset split: accuracy, cost, latency and the challenge score.
 
   python -m training evaluate --checkpoint MODEL --data DIR --split val --json OUT.json \\
-      [--overlays N] [--backend auto] [--device cpu] [--precision fp32]
+      [--overlays N] [--backend auto] [--device cpu] [--precision fp32] [--upsample labels|logits]
 
 MODEL is anything ``lpcv_segmentation.runtime.segmenter.Segmenter`` runs: a ``.safetensors``
 checkpoint, an exported ``.onnx`` file or a TensorRT ``.engine``. Every image goes through
 the same ``Segmenter.segment`` the drone uses (resize to the model input, back end, argmax,
-nearest resize back to the image size), so the figures score what would fly.
+nearest resize back to the image size), so the figures score what would fly. A model whose
+logits are at a stride (metadata ``output_stride``) is upsampled as ``--upsample`` says
+(labels: argmax then nearest; logits: bilinear logits then argmax; default: the model's own
+setting, else labels; docs/runtime.md).
 
 The JSON holds:
   miou, per_class_iou, pixel_acc  dataset-level confusion matrix (the paper's figures)
@@ -17,7 +20,10 @@ The JSON holds:
   latency_ms                      median forward time per image after warm-up (the back
                                   end's inference step; synchronised on CUDA)
   score                           dice / (latency_ms / 1000), the challenge's score
-  plus latency_mean_ms, backend, device, precision, input_size, images, model, data, split.
+  postprocess_ms                  median post-processing time per image (argmax and the resize
+                                  to the image size; upsampling the logits costs here)
+  plus latency_mean_ms, backend, device, precision, input_size, output_stride, upsample,
+  images, model, data, split.
 
 With --overlays N the first N images are also written as PNGs ``image | label |
 prediction`` in the class colours, with a legend of the classes shown.
@@ -36,6 +42,7 @@ from lpcv_segmentation.core.classes import IGNORE_INDEX
 from lpcv_segmentation.core.fileio import write_json_atomic
 from lpcv_segmentation.core.formatting import fmt
 from lpcv_segmentation.core.metrics import SegmentationMetrics
+from lpcv_segmentation.runtime.segmenter import UPSAMPLING
 from lpcv_segmentation.replay.panels import MIN_PANEL_WIDTH, overlay_panel, write_panel  # noqa: F401
 
 WARMUP_DEFAULT = 3
@@ -44,12 +51,14 @@ WARMUP_DEFAULT = 3
 @dataclass(frozen=True)
 class Runtime:
     """How ``evaluate`` runs the model: the Segmenter's back end, device, precision and
-    threads (None: the back end's own), and the untimed warm-up passes before timing."""
+    threads (None: the back end's own), the untimed warm-up passes before timing, and how a
+    strided model's logits are upsampled (``Segmenter``'s ``upsample``)."""
     backend: str = "auto"
     device: str = "cpu"
     precision: str = "fp32"
     threads: Optional[int] = None
     warmup: int = WARMUP_DEFAULT
+    upsample: Optional[str] = None  # strided logits: "labels" or "logits" (None: the model's)
 
 
 class EvaluateError(RuntimeError):
@@ -77,6 +86,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="forward passes before timing starts (default: %d)" % WARMUP_DEFAULT)
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="evaluate only the first N images of the split")
+    parser.add_argument("--upsample", choices=UPSAMPLING, default=None,
+                        help="for a model with strided logits (metadata output_stride): labels "
+                             "(argmax at the stride, nearest resize) or logits (bilinear resize "
+                             "of the logits, then argmax); default: the model's own, else labels")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -84,7 +97,8 @@ def main(args: argparse.Namespace) -> int:
     from training.data import DatasetError
 
     try:
-        runtime = Runtime(args.backend, args.device, args.precision, args.threads, args.warmup)
+        runtime = Runtime(args.backend, args.device, args.precision, args.threads, args.warmup,
+                          args.upsample)
         result = evaluate(args.checkpoint, args.data, args.split, runtime, limit=args.limit,
                           overlays=args.overlays,
                           overlay_dir=args.overlay_dir or _default_overlay_dir(args.json))
@@ -151,12 +165,14 @@ def evaluate(model_path: str, data: str, split: str = "val", runtime: Runtime = 
         pairs = pairs[:limit]
     validate_pairs(pairs, progress=progress)
     segmenter = Segmenter(model_path, backend=runtime.backend, device=runtime.device,
-                          precision=runtime.precision, threads=runtime.threads)
+                          precision=runtime.precision, threads=runtime.threads,
+                          upsample=runtime.upsample)
     if overlays and overlay_dir:
         os.makedirs(overlay_dir, exist_ok=True)
     segmenter.warmup(runtime.warmup)
     metrics = SegmentationMetrics(segmenter.num_classes, IGNORE_INDEX)
     inference_ms: List[float] = []
+    postprocess_ms: List[float] = []
     for index, (image_path, label_path) in enumerate(tqdm(pairs, desc="evaluate", unit="img",
                                                           disable=not progress)):
         image = read_image(image_path)
@@ -164,6 +180,7 @@ def evaluate(model_path: str, data: str, split: str = "val", runtime: Runtime = 
         result = segmenter.segment(image)
         metrics.update(result.labels, label)
         inference_ms.append(result.timings_ms["inference"])
+        postprocess_ms.append(result.timings_ms["postprocess"])
         if index < overlays and overlay_dir:
             write_overlay(Path(overlay_dir) / Path(image_path).name, image, label, result.labels)
     params, gmacs = model_cost(segmenter)
@@ -179,6 +196,7 @@ def evaluate(model_path: str, data: str, split: str = "val", runtime: Runtime = 
         "gmacs": gmacs,
         "latency_ms": latency,
         "latency_mean_ms": statistics.fmean(inference_ms),
+        "postprocess_ms": statistics.median(postprocess_ms),
         "score": None if dice is None or latency <= 0 else dice / (latency / 1000.0),
         "images": summary["images"],
         "class_images": summary["class_images"],
@@ -186,6 +204,8 @@ def evaluate(model_path: str, data: str, split: str = "val", runtime: Runtime = 
         "device": segmenter.device,
         "precision": segmenter.precision,
         "input_size": segmenter.input_size,
+        "output_stride": segmenter.output_stride,
+        "upsample": segmenter.upsample if segmenter.output_stride > 1 else None,
         "warmup": runtime.warmup,
         "model": os.path.abspath(model_path),
         "data": os.path.abspath(data),

@@ -4,12 +4,17 @@
     python -m training export --checkpoint CKPT --format onnx --fp16 --out model_fp16.onnx
     python -m training export --checkpoint CKPT --format onnx --int8 --calib DATASET --out model_int8.onnx
     python -m training export --checkpoint CKPT --format tensorrt --fp16 --out model.engine
+    python -m training export --checkpoint CKPT --format onnx --output-stride native --out model.onnx
 
 The ONNX model takes one float32 input "input" of shape 1x3xSxS (RGB normalised with the
 model's mean/std) and returns float32 logits "logits" of shape 1xCxSxS (C = 14 classes).
-S defaults to the checkpoint's input size. The model metadata (class table, normalisation,
-input size, precision, parameters, GMACs) is stored as the ONNX metadata_props key
-``lpcv_segmentation``; ``lpcv_segmentation.runtime.segmenter.Segmenter`` reads it.
+S defaults to the checkpoint's input size. With ``--output-stride native`` the logits stay at
+the decoder's resolution, 1xCx(S/N)x(S/N) with N = 8 for upernet_lite and 4 for upernet (the
+model's final bilinear resize is left to the runtime, which upsamples labels or logits;
+docs/runtime.md), and the metadata records ``output_stride`` N. The model metadata (class
+table, normalisation, input size, precision, parameters, GMACs, the logits' stride) is stored
+as the ONNX metadata_props key ``lpcv_segmentation``;
+``lpcv_segmentation.runtime.segmenter.Segmenter`` reads it.
 
 Before it reports success the export runs the file in ONNX Runtime (CPU) and in PyTorch on
 synthetic scenes, prints the argmax agreement and the largest logit difference, and fails
@@ -42,6 +47,7 @@ from lpcv_segmentation.runtime.segmenter import (INPUT_NAME, METADATA_KEY, OUTPU
 
 FORMATS = ("onnx", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
+OUTPUT_STRIDES = ("full", "native")  # logits at the input size, or at the decoder's stride
 DEFAULT_OPSET = 18
 # Least argmax agreement with PyTorch fp32 on the synthetic check scenes; int8 is reported only.
 MIN_AGREEMENT: Dict[str, Optional[float]] = {"fp32": 0.999, "fp16": 0.99, "int8": None}
@@ -57,23 +63,39 @@ class ExportError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 # ONNX building blocks
 # --------------------------------------------------------------------------------------------
+def native_stride(model: Any, input_size: int) -> int:
+    """The stride of ``model(x, full_res=False)``'s logits at an SxS input (8: upernet_lite)."""
+    import torch
+    with torch.no_grad():
+        logits = model.to("cpu", torch.float32).eval()(
+            torch.zeros(1, 3, int(input_size), int(input_size)), full_res=False)
+    if int(input_size) % int(logits.shape[-1]):
+        raise ExportError("logits of %dx%d do not tile a %dx%d input at a whole stride"
+                          % (logits.shape[-2], logits.shape[-1], input_size, input_size))
+    return int(input_size) // int(logits.shape[-1])
+
+
 def onnx_metadata(model: Any, meta: Dict[str, Any], input_size: int, precision: str,
-                  checkpoint_path: Optional[str] = None) -> Dict[str, Any]:
+                  checkpoint_path: Optional[str] = None, stride: int = 1) -> Dict[str, Any]:
     """The checkpoint's metadata for an ONNX file: without ``structure`` (the graph has the
-    shapes), with ``input_size``, ``precision``, ``params`` and ``gmacs`` at that size."""
+    shapes), with ``input_size``, ``precision``, ``params`` and ``gmacs`` at that size, and
+    ``output_stride`` when the logits are left at a ``stride`` (the runtime upsamples them)."""
     from lpcv_segmentation.model.cost import count_macs, count_params
-    out = {k: v for k, v in meta.items() if k != "structure"}
+    out = {k: v for k, v in meta.items() if k not in ("structure", "output_stride")}
     out.update(input_size=int(input_size), precision=precision, params=count_params(model),
                gmacs=round(count_macs(model, int(input_size)), 4))
+    if stride != 1:
+        out["output_stride"] = int(stride)
     if checkpoint_path:
         out["source"] = os.path.basename(os.fspath(checkpoint_path))
     return out
 
 
 def model_to_onnx(model: Any, input_size: int, opset: int = DEFAULT_OPSET,
-                  timm_mobilevit: bool = False) -> Any:
+                  timm_mobilevit: bool = False, full_res: bool = True) -> Any:
     """ONNX ModelProto of ``model`` (eval mode, CPU, fp32) for a fixed 1x3xSxS input, with the
-    dynamo exporter (the TorchScript one fails on adaptive pooling at sizes like 512).
+    dynamo exporter (the TorchScript one fails on adaptive pooling at sizes like 512);
+    ``full_res=False`` exports ``model(x, full_res=False)``: the logits at the decoder's stride.
 
     MobileViT blocks are exported through ``training.mobilevit_export`` (the same outputs, a
     graph that moves less data; docs/runtime.md) unless ``timm_mobilevit`` asks for timm's own."""
@@ -86,7 +108,9 @@ def model_to_onnx(model: Any, input_size: int, opset: int = DEFAULT_OPSET,
     rewrite = contextlib.nullcontext(model) if timm_mobilevit else export_friendly(model)
     with warnings.catch_warnings(), torch.no_grad(), rewrite as exported:
         warnings.simplefilter("ignore")  # exporter deprecation chatter, not about this model
-        program = torch.onnx.export(exported, (x,), dynamo=True, input_names=[INPUT_NAME],
+        # full_res is passed only when False: other modules (an encoder alone) take x only
+        program = torch.onnx.export(exported, (x,), kwargs=None if full_res else {"full_res": False},
+                                    dynamo=True, input_names=[INPUT_NAME],
                                     output_names=[OUTPUT_NAME], opset_version=int(opset),
                                     verbose=False, external_data=False)
     return program.model_proto
@@ -228,16 +252,19 @@ def check_scenes(count: int, size: int) -> List[np.ndarray]:
 def verify_against_torch(model: Any, onnx_path: str, images: Sequence[np.ndarray]
                          ) -> Dict[str, Any]:
     """Run the ONNX file through the runtime (ONNX Runtime, CPU) and ``model`` in PyTorch fp32
-    on the same pre-processed images; argmax agreement over all pixels, largest logit gap."""
+    on the same pre-processed images; argmax agreement over all pixels, largest logit gap. A
+    strided file (metadata ``output_stride``) is compared at its stride with
+    ``model(x, full_res=False)``."""
     import torch
     segmenter = Segmenter(onnx_path, backend="onnxruntime", device="cpu")
     model = model.to("cpu", torch.float32).eval()
+    full_res = segmenter.output_stride == 1
     agree = pixels = 0
     max_diff = 0.0
     for rgb in images:
         x = segmenter.preprocess(rgb)
         with torch.no_grad():
-            reference = model(torch.from_numpy(x)).numpy()
+            reference = model(torch.from_numpy(x), full_res=full_res).numpy()
         a, n, d = compare_logits(reference, segmenter.infer(x))
         agree, pixels, max_diff = agree + a, pixels + n, max(max_diff, d)
     return {"images": len(images), "agreement": agree / max(pixels, 1), "max_abs_diff": max_diff}
@@ -324,10 +351,14 @@ class Calibration:
 
 @dataclass(frozen=True)
 class OnnxGraph:
-    """How the graph is written: the ONNX ``opset``, and ``timm_mobilevit`` to export timm's
-    MobileViT blocks as they are (see ``model_to_onnx``)."""
+    """How the graph is written: the ONNX ``opset``, ``timm_mobilevit`` to export timm's
+    MobileViT blocks as they are (see ``model_to_onnx``), and ``output_stride``: "full"
+    (logits at the input size) or "native" (at the decoder's stride, recorded in the
+    metadata); None: "native" for a checkpoint whose metadata records an ``output_stride``
+    (``default-model`` with a strided export ships one), else "full"."""
     opset: int = DEFAULT_OPSET
     timm_mobilevit: bool = False
+    output_stride: Optional[str] = None  # one of OUTPUT_STRIDES; None: the checkpoint's
 
 
 def export_onnx(checkpoint_path: str, out_path: str, input_size: Optional[int] = None,
@@ -351,8 +382,14 @@ def export_onnx(checkpoint_path: str, out_path: str, input_size: Optional[int] =
         raise ExportError("--calib is used by --int8 only")
     if verify_images < 1:
         raise ExportError("verify_images must be at least 1, got %d" % verify_images)
+    if graph.output_stride not in OUTPUT_STRIDES + (None,):
+        raise ExportError("unknown output stride %r; choose from %s"
+                          % (graph.output_stride, ", ".join(OUTPUT_STRIDES)))
     start = time.perf_counter()
     model, meta, size = _load(checkpoint_path, input_size)
+    full_res = (graph.output_stride == "full" if graph.output_stride
+                else int(meta.get("output_stride", 1)) == 1)
+    stride = 1 if full_res else native_stride(model, size)
     calib = None
     if precision == "int8":  # read the data first: a bad --calib fails before the slow export
         calib = dataset_pairs(os.fspath(calibration.data), int(calibration.images))
@@ -360,15 +397,17 @@ def export_onnx(checkpoint_path: str, out_path: str, input_size: Optional[int] =
                               "format": "onnx", "precision": precision, "input_size": size,
                               "opset": int(graph.opset), "arch": meta.get("arch"),
                               "mobilevit_graph": ("timm" if graph.timm_mobilevit
-                                                  else "export-friendly")}
+                                                  else "export-friendly"),
+                              "output_stride": stride}
     with tempfile.TemporaryDirectory(prefix="lpcv_export_") as tmp:
         fp32_path = os.path.join(tmp, "fp32.onnx")
         try:
-            proto = model_to_onnx(model, size, graph.opset, timm_mobilevit=graph.timm_mobilevit)
+            proto = model_to_onnx(model, size, graph.opset, timm_mobilevit=graph.timm_mobilevit,
+                                  full_res=full_res)
         except Exception as error:  # noqa: BLE001  exporter errors are many types
             raise ExportError("ONNX export of %s failed: %s: %s"
                               % (checkpoint_path, type(error).__name__, error))
-        fp32_meta = onnx_metadata(model, meta, size, "fp32", checkpoint_path)
+        fp32_meta = onnx_metadata(model, meta, size, "fp32", checkpoint_path, stride)
         report.update(params=fp32_meta["params"], gmacs=fp32_meta["gmacs"])
         set_metadata(proto, fp32_meta)
         check_onnx(proto, "fp32")
@@ -415,7 +454,8 @@ def export_onnx(checkpoint_path: str, out_path: str, input_size: Optional[int] =
 
 def export_tensorrt(checkpoint_path: str, out_path: str, input_size: Optional[int] = None,
                     precision: str = "fp32", verify_images: int = 4,
-                    opset: int = DEFAULT_OPSET) -> Dict[str, Any]:
+                    opset: int = DEFAULT_OPSET, output_stride: Optional[str] = None
+                    ) -> Dict[str, Any]:
     """Build a TensorRT engine (fp32 or fp16) from the checked ONNX export with
     ``lpcv_segmentation.runtime.engine.build_engine``; the metadata goes to ``OUT.json`` beside it.
     Needs the tensorrt package (ExportError says so, before any work, when it is missing)."""
@@ -434,7 +474,8 @@ def export_tensorrt(checkpoint_path: str, out_path: str, input_size: Optional[in
     with tempfile.TemporaryDirectory(prefix="lpcv_export_") as tmp:
         onnx_path = os.path.join(tmp, "model.onnx")
         report = export_onnx(checkpoint_path, onnx_path, input_size, "fp32",
-                             verify_images=verify_images, graph=OnnxGraph(opset))
+                             verify_images=verify_images,
+                             graph=OnnxGraph(opset, output_stride=output_stride))
         try:
             meta = build_engine(onnx_path, os.fspath(out_path), precision)
         except EngineError as error:
@@ -476,14 +517,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timm-mobilevit", action="store_true",
                         help="export timm's own MobileViT blocks instead of the export-friendly "
                              "rewrite with the same outputs (for comparison; docs/runtime.md)")
+    parser.add_argument("--output-stride", choices=OUTPUT_STRIDES, default=None,
+                        help="full: logits resized to the input size in the graph; native: "
+                             "logits left at the decoder's stride (1/8 for upernet_lite), "
+                             "recorded as output_stride in the metadata, upsampled by the runtime "
+                             "(labels or logits; docs/runtime.md). Default: native for a "
+                             "checkpoint whose metadata records output_stride (what default-model "
+                             "ships with a strided export), else full")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the report as JSON")
 
 
 def print_report(report: Dict[str, Any]) -> None:
-    print("exported %s (%.2fM parameters, %.2f GMACs at %dx%d) to %s: %s %s, opset %d, %.1f MB, %.0f s"
+    stride = int(report.get("output_stride", 1))
+    print("exported %s (%.2fM parameters, %.2f GMACs at %dx%d) to %s: %s %s, opset %d, logits %s, "
+          "%.1f MB, %.0f s"
           % (report.get("arch"), report["params"] / 1e6, report["gmacs"], report["input_size"],
              report["input_size"], report["out"], report["format"], report["precision"],
-             report["opset"], report["bytes"] / 1e6, report.get("seconds", 0)))
+             report["opset"], "at stride %d" % stride if stride > 1 else "at the input size",
+             report["bytes"] / 1e6, report.get("seconds", 0)))
     check = report["check"]
     verdict = ("needs >= %.2f%%: passed" % (100 * check["threshold"])
                if check["threshold"] is not None else "reported only")
@@ -512,13 +563,14 @@ def main(args: argparse.Namespace) -> int:
             if args.int8:
                 raise ExportError("--int8 is for --format onnx (ONNX Runtime on the CPU)")
             report = export_tensorrt(args.checkpoint, args.out, args.input_size, precision,
-                                     args.verify_images, args.opset)
+                                     args.verify_images, args.opset, args.output_stride)
         else:
             calibration = (Calibration(args.calib, args.calib_images, args.calib_method,
                                        args.int8_recipe) if args.calib else None)
             report = export_onnx(args.checkpoint, args.out, args.input_size, precision,
                                  calibration, args.verify_images,
-                                 graph=OnnxGraph(args.opset, args.timm_mobilevit))
+                                 graph=OnnxGraph(args.opset, args.timm_mobilevit,
+                                                 args.output_stride))
     except (CheckpointError, ExportError, RuntimeConfigError, DatasetError) as error:
         print("export: error: %s" % error, file=sys.stderr)
         return 1

@@ -41,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-stride", type=int, default=None, metavar="N",
                         help="the stride of the logits, checked against the model (default: "
                              "read from the model)")
+    parser.add_argument("--keep-stride", action="store_true",
+                        help="leave strided logits at their stride (the metadata records "
+                             "output_stride; the runtime upsamples them) instead of appending "
+                             "a bilinear resize to the graph")
     parser.add_argument("--json", metavar="FILE", default=None,
                         help="also write the report as JSON")
 
@@ -48,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     try:
         report = import_onnx(resolve_model_path(args.onnx), args.out, args.input_size, args.mean, args.std,
-                             args.classes, args.norm_scale, args.output_stride)
+                             args.classes, args.norm_scale, args.output_stride,
+                             keep_stride=args.keep_stride)
     except (ImportOnnxError, ZooError) as error:
         print("import-onnx: error: %s" % error, file=sys.stderr)
         return 1
@@ -56,7 +61,8 @@ def main(args: argparse.Namespace) -> int:
           "%.2fM parameters; runtime check: largest |logit difference| %.2g"
           % (report["onnx"], report["out"], report["input_size"], report["input_size"],
              report["output_stride"],
-             " (bilinear upsampling appended)" if report["upsampled_in_graph"] else "",
+             " (bilinear upsampling appended)" if report["upsampled_in_graph"]
+             else " (kept; the runtime upsamples)" if report["output_stride"] > 1 else "",
              ["%.4f" % v for v in report["mean"]], ["%.4f" % v for v in report["std"]],
              report["params"] / 1e6, report["max_abs_diff"]))
     if args.json:

@@ -36,6 +36,7 @@ from lpcv_segmentation.core.fileio import write_json_atomic
 from lpcv_segmentation.core.formatting import fmt
 from lpcv_segmentation.replay.live import DEFAULT_NODE_NAME, LiveOptions, evaluate_live
 from lpcv_segmentation.replay.scoring import EvalError, evaluate_offline, resolve_model
+from lpcv_segmentation.runtime.segmenter import UPSAMPLING
 
 __all__ = ["EvalError", "LiveOptions", "evaluate_live", "evaluate_offline", "resolve_model",
            "build_parser", "run", "main"]
@@ -83,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="offline: cpu or cuda (default: cpu)")
     parser.add_argument("--precision", default="fp32", help="offline: fp32, fp16 or int8")
     parser.add_argument("--threads", type=int, default=None, help="offline: inference threads")
+    parser.add_argument("--upsample", choices=UPSAMPLING, default=None,
+                        help="offline: how a model with strided logits is upsampled: labels "
+                             "or logits (default: the model's own, else labels; docs/runtime.md)")
     parser.add_argument("--rate", type=float, default=1.0, metavar="X",
                         help="live: play at the recorded rate times X (default: %(default)s)")
     parser.add_argument("--record", type=Path, default=None, metavar="OUT_BAG",
@@ -129,7 +133,8 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     if args.mode == "offline":
         return evaluate_offline(args.bag, args.model, backend=args.backend or "auto",
                                 device=args.device, precision=args.precision,
-                                threads=args.threads, camera_topic=args.camera_topic,
+                                threads=args.threads, upsample=args.upsample,
+                                camera_topic=args.camera_topic,
                                 gt_topic=args.gt_topic, overlays_dir=args.overlays,
                                 overlay_count=args.overlay_count, dump_dir=args.dump,
                                 progress=not args.quiet)

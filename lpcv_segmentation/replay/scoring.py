@@ -115,8 +115,9 @@ def evaluate_offline(bag: Path, model: Optional[str] = None, backend: str = "aut
                      threads: Optional[int] = None, camera_topic: str = CAMERA_TOPIC,
                      gt_topic: str = GT_TOPIC, overlays_dir: Optional[Path] = None,
                      overlay_count: int = 4, dump_dir: Optional[Path] = None,
-                     progress: bool = True) -> Dict[str, object]:
-    """Accuracy and model latency of ``model`` on every frame of ``bag``."""
+                     progress: bool = True, upsample: Optional[str] = None) -> Dict[str, object]:
+    """Accuracy and model latency of ``model`` on every frame of ``bag`` (``upsample``: how a
+    strided model's logits are upsampled, ``Segmenter``'s setting)."""
     from tqdm import tqdm
 
     from lpcv_segmentation.runtime.segmenter import RuntimeConfigError, Segmenter
@@ -125,7 +126,7 @@ def evaluate_offline(bag: Path, model: Optional[str] = None, backend: str = "aut
     model_path = resolve_model(model)
     try:
         segmenter = Segmenter(model_path, backend=backend, device=device, precision=precision,
-                              threads=threads)
+                              threads=threads, upsample=upsample)
     except RuntimeConfigError as error:
         raise EvalError("cannot load model %s: %s" % (model_path, error)) from None
     segmenter.warmup()

@@ -13,7 +13,10 @@ The copy written has:
     ``align_corners=False``, mmsegmentation's default) to SxS is appended to the graph, so that
     ``Segmenter``'s post-processing (argmax, nearest resize to the image) does what the foreign
     model's own inference code does (upsample the logits bilinearly, then argmax), and a GPU back
-    end runs the upsampling with the rest of the graph;
+    end runs the upsampling with the rest of the graph; or, with ``keep_stride``
+    (``import-onnx --keep-stride``), the logits left at their stride and the stride recorded as
+    the metadata's ``output_stride`` (with ``upsample: logits``, what the foreign model's own
+    inference does), so that the runtime upsamples them (docs/runtime.md: strided models);
   - this project's metadata (``metadata_props["lpcv_segmentation"]``, as ``training export``
     writes it): class table, input size, mean and std for RGB scaled to [0, 1], precision, the
     parameter count and where the file came from.
@@ -211,9 +214,10 @@ def _append_resize(proto: Any, logits: str, num_classes: int, size: int) -> None
 def import_onnx(onnx_path: str, out_path: str, input_size: int, mean: Sequence[float],
                 std: Sequence[float], classes: str = "lpcv", norm_scale: float = 255.0,
                 output_stride: Optional[int] = None, source_name: Optional[str] = None,
-                extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Write ``out_path``: ``onnx_path`` with this project's I/O names, upsampled logits and
-    metadata (see the module docstring). ``source_name``: the file name the metadata records
+                extra: Optional[Dict[str, Any]] = None, keep_stride: bool = False) -> Dict[str, Any]:
+    """Write ``out_path``: ``onnx_path`` with this project's I/O names, upsampled logits (or,
+    with ``keep_stride``, strided logits and their ``output_stride``) and metadata (see the
+    module docstring). ``source_name``: the file name the metadata records
     (default: ``onnx_path``'s; the zoo wraps a temporary copy of a published file); ``extra``:
     more metadata entries (the zoo's record). Returns a report; ImportOnnxError names what is
     wrong."""
@@ -253,7 +257,8 @@ def import_onnx(onnx_path: str, out_path: str, input_size: int, mean: Sequence[f
         dim.Clear()
         dim.dim_value = value
     _rename(graph, image.name, INPUT_NAME)
-    if stride == 1:
+    upsampled = stride != 1 and not keep_stride
+    if not upsampled:
         _rename(graph, foreign["output"], OUTPUT_NAME)
     else:
         graph.value_info.append(graph.output[0])  # keep the stride logits' shape as value_info
@@ -267,10 +272,12 @@ def import_onnx(onnx_path: str, out_path: str, input_size: int, mean: Sequence[f
         "precision": "fp32", "params": params, "source": source_name,
         "imported": {"onnx": source_name, "sha256": file_sha256(onnx_path),
                      "input": foreign["input"], "output": foreign["output"],
-                     "output_stride": stride, "upsampled_in_graph": stride != 1,
+                     "output_stride": stride, "upsampled_in_graph": upsampled,
                      "mean_given": [float(v) for v in mean], "std_given": [float(v) for v in std],
                      "norm_scale": float(norm_scale), "class_table": classes},
     }
+    if stride != 1 and not upsampled:
+        meta.update(output_stride=stride, upsample="logits")
     meta.update(extra or {})
     set_metadata(proto, meta)
     try:
@@ -281,17 +288,18 @@ def import_onnx(onnx_path: str, out_path: str, input_size: int, mean: Sequence[f
 
     with atomic_path(out_path, suffix=".onnx") as tmp:
         onnx.save(proto, tmp)
-        check = _check_copy(onnx_path, tmp, size, norm)  # raises: nothing is written
+        check = _check_copy(onnx_path, tmp, size, norm, upsampled)  # raises: nothing is written
     return {"onnx": onnx_path, "out": out_path, "input_size": size, "output_stride": stride,
-            "foreign_output_shape": foreign_shape, "upsampled_in_graph": stride != 1,
+            "foreign_output_shape": foreign_shape, "upsampled_in_graph": upsampled,
             "mean": norm["mean"], "std": norm["std"], "params": params, "opset": opset,
             "classes": classes, "max_abs_diff": check, "bytes": os.path.getsize(out_path)}
 
 
-def _check_copy(foreign_path: str, copy_path: str, size: int, norm: Dict[str, List[float]]
-                ) -> float:
-    """Load the copy through the runtime and compare its logits with the foreign model's own,
-    upsampled here, on a deterministic noise image; the largest |difference|."""
+def _check_copy(foreign_path: str, copy_path: str, size: int, norm: Dict[str, List[float]],
+                upsampled: bool = True) -> float:
+    """Load the copy through the runtime and compare its logits with the foreign model's own
+    (upsampled here when the copy upsamples them) on a deterministic noise image; the largest
+    |difference|."""
     import onnxruntime as ort
     try:
         segmenter = Segmenter(copy_path, backend="onnxruntime", device="cpu")
@@ -301,7 +309,9 @@ def _check_copy(foreign_path: str, copy_path: str, size: int, norm: Dict[str, Li
     rgb = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
     x = preprocess(rgb, size, norm["mean"], norm["std"])
     session = ort.InferenceSession(foreign_path, providers=["CPUExecutionProvider"])
-    reference = upsample_logits(session.run(None, {session.get_inputs()[0].name: x})[0], size)
+    reference = session.run(None, {session.get_inputs()[0].name: x})[0]
+    if upsampled:
+        reference = upsample_logits(reference, size)
     diff = float(np.abs(segmenter.infer(x) - reference).max())
     if not diff <= CHECK_ATOL * max(1.0, float(np.abs(reference).max())):
         raise ImportOnnxError("%s: the imported copy's logits differ from the foreign model's by "

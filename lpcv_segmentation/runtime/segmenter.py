@@ -13,6 +13,16 @@ A ``Segmenter`` is three steps around a back end:
   postprocess  argmax over classes, nearest-neighbour resize of the label map to the source
                size, optional per-pixel confidence (softmax maximum)
 
+Strided models: a model whose metadata records ``output_stride`` N returns its logits at
+S/N x S/N (the decoder's own resolution; ``python -m training export --output-stride native``)
+and every back end checks that its output has that shape. The runtime then upsamples them as
+``upsample=`` says (default: the metadata's ``upsample``, else ``"labels"``):
+  labels       argmax at the stride, nearest-neighbour resize of the label map (the cheapest)
+  logits       bilinear resize of the logits to the source size, then argmax (what a model
+               with the resize in its graph computes, at the price of the resize)
+A model without ``output_stride`` has its logits at the input size and is post-processed as
+before, whatever ``upsample`` says.
+
 Back ends (``backend=`` or from the file name with ``"auto"``):
   onnxruntime  ``.onnx``; execution providers from ``providers=`` or the best installed for
                ``device`` (TensorRT > CUDA > CPU). Needs numpy, OpenCV and onnxruntime only:
@@ -44,7 +54,8 @@ import numpy as np
 
 from lpcv_segmentation.core.classes import NUM_CLASSES
 from lpcv_segmentation.core.metadata import IMAGENET_MEAN, IMAGENET_STD, METADATA_KEY  # noqa: F401  (re-exported)
-from lpcv_segmentation.runtime.model_file import RuntimeConfigError, check_metadata, session_metadata
+from lpcv_segmentation.runtime.model_file import (RuntimeConfigError, check_metadata, check_output_shape,
+                                                  output_stride, session_metadata)
 from lpcv_segmentation.runtime.engine_cache import (EngineError, check_writable, engine_key,
                                                     ort_trt_cache_path, read_engine_metadata)
 
@@ -53,6 +64,7 @@ _logger = logging.getLogger(__name__)
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 PRECISIONS = ("fp32", "fp16", "int8")
+UPSAMPLING = ("labels", "logits")  # how a strided model's logits reach the source size
 DEVICES = ("cpu", "cuda", "auto")
 
 # ONNX Runtime execution providers, best first, for device "cuda"/"auto".
@@ -126,43 +138,79 @@ def argmax_classes(scores: np.ndarray) -> np.ndarray:
     argmax over the first axis, which copies the scores to a class-last layout first."""
     if scores.shape[0] > 256:
         return scores.argmax(axis=0).astype(np.uint8)  # wraps as it always did
-    best = scores[0].copy()
-    labels = np.zeros(best.shape, np.uint8)
-    higher = np.empty(best.shape, bool)
-    for index in range(1, scores.shape[0]):
-        np.greater(scores[index], best, out=higher)  # strictly: a tie keeps the earlier class
-        np.copyto(labels, np.uint8(index), where=higher)
-        np.maximum(best, scores[index], out=best)
+    labels, best = _running_argmax(scores)
     if np.isnan(best).any():  # np.maximum spreads NaN; numpy's argmax takes the first NaN
         return scores.argmax(axis=0).astype(np.uint8)
     return labels
 
 
+def _running_argmax(maps: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """(labels uint8, maximum float32) over the (h, w) ``maps``, one class at a time."""
+    best = maps[0].copy()
+    labels = np.zeros(best.shape, np.uint8)
+    higher = np.empty(best.shape, bool)
+    for index in range(1, len(maps)):
+        np.greater(maps[index], best, out=higher)  # strictly: a tie keeps the earlier class
+        np.copyto(labels, np.uint8(index), where=higher)
+        np.maximum(best, maps[index], out=best)
+    return labels, best
+
+
 def postprocess(logits: np.ndarray, out_hw: Tuple[int, int], with_confidence: bool = False,
-                confidence_at_logits: bool = False) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+                confidence_at_logits: bool = False, upsample: str = "labels"
+                ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """(1, C, h, w) logits -> (labels HxW uint8, confidence HxW float32 or None) at ``out_hw``.
 
-    The argmax is taken at the logits' resolution and the label map is resized with nearest
-    neighbour (pixel-centre aligned, ``INTER_NEAREST_EXACT``), so labels stay class indices.
-    Confidence is the softmax probability of the chosen class, resized the same way (left at
-    the logits' resolution with ``confidence_at_logits``: the node's regions need no more).
+    ``upsample="labels"``: the argmax is taken at the logits' resolution and the label map is
+    resized with nearest neighbour (pixel-centre aligned, ``INTER_NEAREST_EXACT``), so labels
+    stay class indices. ``upsample="logits"``: the logits are resized bilinearly to ``out_hw``
+    first (pixel-centre aligned, as ``torch.nn.functional.interpolate(align_corners=False)``),
+    then the argmax. Confidence is the softmax probability of the chosen class at the labels'
+    resolution, resized with nearest neighbour (left at the logits' resolution with
+    ``confidence_at_logits``: the node's regions need no more).
     """
+    if upsample not in UPSAMPLING:
+        raise ValueError("upsample must be one of %s, got %r" % (", ".join(UPSAMPLING), upsample))
     logits = np.asarray(logits)
     if logits.ndim != 4 or logits.shape[0] != 1:
         raise ValueError("expected logits of shape (1, C, h, w), got %s" % (logits.shape,))
     scores = logits[0]
     if scores.dtype != np.float32:
         scores = scores.astype(np.float32)
+    out_h, out_w = int(out_hw[0]), int(out_hw[1])
+    if upsample == "logits" and scores.shape[1:] != (out_h, out_w):
+        return _upsample_logits(scores, (out_h, out_w), with_confidence, confidence_at_logits)
     labels = argmax_classes(scores)
     confidence = None
     if with_confidence:
         confidence = _max_softmax(scores)
-    out_h, out_w = int(out_hw[0]), int(out_hw[1])
     if labels.shape != (out_h, out_w):
         labels = cv2.resize(labels, (out_w, out_h), interpolation=cv2.INTER_NEAREST_EXACT)
         if confidence is not None and not confidence_at_logits:
             confidence = cv2.resize(confidence, (out_w, out_h),
                                     interpolation=cv2.INTER_NEAREST_EXACT)
+    return labels, confidence
+
+
+def _upsample_logits(scores: np.ndarray, out_hw: Tuple[int, int], with_confidence: bool,
+                     confidence_at_logits: bool) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """(C, h, w) float32 logits -> labels (and confidence) from the logits resized bilinearly
+    to ``out_hw``, one class at a time with a running maximum: a third of the time of one
+    (H, W, C) resize and an argmax over its last axis, the same labels (the first class wins
+    a tie, as argmax)."""
+    size = (int(out_hw[1]), int(out_hw[0]))
+    resized = [cv2.resize(channel, size, interpolation=cv2.INTER_LINEAR) for channel in scores]
+    labels, best = _running_argmax(resized)
+    confidence = None
+    if with_confidence and confidence_at_logits:
+        confidence = _max_softmax(scores)
+    elif with_confidence:  # 1 / sum_c exp(l_c - l_max), as _max_softmax
+        total = np.zeros(best.shape, np.float32)
+        for channel in resized:
+            np.subtract(channel, best, out=channel)  # the resized maps are not needed again
+            np.exp(channel, out=channel)
+            total += channel
+        confidence = np.divide(1.0, total, out=total)
     return labels, confidence
 
 
@@ -238,7 +286,7 @@ class OnnxRuntimeBackend:
         self.precision = str(self.metadata.get("precision", "fp32"))
         _check_file_precision(model_path, self.precision, precision,
                               can_convert="TensorrtExecutionProvider" in self.providers)
-        self._check_io(self.session, model_path, self.input_size, int(self.metadata["num_classes"]))
+        self._check_io(self.session, model_path, self.metadata)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 
@@ -296,7 +344,8 @@ class OnnxRuntimeBackend:
         return folder
 
     @staticmethod
-    def _check_io(session: Any, model_path: str, size: int, num_classes: int) -> None:
+    def _check_io(session: Any, model_path: str, meta: Dict[str, Any]) -> None:
+        size = int(meta["input_size"])
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:
             raise RuntimeConfigError("%s: expected one input and one output, found %d and %d"
@@ -311,17 +360,8 @@ class OnnxRuntimeBackend:
         if inputs[0].type != "tensor(float)":
             raise RuntimeConfigError("%s: input %r is %s; expected tensor(float) (normalised RGB)"
                                      % (model_path, inputs[0].name, inputs[0].type))
-        out_shape = list(outputs[0].shape)
-        if len(out_shape) != 4 or (isinstance(out_shape[1], int) and out_shape[1] != num_classes):
-            raise RuntimeConfigError("%s: output %r has shape %s; expected (1, %d, H, W) logits"
-                                     % (model_path, outputs[0].name, out_shape, num_classes))
-        # Logits at a stride would be label-resized (blocky), not upsampled as they were trained.
-        if any(isinstance(d, int) and d != size for d in out_shape[2:]):
-            raise RuntimeConfigError(
-                "%s: output %r has shape %s; the runtime takes logits at the input size %dx%d. "
-                "For a model whose logits are at a stride, write a copy that upsamples them: "
-                "python -m training import-onnx --onnx FILE --output-stride N ..."
-                % (model_path, outputs[0].name, out_shape, size, size))
+        # Logits at a stride the metadata does not record would be taken for another model's.
+        check_output_shape(model_path, outputs[0].name, outputs[0].shape, meta)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: x})[0]
@@ -368,12 +408,19 @@ class PyTorchBackend:
         self.input_size = int(self.metadata["input_size"])
         self.precision = precision
         self.device = device
+        # A checkpoint whose metadata records output_stride runs without the model's own resize,
+        # as its strided ONNX export does; one forward pass checks the stride is the decoder's.
+        self.full_res = output_stride(self.metadata) == 1
+        if not self.full_res:
+            size = self.input_size
+            shape = self.run(np.zeros((1, 3, size, size), np.float32)).shape
+            check_output_shape(model_path, "logits", shape, self.metadata)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
             tensor = torch.from_numpy(x).to(self.device, self.dtype)
-            logits = self.model(tensor)
+            logits = self.model(tensor, full_res=self.full_res)
             return logits.float().cpu().numpy()  # .cpu() waits for the GPU
 
 
@@ -443,6 +490,8 @@ class TensorRTBackend:
         if self._buffers[self.input_name][1] != expected:
             raise RuntimeConfigError("%s: engine input %s, but its metadata says %s"
                                      % (model_path, self._buffers[self.input_name][1], expected))
+        check_output_shape(model_path, self.output_name, self._buffers[self.output_name][1],
+                           self.metadata)
 
     def _check(self, result: Tuple[Any, ...]) -> Any:
         error, value = result[0], result[1:]
@@ -512,13 +561,16 @@ class Segmenter:
 
     Attributes: ``input_size`` (S of the SxS model input), ``metadata`` (the model's JSON
     metadata), ``backend_name`` (the back end chosen), ``num_classes``, ``precision``,
-    ``runner`` (that back end's object, whose ``run(x)`` benchmarks time on their own).
+    ``output_stride`` (1: logits at the input size), ``upsample`` (how strided logits are
+    upsampled, one of ``UPSAMPLING``), ``runner`` (that back end's object, whose ``run(x)``
+    benchmarks time on their own).
     """
 
     def __init__(self, model_path: str, backend: str = "auto", device: str = "cpu",
                  precision: str = "fp32", threads: Optional[int] = None,
                  providers: Optional[List[str]] = None,
-                 engine_cache_dir: Optional[str] = None) -> None:
+                 engine_cache_dir: Optional[str] = None,
+                 upsample: Optional[str] = None) -> None:
         from lpcv_segmentation.zoo.cache import ZooError, resolve_model_path
         try:
             model_path = resolve_model_path(os.fspath(model_path))  # zoo:NAME -> the cached file
@@ -527,6 +579,9 @@ class Segmenter:
         name = resolve_backend(model_path, backend)
         _check_device(device)
         _check_precision(precision)
+        if upsample is not None and upsample not in UPSAMPLING:
+            raise RuntimeConfigError("unknown upsample %r; choose from %s"
+                                     % (upsample, ", ".join(UPSAMPLING)))
         if threads is not None and int(threads) < 0:
             raise RuntimeConfigError("threads must be >= 0 (0 or None: the back end's default), "
                                      "got %r" % (threads,))
@@ -544,12 +599,20 @@ class Segmenter:
         self.device: str = self.runner.device
         self._mean = [float(v) for v in self.metadata["mean"]]
         self._std = [float(v) for v in self.metadata["std"]]
+        self.output_stride: int = output_stride(self.metadata)
+        self.upsample: str = upsample or str(self.metadata.get("upsample", "labels"))
+        if self.upsample not in UPSAMPLING:
+            raise RuntimeConfigError("%s: metadata upsample %r is not one of %s"
+                                     % (model_path, self.upsample, ", ".join(UPSAMPLING)))
+        # Logits at the input size are post-processed as they always were, whatever upsample says.
+        self._upsample = self.upsample if self.output_stride > 1 else "labels"
         if self.num_classes != NUM_CLASSES:
             _logger.warning("%s predicts %d classes; the package's class table has %d",
                             model_path, self.num_classes, NUM_CLASSES)
-        _logger.info("loaded %s: back end %s (%s, %s), input %dx%d",
+        _logger.info("loaded %s: back end %s (%s, %s), input %dx%d, logits at stride %d%s",
                      model_path, name, self.device, self.precision, self.input_size,
-                     self.input_size)
+                     self.input_size, self.output_stride,
+                     " (%s upsampled)" % self.upsample if self.output_stride > 1 else "")
 
     @property
     def class_names(self) -> List[str]:
@@ -585,7 +648,7 @@ class Segmenter:
         logits = self.runner.run(x)
         t2 = time.perf_counter()
         labels, confidence = postprocess(logits, rgb.shape[:2], with_confidence,
-                                         confidence_at_logits)
+                                         confidence_at_logits, self._upsample)
         t3 = time.perf_counter()
         return SegResult(labels, confidence, {"preprocess": 1e3 * (t1 - t0),
                                               "inference": 1e3 * (t2 - t1),

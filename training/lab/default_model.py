@@ -10,6 +10,9 @@ short export and evaluation stages in this one):
   student   python -m training train      the MobileViT student, distilled from the teacher
   prune     python -m training prune      structured pruning (all), distilled fine-tune
   export    python -m training export     ONNX fp32 and fp16 (each checked against PyTorch)
+  checkpoint                              with strided exports: the pruned checkpoint with the
+                                          same output_stride in its metadata, so that the
+                                          PyTorch back end returns the same logits
   evaluate  python -m training evaluate   every stage's model on the val split, latency here
   card      OUT/README.md (the model card) and OUT/default_model.json from those results
 
@@ -90,6 +93,8 @@ class DefaultModelSettings:
     prune: PruneSettings
     prune_overrides: Tuple[str, ...]
     export_fp16: bool
+    export_output_stride: str
+    export_input_size: Optional[int]
     verify_images: int
     latency_warmup: int
     latency_threads: Optional[int]
@@ -117,6 +122,9 @@ class DefaultModelSettings:
                 student=TrainSettings.from_section(mapping["student"]), prune=prune,
                 prune_overrides=tuple(override_list(pruning.get("overrides"))),
                 export_fp16=bool(export.get("fp16", True)),
+                export_output_stride=str(export.get("output_stride", "full")),
+                export_input_size=(int(export["input_size"]) if export.get("input_size")
+                                   else None),
                 verify_images=int(export["verify_images"]),
                 latency_warmup=int(latency.get("warmup", 3)),
                 latency_threads=latency.get("threads"), threads=mapping.get("threads"),
@@ -125,6 +133,11 @@ class DefaultModelSettings:
             raise DefaultModelError("%s: key %s missing" % (path, error))
         except (PruneError, TypeError, ValueError) as error:
             raise DefaultModelError("%s: %s" % (path, error))
+        from training.export import OUTPUT_STRIDES
+        if settings.export_output_stride not in OUTPUT_STRIDES:
+            raise DefaultModelError("%s: export output_stride must be one of %s, got %r"
+                                    % (path, ", ".join(OUTPUT_STRIDES),
+                                       settings.export_output_stride))
         for name in ("teacher", "student"):
             getattr(settings, name).validate(DefaultModelError, "%s: section %r: " % (path, name))
         return settings
@@ -284,19 +297,33 @@ def build(settings: DefaultModelSettings, out: Path, work: Path, resume: bool = 
                         teacher / BEST] + list(settings.prune_overrides), pruned / "prune.json")
 
     models = {"fp32": work / "default.onnx"}
+    stride = ["--output-stride", settings.export_output_stride]
+    if settings.export_input_size:
+        stride += ["--input-size", settings.export_input_size]
     chain.run("export_fp32", ["export", "--checkpoint", pruned / BEST, "--format", "onnx",
                               "--out", models["fp32"], "--verify-images", settings.verify_images,
-                              "--json", work / "export_fp32.json"], models["fp32"],
+                              "--json", work / "export_fp32.json"] + stride, models["fp32"],
               in_process=True)
     if settings.export_fp16:
         models["fp16"] = work / "default_fp16.onnx"
         chain.run("export_fp16", ["export", "--checkpoint", pruned / BEST, "--format", "onnx",
                                   "--fp16", "--out", models["fp16"], "--verify-images",
-                                  settings.verify_images, "--json", work / "export_fp16.json"],
-                  models["fp16"], in_process=True)
+                                  settings.verify_images, "--json", work / "export_fp16.json"]
+                  + stride, models["fp16"], in_process=True)
+
+    checkpoint = pruned / BEST
+    exported = json.loads((work / "export_fp32.json").read_text())
+    stride, size = int(exported.get("output_stride", 1)), int(exported["input_size"])
+    if stride > 1 or settings.export_input_size:
+        checkpoint = work / "default.safetensors"
+        target = checkpoint
+        chain.runner.run("checkpoint", target,
+                         lambda: shipped_checkpoint(pruned / BEST, target, stride, size),
+                         "%s with input_size %d and output_stride %d in its metadata"
+                         % (pruned / BEST, size, stride))
 
     # Every stage's model on the same val images; latency of the ONNX files on this CPU.
-    evaluated = {"teacher": teacher / BEST, "student": student / BEST, "pruned": pruned / BEST,
+    evaluated = {"teacher": teacher / BEST, "student": student / BEST, "pruned": checkpoint,
                  "onnx_fp32": models["fp32"]}
     if "fp16" in models:
         evaluated["onnx_fp16"] = models["fp16"]
@@ -311,7 +338,7 @@ def build(settings: DefaultModelSettings, out: Path, work: Path, resume: bool = 
         evaluations[name] = json.loads(result.read_text())
 
     # Publish: copy the files into OUT, then the report and the card.
-    shipped = {"default.onnx": models["fp32"], "default.safetensors": pruned / BEST}
+    shipped = {"default.onnx": models["fp32"], "default.safetensors": checkpoint}
     if "fp16" in models:
         shipped["default_fp16.onnx"] = models["fp16"]
     for name, source in shipped.items():
@@ -327,14 +354,43 @@ def build(settings: DefaultModelSettings, out: Path, work: Path, resume: bool = 
         "evaluations": evaluations,
         "stages": chain.stages,
         "machine": report_lib.machine_description(),
-        "seconds": round(time.time() - started, 1),
+        "seconds": round(time.time() - started + _carry_stage_seconds(work, chain.stages), 1),
         "built": time.strftime("%Y-%m-%d"),
     }
     if "fp16" in models:
         report["export"]["fp16"] = json.loads((work / "export_fp16.json").read_text())
     write_json_atomic(out / REPORT_NAME, report)
+    write_json_atomic(work / REPORT_NAME, report)  # a later --resume takes its stage times
     write_text_atomic(out / CARD_NAME, model_card(report))
     return report
+
+
+def shipped_checkpoint(source: Path, out: Path, stride: int, size: int) -> None:
+    """``source`` saved to ``out`` as the ONNX export runs it: at input ``size`` (a size-flexible
+    encoder) and, when ``stride`` > 1, with ``output_stride`` in its metadata, so that the
+    PyTorch back end runs ``model(x, full_res=False)`` as the strided export does
+    (docs/runtime.md)."""
+    from lpcv_segmentation.model.checkpoint import load_checkpoint, save_checkpoint
+    model, meta = load_checkpoint(os.fspath(source))
+    model.input_size = int(size)
+    extra = {"output_stride": int(stride)} if stride > 1 else {}
+    save_checkpoint(os.fspath(out), model, dict(meta, **extra))
+
+
+def _carry_stage_seconds(work: Path, stages: List[Dict[str, Any]]) -> float:
+    """Give each stage this --resume run reused the seconds an earlier build in ``work``
+    recorded for it (WORK/default_model.json); returns their sum, which the build's time adds."""
+    try:
+        earlier = json.loads((work / REPORT_NAME).read_text()).get("stages", [])
+    except (OSError, ValueError):
+        return 0.0
+    seconds = {s["stage"]: s["seconds"] for s in earlier if "seconds" in s}
+    carried = 0.0
+    for record in stages:
+        if record.get("reused") and record["stage"] in seconds:
+            record["seconds"] = seconds[record["stage"]]
+            carried += float(record["seconds"])
+    return carried
 
 
 def _relative(path: Path) -> str:
@@ -393,6 +449,36 @@ def trained_on_table() -> str:
     return markdown_table(("model", "where it comes from", "trained on"), rows)
 
 
+def _export_logits(report: Dict[str, Any]) -> str:
+    """The card's sentences on the exported graph: its input size when it is not the one the
+    student was trained at, and where the logits are (the export records both)."""
+    exported = report["export"]["fp32"]
+    stride, size = int(exported.get("output_stride", 1)), int(exported["input_size"])
+    trained = (report["settings"]["student"].get("overrides") or {}).get("input_size")
+    text = ""
+    if trained and int(trained) != size:
+        text = ("Exported at %d px (`--input-size %d`; trained at %s px, the encoder is "
+                "size-flexible), as `default.safetensors` records too. " % (size, size, trained))
+    if stride == 1:
+        return text + "The logits are resized to the input size inside the graph."
+    return text + ("With `--output-stride native`: the logits stay at the decoder's stride (1/%d "
+                   "of the input, metadata `output_stride: %d`) and the runtime upsamples the "
+                   "label map (docs/runtime.md, strided models), which costs less than resizing "
+                   "14 logit maps. `default.safetensors` records the same `output_stride`, so the "
+                   "PyTorch back end returns the same strided logits (the pruned row below is "
+                   "measured so; the teacher and student rows at full size)." % (stride, stride))
+
+
+def _reused_note(report: Dict[str, Any]) -> str:
+    """How many stages a --resume build took from an earlier run (their time is not counted)."""
+    reused = [s["stage"] for s in report.get("stages", [])
+              if s.get("reused") and "seconds" not in s]
+    if not reused:
+        return ""
+    return (" (not counting %s, reused from an earlier run with `--resume`; their logs in "
+            "`%s/logs/`)" % (", ".join(reused), report.get("work", "runs/default_model")))
+
+
 def card_fields(report: Dict[str, Any]) -> Dict[str, Any]:
     """The values the model card template (CARD_TEMPLATE) names, from the build's report."""
     settings, machine, prune = report["settings"], report["machine"], report["prune"]
@@ -406,6 +492,7 @@ def card_fields(report: Dict[str, Any]) -> Dict[str, Any]:
         "quick_warning": ("\n> **This card was written by a `--quick` run (a test of the chain at "
                           "tiny sizes): the model is not usable.**\n" if report["quick"] else ""),
         "minutes": report["seconds"] / 60.0, "work": report.get("work", "runs/default_model"),
+        "reused": _reused_note(report),
         "threads_train": settings.get("threads") or "default", "cpu": machine["cpu"],
         "cores": machine["cores"], "command": report["command"],
         "count": data["count"], "size": data["size"], "seed": data["seed"],
@@ -417,6 +504,7 @@ def card_fields(report: Dict[str, Any]) -> Dict[str, Any]:
         "p_method": settings["prune"]["method"], "p_target": settings["prune"]["target"],
         "p_amount": settings["prune"]["amount"], "p_iters": settings["prune"]["finetune_iters"],
         "p_before": prune["before"]["params"] / 1e6, "p_after": prune["after"]["params"] / 1e6,
+        "export_logits": _export_logits(report),
         "g_before": prune["before"]["gmacs"], "g_after": prune["after"]["gmacs"],
         "table": _results_table(report), "trained_on": trained_on_table(),
         "found": ("Classes `default.onnx` segments with an IoU of at least 0.3 on these scenes: "
