@@ -60,10 +60,11 @@ def parse_model(text: str) -> Tuple[str, str, List[int]]:
 
 
 def export(checkpoint: str, size: int, stride: str, work: Path) -> str:
-    """The ONNX file of ``checkpoint`` at ``size`` (exported into ``work`` once)."""
+    """The ONNX file of ``checkpoint`` at ``size`` (exported into ``work`` once, named by the
+    checkpoint's content: runs' checkpoints share their file and folder names)."""
+    from lpcv_segmentation.core.fileio import file_sha256
     from training.export import OnnxGraph, export_onnx
-    name = "%s_%s_%d_%s.onnx" % (Path(checkpoint).parent.name, Path(checkpoint).stem, size,
-                                 stride)
+    name = "%s_%s_%d_%s.onnx" % (Path(checkpoint).stem, file_sha256(checkpoint)[:12], size, stride)
     out = work / name
     if not out.is_file():
         work.mkdir(parents=True, exist_ok=True)

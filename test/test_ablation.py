@@ -158,6 +158,17 @@ def test_quick_ablation_writes_table_and_plots(synth_dataset, tmp_path):
         assert (settings["teacher"] and os.path.abspath(settings["teacher"])) == teacher, name
     assert by_seed[0]["student"] == pytest.approx(rows["student"]["miou"], abs=0.01)
     assert "## Distillation over training seeds" in table
+
+    # every sweep point again with seed 1, against a control fine-tuned as long with seed 1
+    assert [(r["method"], r["amount"], r["seed"]) for r in report["sweep_seeds"]] == [
+        ("all", 0.5, 1), ("unstructured", 0.5, 1)]
+    for r in report["sweep_seeds"]:
+        point = out / "sweep_seeds" / ("%s_0.5_seed_1" % r["method"])
+        scores = {name: json.loads((point / ("%s_eval.json" % name)).read_text())
+                  for name in ("pruned", "control")}
+        assert (r["pruned"], r["control"]) == (scores["pruned"]["miou"], scores["control"]["miou"])
+        assert "seed: 1" in (point / "pruned" / "config.yaml").read_text().splitlines()
+    assert "## Sweep points over fine-tuning seeds" in table
     vs_control = report["targets"][-1]  # the pruned row against its control
     assert "the control" in vs_control["what"]
     summary = report["seed_summary"]  # the pruned row and seed 1: both runs of the recipe

@@ -20,6 +20,8 @@ whose stage sections differ from the one OUT/ablation_config.yaml records):
                ``recovery.seeds``: how often the recipe meets the targets, not one run's luck
   student_seeds  student and student_kd again with each training seed in
                ``recovery.student_seeds``: whether distillation pays, not one run's luck
+  sweep_seeds  with ``recovery.sweep_seeds``, every other sweep point and its control again
+               with each seed in ``recovery.seeds``: the curve over seeds, not one run
   fp16, int8   the pruned model exported at fp16 and at int8 (static, calibrated on the
                train split)                                           "+ KD + pruning + fp16/int8"
 Every row's model is exported to ONNX and evaluated on the val split with ONNX Runtime on the
@@ -80,7 +82,7 @@ SCHEMA: Dict[str, Dict[str, Any]] = {
     "sweep": {"enabled": True, "methods": ["filter", "channel", "neuron", "head", "all",
                                            "unstructured"],
               "amounts": [0.25, 0.5, 0.75], "finetune_iters": 100, "overrides": {}},
-    "recovery": {"lengths": [], "seeds": [], "student_seeds": []},
+    "recovery": {"lengths": [], "seeds": [], "student_seeds": [], "sweep_seeds": False},
     "evaluate": {"threads": None, "eval_limit": None, "latency_runs": 20, "data": None},
 }
 DISTIL_FROM = ("teacher", "unpruned")  # prune.distil_from: the ablation's teacher, or student_kd
@@ -142,6 +144,7 @@ class AblationSettings:
     recovery_lengths: Tuple[int, ...]
     recovery_seeds: Tuple[int, ...]
     student_seeds: Tuple[int, ...]
+    sweep_seeds: bool
     evaluation: EvaluationSettings
 
     @classmethod
@@ -166,6 +169,10 @@ class AblationSettings:
         if prune["distil_from"] not in DISTIL_FROM:
             raise AblationError("section 'prune': distil_from must be one of %s, got %r"
                                 % (", ".join(DISTIL_FROM), prune["distil_from"]))
+        if recovery["sweep_seeds"] and not (recovery["seeds"] and sweep["enabled"]):
+            raise AblationError("section 'recovery': sweep_seeds repeats the sweep's points with "
+                                "the seeds in 'seeds': it needs both (seeds %r, sweep.enabled %r)"
+                                % (recovery["seeds"], sweep["enabled"]))
         if recovery["seeds"] and int(prune["finetune_iters"]) <= 0:
             raise AblationError("section 'recovery': seeds need a fine-tune to vary "
                                 "(prune.finetune_iters is %r)" % prune["finetune_iters"])
@@ -211,7 +218,8 @@ class AblationSettings:
                    sweep=sweeping, sweep_recipe=sweep_recipe,
                    recovery_lengths=tuple(recovery["lengths"]),
                    recovery_seeds=tuple(recovery["seeds"]),
-                   student_seeds=tuple(recovery["student_seeds"]), evaluation=evaluation)
+                   student_seeds=tuple(recovery["student_seeds"]),
+                   sweep_seeds=bool(recovery["sweep_seeds"]), evaluation=evaluation)
 
     def pruning_teacher(self, teacher: str, student_kd: str) -> Optional[str]:
         """What the pruned model and its control distil from while fine-tuning: the
@@ -407,6 +415,18 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
     if settings.recovery_seeds:
         seed_rows = recovery_lib.run_seeds(stages, run_dir("seeds"), runs,
                                            settings.recovery_seeds, TARGET_MIOU_DROP)
+    sweep_seed_rows: List[Dict[str, Any]] = []
+    if settings.sweep_seeds:
+        sweep_runs = replace(runs, recipe=replace(settings.sweep_recipe, teacher=prune_teacher))
+        same_control = (settings.sweep.finetune_iters == pruning.finetune_iters
+                        and settings.sweep_recipe.overrides == settings.prune_recipe.overrides)
+        controls = {seed: os.path.join(run_dir("seeds"), "seed_%d" % seed, "control", BEST)
+                    for seed in settings.recovery_seeds} if same_control else {}
+        points = [p for p in settings.sweep.points() if not (
+            sweep_shares_point and (p.method, p.amount) == (pruning.method, pruning.amount))]
+        sweep_seed_rows = recovery_lib.run_sweep_seeds(
+            stages, run_dir("sweep_seeds"), sweep_runs, points, settings.recovery_seeds,
+            controls, TARGET_MIOU_DROP)
     if control_row is not None:
         rows.append(("control", "+ KD, fine-tuned %d more iterations, unpruned (control)"
                      % pruning.finetune_iters, control_row))
@@ -454,6 +474,7 @@ def run_ablation(config_path: str, data: str, out: str, resume: bool = False
         "recovery": recovery_rows,
         "seeds": seed_rows,
         "student_seeds": student_seed_rows,
+        "sweep_seeds": sweep_seed_rows,
         "plots": [os.path.join("sweep", n) for n in sweep_lib.PLOTS] if settings.sweep else [],
         "stage_seconds": stages.seconds,
         "seconds": round(time.time() - started, 1),
@@ -607,6 +628,19 @@ def markdown(report: Dict[str, Any]) -> str:
                       summary["min_change"], summary["max_change"])]
     if report["sweep"]:
         lines += ["", "## Sparsity sweep (from + KD)", "", sweep_lib.markdown(report["sweep"])]
+    if report.get("sweep_seeds"):
+        lines += ["", "## Sweep points over fine-tuning seeds", "",
+                  "Each sweep point pruned and fine-tuned again with each seed of the seed runs, "
+                  "against the unpruned + KD student fine-tuned as long with that seed (the seed "
+                  "runs' control where the sweep fine-tunes as the pruned row does); val mIoU "
+                  "with PyTorch on the CPU. The pruned row's amount is in the seed runs above.", "",
+                  markdown_table(
+                      ["method", "amount", "seed", "pruned mIoU", "control mIoU", "change",
+                       "held classes lost", "met"],
+                      [[r["method"], "%.2f" % r["amount"], r["seed"], fmt(r["pruned"], "%.4f", "-"),
+                        fmt(r["control"], "%.4f", "-"), "%+.4f" % r["change"],
+                        ", ".join(r["classes_lost"]) or "none", "yes" if r["met"] else "**no**"]
+                       for r in report["sweep_seeds"]])]
         lines += ["", "Unstructured pruning zeroes weights but keeps every shape: it gives no "
                   "speed-up in dense inference (its latency is the unpruned model's).", ""]
         lines += ["![%s](%s)" % (os.path.splitext(os.path.basename(p))[0], p)

@@ -26,7 +26,7 @@ from training.pruning.settings import FinetuneSettings, PruneSettings
 
 __all__ = ["RARE_CLASS_MIN_IOU", "RARE_CLASS_KEEP", "PruningRuns", "run_recovery",
            "plot_recovery", "class_comparison", "class_target", "judge_pair", "run_seeds",
-           "summarise_runs", "evaluate_cached", "run_student_seeds"]
+           "summarise_runs", "evaluate_cached", "run_student_seeds", "run_sweep_seeds"]
 
 RARE_CLASS_MIN_IOU = 0.3  # classes the control segments at least this well are held to...
 RARE_CLASS_KEEP = 0.8  # ...at least this fraction of their control IoU after pruning
@@ -158,6 +158,30 @@ def run_student_seeds(stages: StageRunner, out: str, student: TrainSettings, tea
                 os.path.join(point, "%s_eval.json" % name), data, evaluation)["miou"]
         rows.append({"seed": int(seed), **scores,
                      "change": (scores["student_kd"] or 0.0) - (scores["student"] or 0.0)})
+    return rows
+
+
+def run_sweep_seeds(stages: StageRunner, out: str, runs: PruningRuns,
+                    points: Sequence[PruneSettings], seeds: Sequence[int],
+                    controls: Dict[int, str], miou_drop: float) -> List[Dict[str, Any]]:
+    """Each sweep point (``points``, fine-tuned as ``runs.recipe`` says) pruned and fine-tuned
+    again with each seed, judged against the unpruned model fine-tuned as long with that seed:
+    ``controls`` maps a seed to such a checkpoint already trained (the seed runs'), else one is
+    trained beside the point. One row per point and seed: ``{"method", "amount", "seed"}`` and
+    ``judge_pair``'s verdict."""
+    from training.lab.sweep import point_name
+    rows = []
+    for point in points:
+        for seed in seeds:
+            seeded = replace(runs.recipe, overrides=runs.recipe.overrides + ("seed=%d" % seed,))
+            given = {"control": controls[seed]} if seed in controls else None
+            scores = _pruned_and_control(
+                stages, replace(runs, settings=point, recipe=seeded), "sweep seeds",
+                "%s %.2f, seed %d" % (point.method, point.amount, seed),
+                os.path.join(out, "%s_seed_%d" % (point_name(point.method, point.amount), seed)),
+                given)
+            rows.append({"method": point.method, "amount": point.amount, "seed": int(seed),
+                         **judge_pair(scores["pruned"], scores["control"], miou_drop)})
     return rows
 
 
