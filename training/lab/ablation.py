@@ -628,6 +628,10 @@ def markdown(report: Dict[str, Any]) -> str:
                       summary["min_change"], summary["max_change"])]
     if report["sweep"]:
         lines += ["", "## Sparsity sweep (from + KD)", "", sweep_lib.markdown(report["sweep"])]
+        lines += ["", "Unstructured pruning zeroes weights but keeps every shape: it gives no "
+                  "speed-up in dense inference (its latency is the unpruned model's).", ""]
+        lines += ["![%s](%s)" % (os.path.splitext(os.path.basename(p))[0], p)
+                  for p in report["plots"]]
     if report.get("sweep_seeds"):
         lines += ["", "## Sweep points over fine-tuning seeds", "",
                   "Each sweep point pruned and fine-tuned again with each seed of the seed runs, "
@@ -641,10 +645,6 @@ def markdown(report: Dict[str, Any]) -> str:
                         fmt(r["control"], "%.4f", "-"), "%+.4f" % r["change"],
                         ", ".join(r["classes_lost"]) or "none", "yes" if r["met"] else "**no**"]
                        for r in report["sweep_seeds"]])]
-        lines += ["", "Unstructured pruning zeroes weights but keeps every shape: it gives no "
-                  "speed-up in dense inference (its latency is the unpruned model's).", ""]
-        lines += ["![%s](%s)" % (os.path.splitext(os.path.basename(p))[0], p)
-                  for p in report["plots"]]
     lines += ["", "Wall time: %.0f s." % report["seconds"], ""]
     return "\n".join(lines)
 
