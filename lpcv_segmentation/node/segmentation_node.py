@@ -11,6 +11,7 @@ node_pipeline; rates, latency and the diagnostic level in node_stats.
 import argparse
 import contextlib
 import json
+import signal
 import sys
 import threading
 import time
@@ -28,6 +29,7 @@ from rclpy.utilities import remove_ros_args
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
 from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverridingOptions
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
@@ -572,6 +574,17 @@ def _parse_command_line(argv: List[str]) -> None:
     parser.parse_args(remove_ros_args(argv)[1:])
 
 
+def _stop_on_signals(stop: threading.Event) -> None:
+    """SIGINT and SIGTERM set ``stop``; the spin loop ends between two callbacks. rclpy's own
+    handler raises KeyboardInterrupt wherever the main thread is, inside rclpy's C++ calls and
+    its Task constructor too, where it surfaces as other errors and tracebacks."""
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handler)
+
+
 BRING_UP_JOIN_S = 30.0  # a shutdown waits this long for a model load in progress to end
 
 
@@ -579,23 +592,25 @@ def main(args: Optional[List[str]] = None) -> int:
     """The node's process: 0 after a clean shutdown (SIGINT at any moment, or the lifecycle
     shutdown transition), 1 when an unmanaged node cannot start.
 
-    As in rclpy's examples, SIGINT shuts the context down and raises KeyboardInterrupt in
-    this thread, wherever it is; either ends the loop. The threads that use the node (bring-up,
-    inference) end before the node is destroyed, so none of them finds it gone."""
+    SIGINT or SIGTERM ends the spin loop (``_stop_on_signals``; before rclpy is initialised, a
+    KeyboardInterrupt), then the context is shut down. The threads that use the node
+    (bring-up, inference) end before the node is destroyed, so none of them finds it gone."""
     node: Optional[SegmentationNode] = None
     executor = None
     bring_up: Optional[threading.Thread] = None
     status = 0
+    stop = threading.Event()
     try:
         _parse_command_line(sys.argv if args is None else args)
-        rclpy.init(args=args)
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+        _stop_on_signals(stop)
         node = SegmentationNode()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         if not node.managed:
             bring_up = threading.Thread(target=node.bring_up, name="bring-up", daemon=True)
             bring_up.start()
-        while node.exit_code is None and rclpy.ok():
+        while node.exit_code is None and rclpy.ok() and not stop.is_set():
             executor.spin_once(timeout_sec=0.1)
         if node.exit_code is not None:
             status = node.exit_code
