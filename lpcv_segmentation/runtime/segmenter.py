@@ -117,12 +117,14 @@ def normalize(rgb: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
     return x
 
 
-def _max_softmax(scores: np.ndarray) -> np.ndarray:
-    """(C, h, w) float32 logits -> (h, w) float32 softmax probability of the top class,
-    ``1 / sum_c exp(l_c - l_max)``, summed one class at a time: two (h, w) buffers instead of
-    two (C, h, w) temporaries, whose allocation a worker thread's malloc arena gives back and
-    faults in again at every frame (same values, same order of addition)."""
-    top = scores.max(axis=0)
+def _max_softmax(scores: Sequence[np.ndarray], top: Optional[np.ndarray] = None) -> np.ndarray:
+    """(C, h, w) float32 logits (or C (h, w) maps) -> (h, w) float32 softmax probability of the
+    top class, ``1 / sum_c exp(l_c - l_max)``, summed one class at a time: two (h, w) buffers
+    instead of two (C, h, w) temporaries, whose allocation a worker thread's malloc arena gives
+    back and faults in again at every frame (same values, same order of addition). ``top``:
+    the per-pixel maximum when the caller has it already."""
+    if top is None:
+        top = scores.max(axis=0)
     total = np.exp(scores[0] - top)
     term = np.empty_like(top)
     for row in scores[1:]:
@@ -202,15 +204,8 @@ def _upsample_logits(scores: np.ndarray, out_hw: Tuple[int, int], with_confidenc
     resized = [cv2.resize(channel, size, interpolation=cv2.INTER_LINEAR) for channel in scores]
     labels, best = _running_argmax(resized)
     confidence = None
-    if with_confidence and confidence_at_logits:
-        confidence = _max_softmax(scores)
-    elif with_confidence:  # 1 / sum_c exp(l_c - l_max), as _max_softmax
-        total = np.zeros(best.shape, np.float32)
-        for channel in resized:
-            np.subtract(channel, best, out=channel)  # the resized maps are not needed again
-            np.exp(channel, out=channel)
-            total += channel
-        confidence = np.divide(1.0, total, out=total)
+    if with_confidence:
+        confidence = _max_softmax(scores) if confidence_at_logits else _max_softmax(resized, best)
     return labels, confidence
 
 
