@@ -297,28 +297,27 @@ def build(settings: DefaultModelSettings, out: Path, work: Path, resume: bool = 
                         teacher / BEST] + list(settings.prune_overrides), pruned / "prune.json")
 
     models = {"fp32": work / "default.onnx"}
-    stride = ["--output-stride", settings.export_output_stride]
+    export_options = ["--output-stride", settings.export_output_stride]
     if settings.export_input_size:
-        stride += ["--input-size", settings.export_input_size]
+        export_options += ["--input-size", settings.export_input_size]
     chain.run("export_fp32", ["export", "--checkpoint", pruned / BEST, "--format", "onnx",
                               "--out", models["fp32"], "--verify-images", settings.verify_images,
-                              "--json", work / "export_fp32.json"] + stride, models["fp32"],
+                              "--json", work / "export_fp32.json"] + export_options, models["fp32"],
               in_process=True)
     if settings.export_fp16:
         models["fp16"] = work / "default_fp16.onnx"
         chain.run("export_fp16", ["export", "--checkpoint", pruned / BEST, "--format", "onnx",
                                   "--fp16", "--out", models["fp16"], "--verify-images",
                                   settings.verify_images, "--json", work / "export_fp16.json"]
-                  + stride, models["fp16"], in_process=True)
+                  + export_options, models["fp16"], in_process=True)
 
     checkpoint = pruned / BEST
     exported = json.loads((work / "export_fp32.json").read_text())
     stride, size = int(exported.get("output_stride", 1)), int(exported["input_size"])
     if stride > 1 or settings.export_input_size:
         checkpoint = work / "default.safetensors"
-        target = checkpoint
-        chain.runner.run("checkpoint", target,
-                         lambda: shipped_checkpoint(pruned / BEST, target, stride, size),
+        chain.runner.run("checkpoint", checkpoint,
+                         lambda: shipped_checkpoint(pruned / BEST, checkpoint, stride, size),
                          "%s with input_size %d and output_stride %d in its metadata"
                          % (pruned / BEST, size, stride))
 
