@@ -186,10 +186,8 @@ def run(models: List[Tuple[str, str]], size: Optional[int], threads: int, rounds
     if peer_path:
         runners["peer"] = peer_lib.runner(peer_path, threads)
         if prepared:
-            from lpcv_segmentation.runtime.segmenter import postprocess
-            peer_forward = runners["peer"]
             runners["post/reference"] = prepared[0]["post_runner"]
-            runners["post/peer"] = lambda: postprocess(peer_forward()[0], (POST_SIZE, POST_SIZE))
+            runners["post/peer"] = peer_lib.labelled_runner(peer_path, threads, POST_SIZE)
     print("timing %d runners x %d rounds of %d ..." % (len(runners), rounds, block),
           file=sys.stderr, flush=True)
     loads = [load_average()]

@@ -82,6 +82,14 @@ def runner(path: str, threads: int) -> Callable[[], Any]:
     return lambda: session.run(None, {name: x})
 
 
+def labelled_runner(path: str, threads: int, out_size: int) -> Callable[[], Any]:
+    """``runner`` followed by the runtime's post-processing of the peer's stride-8 logits
+    (argmax, nearest resize to an ``out_size`` square label map): what a frame costs it."""
+    from lpcv_segmentation.runtime.segmenter import postprocess
+    forward = runner(path, threads)
+    return lambda: postprocess(forward()[0], (out_size, out_size))
+
+
 def input_size(path: str) -> int:
     """S of the peer's 1x3xSxS input."""
     import onnxruntime as ort

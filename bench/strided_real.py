@@ -92,12 +92,6 @@ def runner(path: str, upsample: Optional[str], threads: int, out: int) -> Callab
     return lambda: postprocess(segmenter.infer(x), (out, out), upsample=mode)
 
 
-def peer_runner(path: str, threads: int, out: int) -> Callable[[], Any]:
-    from lpcv_segmentation.runtime.segmenter import postprocess
-    forward = peer_lib.runner(path, threads)
-    return lambda: postprocess(forward()[0], (out, out))
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="dataset root in the LPCV layout (val split)")
@@ -153,7 +147,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         runners = {"%d" % i: runner(r["onnx"], r["upsample"], threads, args.out_size)
                    for i, r in enumerate(rows)}
         if peer.path:
-            runners["peer"] = peer_runner(peer.path, threads, args.out_size)
+            runners["peer"] = peer_lib.labelled_runner(peer.path, threads, args.out_size)
         measured = interleaved(runners, args.rounds, args.block, warmup=1)
         timings[threads] = {k: t.median_ms for k, t in measured.items()}
         loads.append(load_average())
